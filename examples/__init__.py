@@ -1,0 +1,1 @@
+"""Example domains: data generators, training scripts and analyst rule files."""

@@ -1,0 +1,1 @@
+"""Synthetic card-transaction fraud domain with drift scenarios."""
