@@ -138,6 +138,26 @@ class ReferenceProfile:
     def n_rules(self) -> int:
         return self.counts.n_rules
 
+    def bin_proportions(self, feature: int | str) -> np.ndarray:
+        """Share of reference rows per bin of one feature, the nonfinite slot last."""
+        return self.counts.feature_counts(feature) / max(self.n, 1)
+
+    @property
+    def class_rates(self) -> np.ndarray:
+        """[C] share of reference rows predicted as each class."""
+        return self.counts.counters["predicted"] / max(self.n, 1)
+
+    @property
+    def rule_fire_rates(self) -> np.ndarray:
+        """[R] share of reference rows each rule fired on."""
+        return self.counts.counters["rule_fires"] / max(self.n, 1)
+
+    @property
+    def rule_conflict_rates(self) -> np.ndarray:
+        """[R] share of each rule's firings where the model predicted another class (0 if it never fired)."""
+        fires = self.counts.counters["rule_fires"]
+        return np.where(fires > 0, self.counts.counters["rule_conflicts"] / np.maximum(fires, 1), 0.0)
+
     def bin_counts(self, x: np.ndarray) -> np.ndarray:
         """Counts of x's rows per feature bin, all features concatenated (see `offsets`)."""
         counts = np.zeros(self.offsets[-1], dtype=np.int64)
@@ -295,7 +315,8 @@ class DriftSketch:
         try:
             features, rules = d["features"], d["rules"]
             if list(features) != reference.features:
-                raise SketchError(f"sketch features {list(features)} differ from the reference's {reference.features}")
+                raise SketchError(f"sketch features {list(features)} differ from the reference's "
+                                  f"{reference.features}")
             bins = []
             for column, name in enumerate(reference.features):
                 expected = len(reference.edges[column]) + 1
@@ -305,7 +326,8 @@ class DriftSketch:
                                       f"{expected} bins for {name!r}")
                 bins.extend(got + _ints([features[name]["nonfinite"]], f"features[{name!r}].nonfinite"))
             if list(d["predicted"]) != reference.classes:
-                raise SketchError(f"sketch classes {list(d['predicted'])} differ from the reference's {reference.classes}")
+                raise SketchError(f"sketch classes {list(d['predicted'])} differ from the reference's "
+                                  f"{reference.classes}")
             counters = {"n": np.array(_ints([d["n"]], "n")[0], dtype=np.int64),
                         "bins": np.array(bins, dtype=np.int64),
                         "predicted": np.array(_ints(list(d["predicted"].values()), "predicted"), dtype=np.int64),

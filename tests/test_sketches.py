@@ -60,6 +60,14 @@ def test_reference_profile_contents(reference):
     fires = reference.counts.counters["rule_fires"]
     assert (reference.counts.counters["rule_conflicts"] <= fires).all() and (fires > 0).all()
     assert math.isclose(reference.mean[3], 7.0) and reference.std[3] == 0.0
+    assert reference.bin_proportions("constant").tolist() == [0.0, 1.0, 0.0]
+    assert math.isclose(reference.class_rates.sum(), 1.0)
+    x, probs, fired = make_rows(5000, np.random.default_rng(0))     # the same rows the fixture used
+    assert np.allclose(reference.rule_fire_rates, fired.mean(axis=0))
+    predicted = probs.argmax(axis=1)
+    for r, label in enumerate(RULES.labels.tolist()):
+        share = (predicted[fired[:, r]] != label).mean()
+        assert math.isclose(reference.rule_conflict_rates[r], share)
 
 
 def test_nonfinite_values_and_values_beyond_the_edges(reference):
@@ -166,7 +174,8 @@ def test_from_dict_says_what_is_wrong(reference):
         change(d)
         return d
     cases = [
-        (lambda d: d["features"]["amount"]["bins"].pop(), "features['amount'].bins has 9 counts, the reference has 10 bins"),
+        (lambda d: d["features"]["amount"]["bins"].pop(),
+         "features['amount'].bins has 9 counts, the reference has 10 bins"),
         (lambda d: d["features"].pop("hour"), "differ from the reference's"),
         (lambda d: d["features"]["hour"]["bins"].__setitem__(0, -1), "non-negative integers"),
         (lambda d: d["features"]["hour"]["bins"].__setitem__(0, 1.5), "non-negative integers"),
