@@ -86,8 +86,8 @@ def drift_scores(window: DriftSketch, reference: ReferenceProfile, rules: RuleSe
         raise ValueError(f"window sketch counts {window.n_rules} rules but the rule set has {len(rules)}")
     if window.rules_hash is not None and window.rules_hash != rules.hash():
         raise ValueError("window sketch was counted with a different rule set (rules hash differs)")
-    if not (psi_scale > 0 and noise_z >= 0 and min_fires >= 1 and min_samples >= 0):
-        raise ValueError("need psi_scale > 0, noise_z >= 0, min_fires >= 1 and min_samples >= 0")
+    if not (psi_scale > 0 and noise_z >= 0 and min_fires >= 1 and min_samples >= 0 and epsilon > 0):
+        raise ValueError("need psi_scale > 0, noise_z >= 0, min_fires >= 1, min_samples >= 0 and epsilon > 0")
 
     n = window.n
     ref_counts = reference.counts

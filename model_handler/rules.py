@@ -63,7 +63,7 @@ TOKEN = re.compile(r"""
   | (?P<op><=|>=|==|!=|<|>|\+|-|\*|/)
   | (?P<lparen>\()
   | (?P<rparen>\))
-""", re.VERBOSE)
+""", re.VERBOSE | re.ASCII)
 OPERATOR_HINTS = {"=": "'=='", "&&": "'and'", "&": "'and'", "||": "'or'", "|": "'or'", "!": "'not'"}
 
 
@@ -314,10 +314,10 @@ def compile_node(node: Node) -> Compiled:
     kind = node.kind
     if kind == "number":
         value = node.value
-        return lambda x: torch.full((x.shape[0],), value, dtype=x.dtype)
+        return lambda x: torch.full((x.shape[0],), value, dtype=x.dtype, device=x.device)
     if kind == "bool":
         flag = bool(node.value)
-        return lambda x: torch.full((x.shape[0],), flag, dtype=torch.bool)
+        return lambda x: torch.full((x.shape[0],), flag, dtype=torch.bool, device=x.device)
     if kind == "feature":
         column = node.value
         return lambda x: x[:, column]
@@ -421,7 +421,7 @@ class RuleSet:
         x = self._as_matrix(x)
         with torch.no_grad():
             if not self._compiled:
-                return torch.zeros((x.shape[0], 0), dtype=torch.bool)
+                return torch.zeros((x.shape[0], 0), dtype=torch.bool, device=x.device)
             return torch.stack([rule(x) for rule in self._compiled], dim=1)
 
     def to_dicts(self) -> list[dict]:

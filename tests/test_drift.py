@@ -132,6 +132,8 @@ def test_mismatched_inputs_are_refused(reference):
     other_reference = ReferenceProfile.fit(x, probs, fires, RULES.labels, FEATURES, CLASSES)
     with pytest.raises(SketchError, match="not on"):
         drift_scores(sketch, other_reference, RULES)
+    with pytest.raises(ValueError, match="psi_scale > 0"):
+        drift_scores(sketch, reference, RULES, psi_scale=0)
 
 
 # ------------------------------------------------------------------------------------------ trigger

@@ -77,6 +77,20 @@ def test_fires_shape_dtype_and_numpy_torch_agree():
     assert rules.fires(np.zeros((0, 4))).shape == (0, 2)
 
 
+def test_integer_input_is_accepted():
+    rules = one_rule("amount > 1 and is_new == 1")
+    assert rules.fires(np.array([[2, 0, 0, 1], [2, 0, 0, 0]], dtype=np.int64))[:, 0].tolist() == [True, False]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fires_on_the_input_device():
+    rules = RuleSet.from_dicts([{"name": "r", "when": "true and amount / 0 > -1", "label": "fraud"}],
+                               FEATURES, CLASSES)
+    x = torch.randn(64, 4)
+    on_gpu = rules.fires(x.cuda())
+    assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), rules.fires(x))
+
+
 def test_empty_rule_set_fires_nothing():
     rules = RuleSet.from_dicts([], FEATURES, CLASSES)
     assert rules.fires(np.zeros((3, 4))).shape == (3, 0) and len(rules) == 0
