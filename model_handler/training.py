@@ -16,7 +16,7 @@ QUANTILES = np.linspace(0.05, 0.95, 19)
 def train_backbone(x: np.ndarray, y: np.ndarray, features: list[str], classes: list[str], *,
                    log_features: list[str] = (), hidden: tuple[int, ...] = (64, 64),
                    adapter_rank: int = 8, epochs: int = 12, batch_size: int = 256, lr: float = 3e-3,
-                   seed: int = 0) -> SelfHealingNet:
+                   weight_decay: float = 1e-5, seed: int = 0) -> SelfHealingNet:
     """Fit normalisation, backbone and head on labelled data; return it with the adapter at identity.
 
     The spec records the training prior and the normalised input quantiles: healing needs them
@@ -38,7 +38,7 @@ def train_backbone(x: np.ndarray, y: np.ndarray, features: list[str], classes: l
     params = [p for n, p in model.named_parameters() if not n.startswith("adapter.")]
     for p in model.adapter.parameters():
         p.requires_grad_(False)
-    optimiser = torch.optim.Adam(params, lr=lr, weight_decay=1e-5)
+    optimiser = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(epochs):
         perm = torch.randperm(len(xt))

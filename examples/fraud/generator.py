@@ -104,9 +104,9 @@ def sample_gradual(rng: np.random.Generator, n: int, start: World, end: World) -
 
 DRIFTS: dict[str, tuple[str, World, bool]] = {
     # name: (description, drifted world, negative control)
-    "fraud_unit_change": ("a processor migration reports amounts in cents; the unhealed model "
-                          "flags about half of all traffic",
-                          World(amount_unit=100.0), False),
+    "fraud_unit_change": ("a processor migration reports amounts in cents and distances in metres; "
+                          "the unhealed model flags almost every transaction",
+                          World(amount_unit=100.0, distance_unit=1000.0), False),
     "fraud_prior_shift": ("a fraud wave: fraud rises from 4% to 20% of transactions",
                           World(fraud_rate=0.20), False),
     "fraud_new_pattern": ("a new fraud pattern (card testing: tiny online amounts in bursts) the "
