@@ -13,6 +13,7 @@ the URI and the operation, so callers handle one exception type and logs say whe
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -227,12 +228,8 @@ class Storage:
             except FileNotFoundError:
                 pass
 
-    def write_atomic(self, path: str, data: bytes, operation: str, overwrite: bool = True) -> bool:
-        """Write under a temporary name beside `path`, then move it into place.
-
-        With `overwrite=False` nothing is replaced and False is returned when `path` exists; on a
-        local filesystem that check and the move are one atomic `link`, elsewhere two steps.
-        """
+    def write_atomic(self, path: str, data: bytes, operation: str) -> None:
+        """Write under a temporary name beside `path`, then move it into place (replacing it)."""
         self.require_root(operation)
         directory, name = path.rsplit("/", 1)
         temp = f"{directory}/.{name}{_TEMP_MARK}{uuid.uuid4().hex}"
@@ -241,27 +238,69 @@ class Storage:
             try:
                 with self.fs.open(temp, "wb") as handle:
                     handle.write(data)
-                if overwrite:
-                    self.fs.mv(temp, path)
-                elif isinstance(self.fs, LocalFileSystem):
-                    try:
-                        os.link(temp, path)  # refuses an existing `path`: no window for a race
-                    except FileExistsError:
-                        return False
-                else:
-                    if self.fs.exists(path):
-                        return False
-                    self.fs.mv(temp, path)
+                self.fs.mv(temp, path)
             finally:
                 self._discard(temp)
-        return True
+
+    def write_once(self, directory: str, files: list[tuple[str, bytes]], operation: str) -> bool:
+        """Create `directory` holding `files`, written in order; the last one is the commit marker.
+
+        Returns False, changing nothing, when the directory is already committed. A directory
+        without the marker is a crashed writer's leftover and is replaced. On a local filesystem
+        the files are staged in a private directory renamed into place in one step, so two writers
+        racing for one name cannot mix their files; object stores have no rename, so there the
+        files are moved into place one by one, marker last.
+        """
+        self.require_root(operation)
+        marker = f"{directory}/{files[-1][0]}"
+        with self.wrap(operation):
+            if self.fs.exists(marker):
+                return False
+            if not isinstance(self.fs, LocalFileSystem):
+                for name, data in files[:-1]:
+                    self.write_atomic(f"{directory}/{name}", data, operation)
+                if self.fs.exists(marker):
+                    return False
+                self.write_atomic(marker, files[-1][1], operation)
+                return True
+            parent, name = directory.rsplit("/", 1)
+            staged = f"{parent}/.{name}{_TEMP_MARK}{uuid.uuid4().hex}"
+            self.fs.makedirs(staged)
+            try:
+                for file_name, data in files:
+                    with self.fs.open(f"{staged}/{file_name}", "wb") as handle:
+                        handle.write(data)
+                return self._rename_into_place(staged, directory, marker)
+            finally:
+                self._discard(staged)
+
+    def _rename_into_place(self, staged: str, directory: str, marker: str) -> bool:
+        for _ in range(3):
+            try:
+                os.rename(staged, directory)  # fails on a non-empty target: never replaces a commit
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            if self.fs.exists(marker):
+                return False
+            # An uncommitted leftover: empty it so the rename can succeed. Another writer doing
+            # the same at once is harmless; whoever renames first wins, the other sees the marker.
+            try:
+                for leftover in self.fs.ls(directory, detail=False):
+                    self.fs.rm_file(leftover)
+                os.rmdir(directory)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        raise OSError(errno.EBUSY, f"{directory} keeps reappearing while being replaced")
 
     def _discard(self, temp: str) -> None:
         try:
             if self.fs.exists(temp):
-                self.fs.rm_file(temp)
+                self.fs.rm(temp, recursive=True)
         except OSError:
-            pass  # a leftover temp file is never read: its name marks it as such
+            pass  # a leftover temporary file or directory is never read: its name marks it
 
 
 class AdapterRegistry:
@@ -278,7 +317,11 @@ class AdapterRegistry:
         return self.storage.path("adapters", version)
 
     def put(self, version: str, data: bytes, meta: dict) -> AdapterMeta:
-        """Store a new version: adapter bytes first, meta.json (the commit marker) last."""
+        """Store a new version: adapter bytes first, meta.json (the commit marker) last.
+
+        A version left incomplete by a writer that crashed (data, no meta.json) is replaced, so a
+        retried healing Job can reuse its version name; a committed version never is.
+        """
         check_version_name(version)
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
             raise ValueError(f"adapter {version}: data must be non-empty bytes")
@@ -291,12 +334,8 @@ class AdapterRegistry:
                                      f"(next free: {self.next_version()})", self.uri, operation)
         if record.parent is not None:
             self.meta(record.parent)  # raises AdapterNotFoundError naming the known versions
-        # A leftover adapter file without meta.json is an uncommitted write (e.g. a Job that
-        # crashed and is now retried): overwriting it is safe, no reader ever trusted it.
-        self.storage.write_atomic(f"{self._dir(version)}/{ADAPTER_FILE}", data, operation)
-        committed = self.storage.write_atomic(f"{self._dir(version)}/{META_FILE}",
-                                              record.to_json().encode(), operation, overwrite=False)
-        if not committed:
+        files = [(ADAPTER_FILE, data), (META_FILE, record.to_json().encode())]
+        if not self.storage.write_once(self._dir(version), files, operation):
             raise AdapterExistsError(f"adapter {version} was committed by another writer while this "
                                      f"one wrote it ({self.storage.where()})", self.uri, operation)
         return record
