@@ -5,8 +5,10 @@ Layout: `<uri>/<namespace>/<model>/adapters/<version>/adapter.safetensors` + `me
 Object stores have no transactions, so `meta.json` is the commit marker: `put` writes the adapter
 bytes first and `meta.json` last, each under a temporary name moved into place. A reader that sees
 `meta.json` therefore sees a complete adapter, and a writer that crashed in between leaves a version
-that is never listed and that a retry of the same Job may overwrite. Readers still check the sha256
-recorded in `meta.json`, because storage can rot or be edited by hand after the commit.
+that is never listed and that a retry of the same Job may overwrite. On a local filesystem a version
+is staged in a private directory and renamed into place in one step, so even two writers racing
+for one name never mix their files. Readers still check the sha256 recorded in `meta.json`,
+because storage can rot or be edited by hand after the commit.
 
 Every storage failure (unreachable, permission denied, disk full) surfaces as `RegistryError` naming
 the URI and the operation, so callers handle one exception type and logs say where it happened.
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import uuid
@@ -173,9 +174,13 @@ class Storage:
             raise RegistryError(f"storage {uri}: cannot open: {exc}", uri, "open") from exc
         self.root = self.root.rstrip("/")
         self.base = f"{self.root}/{namespace}/{model}"
+        local = isinstance(self.fs, LocalFileSystem)
         # On filesystems with real directories a missing root is a misconfiguration (a volume that
         # was not mounted), not an empty registry; object stores create prefixes on write.
-        self._root_must_exist = isinstance(self.fs, LocalFileSystem)
+        self._root_must_exist = local
+        # The local filesystem fails with OSError only; remote backends (s3fs, gcsfs, http) let
+        # their client's own errors through untranslated (connection refused, no credentials).
+        self._storage_errors: tuple[type[Exception], ...] = (OSError,) if local else (Exception,)
 
     def where(self) -> str:
         return f"{self.uri} ({self.namespace}/{self.model})"
@@ -187,8 +192,11 @@ class Storage:
     def wrap(self, operation: str) -> Iterator[None]:
         try:
             yield
-        except OSError as exc:
-            raise RegistryError(f"storage {self.where()}: {operation} failed: {exc}",
+        except RegistryError:
+            raise
+        except self._storage_errors as exc:
+            detail = str(exc) if isinstance(exc, OSError) and str(exc) else f"{type(exc).__name__}: {exc}"
+            raise RegistryError(f"storage {self.where()}: {operation} failed: {detail.rstrip(': ')}",
                                 self.uri, operation) from exc
 
     def require_root(self, operation: str) -> None:
@@ -215,7 +223,10 @@ class Storage:
     def find(self, path: str, operation: str, maxdepth: int | None = None) -> list[str]:
         """Files under `path` (none if it does not exist); checks the root when nothing is there."""
         with self.wrap(operation):
-            found = self.fs.find(path, maxdepth=maxdepth)
+            try:  # fsspec's default skips unreadable directories silently: ask it to raise
+                found = self.fs.find(path, maxdepth=maxdepth, on_error="raise")
+            except FileNotFoundError:
+                found = []
         if not found:
             self.require_root(operation)
         return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -365,6 +366,28 @@ def test_path_through_a_regular_file(tmp_path):
         registry.put("v1", adapter_bytes(), meta())
     assert_registry_error(caught, uri, "put v1")
     assert isinstance(caught.value.__cause__, OSError)
+    with pytest.raises(RegistryError) as caught:
+        registry.versions()
+    assert_registry_error(caught, uri, "list versions")
+    assert "Not a directory" in str(caught.value)
+
+
+def test_unreachable_remote_storage():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}/registry"
+    registry = AdapterRegistry(uri, "default", "fraud")
+    with pytest.raises(RegistryError) as caught:
+        registry.versions()
+    assert_registry_error(caught, uri, "list versions")
+    assert "Cannot connect" in str(caught.value)
+    with pytest.raises(RegistryError) as caught:
+        registry.get("v1")
+    assert_registry_error(caught, uri, "read v1")
+    with pytest.raises(RegistryError) as caught:  # http storage cannot be written at all
+        registry.put("v1", adapter_bytes(), meta())
+    assert_registry_error(caught, uri, "put v1")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
