@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -390,8 +389,22 @@ def test_unreachable_remote_storage():
     assert_registry_error(caught, uri, "put v1")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def directory_permissions_are_enforced(tmp_path: Path) -> bool:
+    """False when running with CAP_DAC_OVERRIDE (e.g. as root), where chmod does not stop writes."""
+    probe = tmp_path / "probe"
+    probe.mkdir(mode=0o555)
+    try:
+        (probe / "file").touch()
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o755)
+    return False
+
+
 def test_read_only_directory(tmp_path):
+    if not directory_permissions_are_enforced(tmp_path):
+        pytest.skip("this process ignores directory permissions (root); see the regular-file test")
     registry = AdapterRegistry(str(tmp_path), "default", "fraud")
     registry.put("v1", adapter_bytes(), meta())
     adapters = tmp_path / "default" / "fraud" / "adapters"
@@ -400,6 +413,11 @@ def test_read_only_directory(tmp_path):
         with pytest.raises(RegistryError) as caught:
             registry.put("v2", adapter_bytes(), meta())
         assert_registry_error(caught, str(tmp_path), "put v2")
+        assert "Permission denied" in str(caught.value)
+        adapters.chmod(0o000)  # unreadable: listing must fail loudly, not look empty
+        with pytest.raises(RegistryError) as caught:
+            registry.versions()
+        assert_registry_error(caught, str(tmp_path), "list versions")
         assert "Permission denied" in str(caught.value)
     finally:
         adapters.chmod(0o755)
