@@ -15,7 +15,7 @@ the URI and the operation, so callers handle one exception type and logs say whe
 """
 from __future__ import annotations
 
-import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -39,6 +39,7 @@ VERSION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 _NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 _SHA256_PATTERN = r"^[0-9a-f]{64}$"
 _TEMP_MARK = ".tmp-"
+_COMMIT_LOCK = ".commit.lock"
 
 AdapterState = Literal["candidate", "promoted", "rejected", "rolled-back"]
 
@@ -73,8 +74,8 @@ class TrainingWindow(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    start: AwareDatetime | None = Field(None, description="Time of the oldest row used (ISO 8601, with zone).")
-    end: AwareDatetime | None = Field(None, description="Time of the newest row used (ISO 8601, with zone).")
+    start: AwareDatetime | None = Field(None, description="Time of the oldest row used (ISO 8601).")
+    end: AwareDatetime | None = Field(None, description="Time of the newest row used (ISO 8601).")
     rows: int = Field(0, ge=0, description="Number of traffic rows used.")
 
     @field_validator("start", "end")
@@ -258,9 +259,9 @@ class Storage:
 
         Returns False, changing nothing, when the directory is already committed. A directory
         without the marker is a crashed writer's leftover and is replaced. On a local filesystem
-        the files are staged in a private directory renamed into place in one step, so two writers
-        racing for one name cannot mix their files; object stores have no rename, so there the
-        files are moved into place one by one, marker last.
+        the files are staged in a private directory and renamed into place in one step under a
+        lock, so writers racing for one name cannot mix their files; object stores have no rename,
+        so there the files are moved into place one by one, marker last.
         """
         self.require_root(operation)
         marker = f"{directory}/{files[-1][0]}"
@@ -286,25 +287,17 @@ class Storage:
                 self._discard(staged)
 
     def _rename_into_place(self, staged: str, directory: str, marker: str) -> bool:
-        for _ in range(3):
-            try:
-                os.rename(staged, directory)  # fails on a non-empty target: never replaces a commit
-                return True
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
+        # Writers of one model on this host (or on a filesystem with shared locks) take turns for
+        # the check-clean-rename step only; the kernel drops the lock if a writer dies holding it.
+        parent = directory.rsplit("/", 1)[0]
+        with open(f"{parent}/{_COMMIT_LOCK}", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             if self.fs.exists(marker):
                 return False
-            # An uncommitted leftover: empty it so the rename can succeed. Another writer doing
-            # the same at once is harmless; whoever renames first wins, the other sees the marker.
-            try:
-                for leftover in self.fs.ls(directory, detail=False):
-                    self.fs.rm_file(leftover)
-                os.rmdir(directory)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-        raise OSError(errno.EBUSY, f"{directory} keeps reappearing while being replaced")
+            if self.fs.exists(directory):  # a crashed writer's uncommitted leftover
+                self.fs.rm(directory, recursive=True)
+            os.rename(staged, directory)  # also refuses a non-empty target, should one appear
+            return True
 
     def _discard(self, temp: str) -> None:
         try:

@@ -130,7 +130,8 @@ class TrafficStore:
             if self._pending_rows < self.shard_rows:
                 return
             full = (self._pending_rows // self.shard_rows) * self.shard_rows
-            xs, ps = np.concatenate([p[0] for p in self._pending]), np.concatenate([p[1] for p in self._pending])
+            xs = np.concatenate([part[0] for part in self._pending])
+            ps = np.concatenate([part[1] for part in self._pending])
             self._pending = [(xs[full:], ps[full:])] if full < len(xs) else []
             self._pending_rows = len(xs) - full
         self.write_shard(xs[:full], ps[:full])

@@ -145,7 +145,8 @@ def test_racing_writers_of_one_version_never_mix_their_files(registry, tmp_path,
     assert len(winners) == 1
     data, record = registry.get("v1")  # hash verified: data and meta.json come from one writer
     assert data == adapter_bytes(winners[0]) and record.creator == f"writer-{winners[0]}"
-    assert [p.name for p in version_dir(tmp_path, "v1").parent.iterdir()] == ["v1"]  # no staging left
+    left = sorted(p.name for p in version_dir(tmp_path, "v1").parent.iterdir())
+    assert left == [".commit.lock", "v1"]  # no staging directory left behind
 
 
 def test_incomplete_write_on_an_object_store_is_replaced_by_a_retry():
@@ -319,7 +320,8 @@ def test_bad_meta_is_refused_with_the_problem_named(registry, bad, problem):
 
 
 def test_meta_round_trips_through_json():
-    record = AdapterMeta(**meta(version="v3", sha256="a" * 64, parent="v2", created="2026-11-22T12:00:00+02:00"))
+    record = AdapterMeta(**meta(version="v3", sha256="a" * 64, parent="v2",
+                                created="2026-11-22T12:00:00+02:00"))
     assert record.created == datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
     assert AdapterMeta.model_validate_json(record.to_json()) == record
 
