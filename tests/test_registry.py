@@ -374,6 +374,7 @@ def test_path_through_a_regular_file(tmp_path):
 
 
 def test_unreachable_remote_storage():
+    pytest.importorskip("aiohttp", reason="fsspec's http backend needs aiohttp")
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
