@@ -1,0 +1,143 @@
+"""The healing Job's entrypoint: `python -m model_handler.heal ...` (ARCHITECTURE.md §4).
+
+Reads recent sampled traffic from the storage URI, heals the parent adapter with
+`model_handler.healing.heal`, writes the candidate (promotable or not) to the registry, and writes a
+short JSON result to the termination log, where the operator reads it from the pod status.
+Exit 0 when healing ran, whatever the gate said; exit 1 on an error (also reported as JSON).
+
+Config file (JSON or YAML, rendered by the operator from the SelfHealingModel spec):
+    rules: [{name, when, label, weight}]     # default: the model directory's rules.yaml
+    healing: {trainingWindowRows, minRows, ruleWeight, anchorWeight, entropyWeight, balanceWeight,
+              minTrust, seed}
+    promotion: {maxClassRateRatio, maxDisagreement, minConflictDrop, conflictTolerance}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from model_handler.gate import GateConfig
+from model_handler.healing import HealConfig, heal
+from model_handler.model import AdapterError, adapter_from_bytes, adapter_to_bytes, load_model, model_hash
+from model_handler.registry import BASE_VERSION, AdapterRegistry, RegistryError
+from model_handler.rules import RuleSet
+from model_handler.sketches import ReferenceProfile
+from model_handler.traffic import TrafficStore
+
+REFERENCE_FILE = "reference.json"
+RULES_FILE = "rules.yaml"
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+
+HEAL_KEYS = {"minRows": "min_rows", "ruleWeight": "rule_weight", "anchorWeight": "anchor_weight",
+             "entropyWeight": "entropy_weight", "balanceWeight": "balance_weight", "minTrust": "min_trust",
+             "seed": "seed"}
+GATE_KEYS = {"maxClassRateRatio": "max_class_rate_ratio", "maxDisagreement": "max_disagreement",
+             "minConflictDrop": "min_conflict_drop", "conflictTolerance": "conflict_tolerance"}
+
+
+def load_adapter_version(model, registry: AdapterRegistry, version: str) -> None:
+    """Load `version` into `model` (hash-verified by the registry, shape-checked by the model)."""
+    if version == BASE_VERSION:
+        model.reset_adapter()
+        return
+    data, _ = registry.get(version)
+    model.load_adapter_state(adapter_from_bytes(data))
+
+
+def configs(config: dict) -> tuple[HealConfig, int]:
+    healing, promotion = config.get("healing") or {}, config.get("promotion") or {}
+    unknown = (set(healing) - set(HEAL_KEYS) - {"trainingWindowRows"}) | (set(promotion) - set(GATE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    gate = replace(GateConfig(), **{GATE_KEYS[k]: v for k, v in promotion.items()})
+    heal_config = replace(HealConfig(), gate=gate, **{HEAL_KEYS[k]: v for k, v in healing.items()
+                                                      if k in HEAL_KEYS})
+    return heal_config, int(healing.get("trainingWindowRows", 3000))
+
+
+def run(args: argparse.Namespace) -> dict:
+    model_dir = Path(args.model_dir)
+    config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config file {args.config} must hold a mapping")
+    heal_config, window_rows = configs(config)
+    model = load_model(model_dir)
+    features, classes = model.spec.features, model.spec.classes
+    rules = (RuleSet.from_dicts(config["rules"], features, classes) if config.get("rules")
+             else RuleSet.from_yaml(model_dir / RULES_FILE, features, classes))
+    reference = ReferenceProfile.from_dict(json.loads((model_dir / REFERENCE_FILE).read_text()))
+    registry = AdapterRegistry(args.storage_uri, args.namespace, args.model)
+    load_adapter_version(model, registry, args.parent)
+    store = TrafficStore(args.storage_uri, args.namespace, args.model)
+    x, _ = store.read_recent(window_rows)
+    started = datetime.now(timezone.utc)
+    if len(x) < heal_config.min_rows:
+        return {"version": args.version, "parent": args.parent, "state": "none", "promotable": False,
+                "rows": int(len(x)), "skippedShards": store.skipped,
+                "reason": f"not enough sampled traffic: {len(x)} rows, need {heal_config.min_rows}"}
+    result = heal(model, x, rules, reference, heal_config)
+    summary = {"version": args.version, "parent": args.parent, "rows": int(len(x)),
+               "skippedShards": store.skipped, "steps": result.steps, "promotable": result.promotable,
+               "labelsUsed": result.labels_used, "reason": result.reason[:1000],
+               "failed": result.gate.failed if result.gate else []}
+    if result.candidate is None:
+        return {**summary, "state": "none"}
+    state = "candidate" if result.promotable else "rejected"
+    data = adapter_to_bytes(result.candidate.adapter_state(), {"version": args.version, "parent": args.parent})
+    meta = registry.put(args.version, data, {
+        "parent": args.parent, "base_model_hash": model_hash(model_dir), "rules_hash": rules.hash(),
+        "training_window": {"end": started.isoformat(), "rows": int(len(x))}, "creator": args.job_name,
+        "labels_used": result.labels_used, "state": state, "reason": result.reason[:2000],
+        "gate": {"report": result.gate.to_dict() if result.gate else None, "diagnosis": result.diagnosis}})
+    return {**summary, "state": state, "sha256": meta.sha256}
+
+
+def write_termination(path: str, result: dict) -> None:
+    """The operator parses this; keep it under Kubernetes' 4 KiB limit by trimming the reason."""
+    text = json.dumps(result, separators=(",", ":"))
+    while len(text.encode()) > TERMINATION_LIMIT and len(result.get("reason", "")) > 20:
+        result = {**result, "reason": result["reason"][: len(result["reason"]) // 2] + "..."}
+        text = json.dumps(result, separators=(",", ":"))
+    try:
+        Path(path).write_text(text)
+    except OSError as err:  # outside Kubernetes the path may not exist; stdout still has it
+        print(f"cannot write termination log {path}: {err}", file=sys.stderr)
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Heal a SelfHealingModel's adapter from sampled traffic.")
+    parser.add_argument("--storage-uri", required=True)
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--model", required=True, help="the SelfHealingModel's name")
+    parser.add_argument("--model-dir", required=True, help="backbone, reference.json and rules.yaml")
+    parser.add_argument("--parent", default=BASE_VERSION, help="the adapter to heal from (last good)")
+    parser.add_argument("--version", required=True, help="name of the new adapter version")
+    parser.add_argument("--config", help="JSON/YAML config rendered from the spec")
+    parser.add_argument("--job-name", default="")
+    parser.add_argument("--termination-log", default="/dev/termination-log")
+    args = parser.parse_args(argv)
+    try:
+        result = run(args)
+    except (AdapterError, RegistryError, ValueError, OSError, KeyError) as err:
+        write_termination(args.termination_log, {"version": args.version, "parent": args.parent,
+                                                 "error": f"{type(err).__name__}: {err}"})
+        return 1
+    except Exception as err:  # anything else is a bug: report it, and keep the traceback in the log
+        traceback.print_exc()
+        write_termination(args.termination_log, {"version": args.version, "parent": args.parent,
+                                                 "error": f"unexpected {type(err).__name__}: {err}"})
+        return 1
+    write_termination(args.termination_log, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
