@@ -1,0 +1,77 @@
+"""Run the sandbox: the API emulator on 127.0.0.1 (plain http) plus its node agents, until stopped.
+
+The running sandbox is described by `<workdir>/sandbox.json` (pid, url, kubeconfig), written once it
+serves requests and removed when it stops; `python -m sandbox down` uses it to stop the process.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import AsyncContextManager, Callable, Sequence
+
+import kmock
+
+from sandbox.emulator import SandboxAPI
+from sandbox.env import write_kubeconfig
+
+STATE_NAME = "sandbox.json"
+
+# A node agent runs beside the API for the sandbox's lifetime: `agent(api_url, workdir)` returns an
+# async context manager. The process kubelet (Deployments -> TorchServe processes, Jobs -> subprocesses)
+# plugs in here; none are built yet, so `up` starts the API only.
+NodeAgent = Callable[[str, Path], AsyncContextManager[object]]
+DEFAULT_AGENTS: tuple[NodeAgent, ...] = ()
+
+log = logging.getLogger("sandbox.server")
+
+
+def state_path(workdir: Path) -> Path:
+    return Path(workdir) / STATE_NAME
+
+
+def read_state(workdir: Path) -> dict | None:
+    try:
+        return json.loads(state_path(workdir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+async def serve(workdir: Path, port: int = 0, agents: Sequence[NodeAgent] = DEFAULT_AGENTS,
+                stop: asyncio.Event | None = None, on_ready: Callable[[dict], None] | None = None) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT when run as the main program)."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    stop = stop or asyncio.Event()
+    api = SandboxAPI()
+    async with api, kmock.Server(api, port=port or None) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        kubeconfig = write_kubeconfig(workdir, url)
+        async with contextlib.AsyncExitStack() as stack:
+            for agent in agents:
+                await stack.enter_async_context(agent(url, workdir))
+            state = {"pid": os.getpid(), "url": url, "port": server.port, "kubeconfig": str(kubeconfig)}
+            state_path(workdir).write_text(json.dumps(state))
+            if on_ready:
+                on_ready(state)
+            try:
+                await stop.wait()
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    current = read_state(workdir)
+                    if current and current.get("pid") == os.getpid():
+                        state_path(workdir).unlink()
+
+
+def run_foreground(workdir: Path, port: int = 0, on_ready: Callable[[dict], None] | None = None) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(workdir, port, stop=stop, on_ready=on_ready)
+    asyncio.run(main())
