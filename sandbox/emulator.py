@@ -15,6 +15,8 @@ import asyncio
 import collections
 import copy
 import datetime
+import gzip
+import importlib.resources
 import json
 import logging
 import math
@@ -68,7 +70,9 @@ class SandboxAPI(kmock.KubernetesEmulator):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.resources.load_bundled()
+        # kmock's bundled discovery data of the built-in kinds (read directly: load_bundled() warns on 3.11+)
+        bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
+        self.resources.load_data(gzip.decompress(bundled))
         for resource in list(self.resources):
             if resource.group in UNSERVED_GROUPS:
                 del self.resources[resource]

@@ -72,6 +72,8 @@ def _fields(data: bytes) -> list[tuple[int, Any]]:
             value, pos = _varint(data, pos)
         elif wire == 2:
             length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise ProtobufError(f"field {number} claims {length} bytes but only {len(data) - pos} remain")
             value, pos = data[pos:pos + length], pos + length
         elif wire == 1:
             value, pos = int.from_bytes(data[pos:pos + 8], "little"), pos + 8
