@@ -12,29 +12,28 @@ State lives in memory only: a restarted emulator starts empty (see README.md).
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import copy
 import datetime
 import gzip
 import importlib.resources
 import json
-import logging
-import math
 import random
 import string
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp.web
 import attrs
 import kmock
-import yaml
 from kmock._internal import enums, references, rendering
 
-from sandbox import apierrors, crds, openapi, patches, protobuf, schema, selectors, tables
+from sandbox import apierrors, crds, patches, schema, selectors, tables
+from sandbox.discovery import DiscoveryMixin
+from sandbox.intake import RequestIntakeMixin
 from sandbox.paths import ApiPath, parse_api_path
 
-log = logging.getLogger("sandbox.api")
 
 SERVER_VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0-selfheal-sandbox",
                   "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
@@ -43,7 +42,6 @@ SERVER_VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0-selfheal-s
 UNSERVED_GROUPS = {"metrics.k8s.io", "gateway.networking.k8s.io"}
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 EVENTS_KEPT_PER_RESOURCE = 5000
-MAX_REMEMBERED_REQUESTS = 1000
 NS = references.resource("", "v1", "namespaces")
 CRD = references.resource(crds.CRD_GROUP, "v1", crds.CRD_PLURAL)
 
@@ -58,7 +56,7 @@ def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 @attrs.define(kw_only=True)
-class SandboxAPI(kmock.KubernetesEmulator):
+class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
     """A KubernetesEmulator that real kubectl, helm and Kopf accept. Serve it with `kmock.Server(api)`."""
 
     _rv: int = attrs.field(default=1, init=False)
@@ -80,79 +78,6 @@ class SandboxAPI(kmock.KubernetesEmulator):
             self._store(NS, None, name, self._stamp_new(
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
                  "spec": {}, "status": {"phase": "Active"}}, None))
-
-    # ---------------------------------------------------------------- request intake (kmock override)
-    async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        try:
-            request = await self._parse(raw)
-            self._requests.append(request)
-            if len(self._requests) > MAX_REMEMBERED_REQUESTS:  # a long-lived server must not grow forever
-                del self._requests[:len(self._requests) - MAX_REMEMBERED_REQUESTS]
-            return await self._handle(request)
-        except rendering.StreamingError as exc:  # a watch failed after its headers went out
-            log.warning("stream failed: %r", exc.__cause__)
-            return exc.args[0]
-        except kmock.KubernetesError as exc:
-            status = exc.to_status() if isinstance(exc, apierrors.ApiError) else apierrors.ApiError(
-                exc.status, exc.reason or "NotFound", exc.message or "").to_status()
-            return aiohttp.web.json_response(status, status=exc.status)
-        except Exception as exc:  # a bug here must reach the client as a Status, not a dropped connection
-            log.exception("internal error on %s %s", raw.method, raw.path)
-            return aiohttp.web.json_response(
-                apierrors.ApiError(500, "InternalError", f"sandbox API internal error: {exc!r}").to_status(),
-                status=500)
-
-    async def _parse(self, raw: aiohttp.web.BaseRequest) -> rendering.Request:
-        body = await raw.read()
-        content_type = raw.content_type or ""
-        data: Any = None
-        if body:
-            if content_type == protobuf.CONTENT_TYPE:
-                data = protobuf.decode_body(body)
-            elif content_type == "application/apply-patch+yaml":
-                try:
-                    data = yaml.safe_load(body)
-                except yaml.YAMLError as exc:
-                    raise apierrors.bad_request(f"the apply patch is not valid YAML: {exc}") from exc
-            elif content_type.endswith("json") or not content_type:
-                try:
-                    data = json.loads(body)
-                except ValueError as exc:
-                    raise apierrors.bad_request(f"the request body is not valid JSON: {exc}") from exc
-            else:
-                raise apierrors.unsupported_media_type(content_type, "send application/json")
-        path = parse_api_path(raw.path)
-        method = enums.method(raw.method)
-        action = None
-        if path is not None and path.plural is not None:
-            action = (enums.action.WATCH if method == enums.method.GET and raw.query.get("watch") in ("true", "1")
-                      else enums.action.FETCH if method == enums.method.GET and path.name
-                      else enums.action.LIST if method == enums.method.GET
-                      else enums.action.CREATE if method == enums.method.POST
-                      else enums.action.UPDATE if method in (enums.method.PATCH, enums.method.PUT)
-                      else enums.action.DELETE if method == enums.method.DELETE else None)
-        self._request_count += 1
-        return rendering.Request(
-            id=self._request_count, raw_request=raw, url=raw.url, method=raw.method,
-            params=dict(raw.query), headers=dict(raw.headers), cookies=dict(raw.cookies),
-            body=body, text=body.decode("utf-8", errors="replace"), data=data, action=action,
-            resource=None if path is None else references.resource(path.group, path.version, path.plural),
-            namespace=None if path is None else path.namespace, name=None if path is None else path.name,
-            subresource=None if path is None else path.subresource)
-
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        # User-declared kmock reactions first (fault injection in tests), then the emulated API.
-        payloads = [p for p in self._payloads if not any(x == -math.inf for x in p.priorities)]
-        payloads.sort(key=lambda p: tuple(-x for x in p.priorities))
-        for payload in payloads:
-            if request in payload._source and not payload._disabled.is_set():
-                try:
-                    return await payload(request)
-                except rendering.ReactionMismatchError:
-                    payload._disabled.set()
-                except NotImplementedError:
-                    pass
-        return await self._serve(request)
 
     # ---------------------------------------------------------------- routing
     async def _serve(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
@@ -239,83 +164,6 @@ class SandboxAPI(kmock.KubernetesEmulator):
 
     def _storage_key(self, served: crds.ServedVersion) -> references.resource:
         return references.resource(served.group, served.storage_version or served.version, served.plural)
-
-    def _api_versions(self) -> dict[str, Any]:
-        return {"kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
-
-    def _groups(self) -> dict[str, list[str]]:
-        groups: dict[str, list[str]] = {}
-        for resource in self.resources:
-            if resource.group:
-                groups.setdefault(resource.group, [])
-                if resource.version not in groups[resource.group]:
-                    groups[resource.group].append(resource.version)
-        for group, versions in groups.items():  # preferred (storage / newest) version first
-            storage = [v.storage_version for v in self._crd_versions.values() if v.group == group]
-            versions.sort(key=lambda v: (v not in storage, not v.startswith("v1") or "beta" in v or "alpha" in v,
-                                         v))
-        return groups
-
-    def _api_group(self, group: str) -> dict[str, Any]:
-        versions = self._groups().get(group)
-        if not versions:
-            raise apierrors.ApiError(404, "NotFound", f"the server could not find the requested resource "
-                                                      f"(group {group})")
-        entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-        return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": entries,
-                "preferredVersion": entries[0]}
-
-    def _api_groups(self) -> dict[str, Any]:
-        groups = [self._api_group(g) for g in sorted(self._groups())]
-        for group in groups:
-            del group["kind"], group["apiVersion"]
-        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
-
-    def _resource_list(self, group: str, version: str) -> dict[str, Any]:
-        entries = []
-        for resource in sorted(self.resources, key=lambda r: r.plural or ""):
-            if resource.group != group or resource.version != version:
-                continue
-            info = self.resources[resource]
-            entries.append({"name": resource.plural, "singularName": info.singular or resource.plural,
-                            "namespaced": bool(info.namespaced), "kind": info.kind, "verbs": sorted(info.verbs),
-                            **({"shortNames": sorted(info.shortnames)} if info.shortnames else {}),
-                            **({"categories": sorted(info.categories)} if info.categories else {})})
-            for sub in sorted(info.subresources):
-                entries.append({"name": f"{resource.plural}/{sub}", "singularName": "",
-                                "namespaced": bool(info.namespaced), "kind": info.kind,
-                                "verbs": ["get", "patch", "update"]})
-        if not entries:
-            raise apierrors.ApiError(404, "NotFound", f"the server could not find the requested resource "
-                                                      f"({group}/{version})")
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": f"{group}/{version}" if group else version, "resources": entries}
-
-    def _root_paths(self) -> dict[str, Any]:
-        paths = {"/api", "/api/v1", "/apis", "/version", "/openapi/v3", "/healthz", "/readyz", "/livez"}
-        for group, versions in self._groups().items():
-            paths.add(f"/apis/{group}")
-            paths.update(f"/apis/{group}/{v}" for v in versions)
-        return {"paths": sorted(paths)}
-
-    def _openapi_documents(self) -> dict[str, dict[str, Any]]:
-        by_gv: dict[tuple[str, str], list] = {}
-        for resource in self.resources:
-            info = self.resources[resource]
-            crd = self._crd_versions.get((resource.group, resource.version, resource.plural))
-            by_gv.setdefault((resource.group, resource.version), []).append(
-                (resource.plural, info.kind, bool(info.namespaced), crd.schema if crd else None))
-        return {openapi.gv_path(g, v): openapi.gv_document(g, v, items) for (g, v), items in by_gv.items()}
-
-    def _openapi_index(self) -> dict[str, Any]:
-        return openapi.index(self._openapi_documents())
-
-    def _openapi_document(self, gv: str) -> dict[str, Any]:
-        documents = self._openapi_documents()
-        if gv not in documents:
-            raise apierrors.ApiError(404, "NotFound", f"no OpenAPI v3 document for {gv!r}")
-        return documents[gv]
 
     # ---------------------------------------------------------------- storage primitives
     def _store(self, key: references.resource, namespace: str | None, name: str, obj: dict[str, Any]) -> None:
@@ -497,7 +345,6 @@ class SandboxAPI(kmock.KubernetesEmulator):
         obj["apiVersion"] = f"{served.group}/{served.version}" if served.group else served.version
         obj["kind"] = served.info.kind
         if served.group == "" and served.plural == "secrets" and obj.get("stringData"):
-            import base64
             data = obj.setdefault("data", {})
             for key, value in obj.pop("stringData").items():
                 data[key] = base64.b64encode(str(value).encode()).decode()

