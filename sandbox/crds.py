@@ -14,6 +14,8 @@ from kmock import ResourceInfo
 
 CRD_GROUP = "apiextensions.k8s.io"
 CRD_PLURAL = "customresourcedefinitions"
+# (spec replicas, status replicas, label selector) JSON paths behind a `/scale` subresource
+BUILTIN_SCALE_PATHS = (".spec.replicas", ".status.replicas", ".spec.selector")
 VERBS = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]
 
 
@@ -28,6 +30,7 @@ class ServedVersion:
     has_status: bool
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
     storage_version: str = ""
+    scale_paths: tuple[str, str, str | None] = BUILTIN_SCALE_PATHS
 
 
 def validate_crd(crd: dict[str, Any]) -> list[dict[str, str]]:
@@ -73,6 +76,7 @@ def served_versions(crd: dict[str, Any]) -> list[ServedVersion]:
         if not version.get("served", True):
             continue
         subresources = version.get("subresources") or {}
+        scale = subresources.get("scale") or {}
         info = ResourceInfo(
             namespaced=spec.get("scope") == "Namespaced",
             kind=names["kind"],
@@ -88,6 +92,8 @@ def served_versions(crd: dict[str, Any]) -> list[ServedVersion]:
             has_status="status" in subresources,
             printer_columns=version.get("additionalPrinterColumns") or [],
             storage_version=storage,
+            scale_paths=(scale.get("specReplicasPath", ".spec.replicas"),
+                         scale.get("statusReplicasPath", ".status.replicas"), scale.get("labelSelectorPath")),
         ))
     return result
 

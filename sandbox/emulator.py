@@ -111,6 +111,8 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
         if path.subresource and path.subresource not in served.info.subresources:
             raise apierrors.ApiError(404, "NotFound", f"the server could not find the requested resource "
                                                       f"({path.plural}/{path.subresource})")
+        if path.subresource == "scale" and path.name and method in ("GET", "PUT", "PATCH"):
+            return self._json(self._scale(path, request, params, dry_run))
         if method == "GET" and request.action == enums.action.WATCH:
             return await self._watch(request, path)
         if method == "GET" and path.name:
@@ -160,7 +162,7 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
                                                       f"({path.group or 'core'}/{path.version} {path.plural})")
         info = self.resources[resource]
         return crds.ServedVersion(path.group, path.version, path.plural, info, None, "status" in info.subresources,
-                                  storage_version=path.version)
+                                  storage_version=path.version, scale_paths=crds.BUILTIN_SCALE_PATHS)
 
     def _storage_key(self, served: crds.ServedVersion) -> references.resource:
         return references.resource(served.group, served.storage_version or served.version, served.plural)
@@ -472,27 +474,72 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
                 obj, warnings = self._create(path, body, params, dry_run)
                 return obj, 201, warnings
             raise
-        if content_type == "application/json-patch+json":
-            new = patches.json_patch(old, body)
-        elif content_type == "application/merge-patch+json":
-            new = patches.merge_patch(old, body)
-        elif content_type == "application/strategic-merge-patch+json":
-            if served.schema is not None:
-                raise apierrors.ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported for "
-                                                                      "custom resources; use merge or json patch")
-            new = patches.strategic_merge_patch(old, body)
-        elif content_type == "application/apply-patch+yaml":
-            if not params.get("fieldManager"):
-                raise apierrors.bad_request("fieldManager is required for apply requests")
-            new = patches.apply_patch(old, body)
-        else:
-            raise apierrors.unsupported_media_type(content_type, "use a json, merge, strategic-merge or apply patch")
+        new = self._apply_patch_body(served, old, content_type, body, params)
         if not isinstance(new, dict):
             raise apierrors.bad_request("the patch must result in a JSON object")
         if (body or {}) and isinstance(body, dict) and not (body.get("metadata") or {}).get("resourceVersion"):
             new.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
         obj, warnings = self._commit_update(served, path, old, new, params, dry_run)
         return obj, 200, warnings
+
+    def _apply_patch_body(self, served: crds.ServedVersion, old: dict[str, Any], content_type: str, body: Any,
+                          params: dict[str, str]) -> Any:
+        if content_type == "application/json-patch+json":
+            return patches.json_patch(old, body)
+        elif content_type == "application/merge-patch+json":
+            return patches.merge_patch(old, body)
+        elif content_type == "application/strategic-merge-patch+json":
+            if served.schema is not None:
+                raise apierrors.ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported for "
+                                                                      "custom resources; use merge or json patch")
+            return patches.strategic_merge_patch(old, body)
+        elif content_type == "application/apply-patch+yaml":
+            if not params.get("fieldManager"):
+                raise apierrors.bad_request("fieldManager is required for apply requests")
+            return patches.apply_patch(old, body)
+        raise apierrors.unsupported_media_type(content_type, "use a json, merge, strategic-merge or apply patch")
+
+    def _scale(self, path: ApiPath, request: rendering.Request, params: dict[str, str], dry_run: bool,
+               ) -> dict[str, Any]:
+        """The `/scale` subresource: an autoscaling/v1 Scale view onto the object's replica fields."""
+        served = self._served(path)
+        main = ApiPath(path.group, path.version, path.plural, path.namespace, path.name)
+        obj = self._get(main)
+        scale = self._scale_view(served, obj)
+        method = request.method.value
+        if method == "GET":
+            return scale
+        if method == "PUT":
+            wanted = request.data
+        else:
+            content_type = request._raw_request.content_type if request._raw_request is not None else ""
+            wanted = self._apply_patch_body(served, scale, content_type, request.data, params)
+        replicas = (wanted.get("spec") or {}).get("replicas") if isinstance(wanted, dict) else None
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise apierrors.invalid("Scale", "autoscaling", path.name or "", [{
+                "reason": "FieldValueInvalid", "field": "spec.replicas",
+                "message": f"Invalid value: {replicas!r}: must be a non-negative integer"}])
+        new = copy.deepcopy(obj)
+        target: Any = new
+        *parents, leaf = served.scale_paths[0].lstrip(".").split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = replicas
+        updated, _ = self._commit_update(served, main, obj, new, params, dry_run)
+        return self._scale_view(served, updated)
+
+    def _scale_view(self, served: crds.ServedVersion, obj: dict[str, Any]) -> dict[str, Any]:
+        spec_path, status_path, selector_path = served.scale_paths
+        meta = obj["metadata"]
+        selector = tables.jsonpath(obj, selector_path) if selector_path else None
+        if isinstance(selector, dict):  # a LabelSelector object; Scale carries its string form
+            selector = ",".join(f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items())
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                             if k in meta},
+                "spec": {"replicas": tables.jsonpath(obj, spec_path) or 0},
+                "status": {"replicas": tables.jsonpath(obj, status_path) or 0,
+                           **({"selector": selector} if selector else {})}}
 
     def _delete(self, path: ApiPath, options: dict[str, Any], dry_run: bool) -> dict[str, Any]:
         served = self._served(path)
@@ -534,7 +581,7 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
         """Really delete: the DELETED event, then the dependents (owner references) and bookkeeping."""
         obj["metadata"]["resourceVersion"] = self._next_rv()
         self._objects[key, namespace, name].delete()
-        self._record(key, "DELETED", obj)
+        self._record(key, "DELETED", copy.deepcopy(obj))
         if served.group == crds.CRD_GROUP and served.plural == crds.CRD_PLURAL:
             self._unregister_crd(obj)
         if propagation != "Orphan":

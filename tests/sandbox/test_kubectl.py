@@ -190,3 +190,39 @@ def test_deleting_a_namespace_deletes_its_objects(sandbox: Sandbox, widget_crd):
                            "name").stdout.strip() == ""
     missing = sandbox.kubectl("create", "configmap", "c", "-n", "doomed", check=False)
     assert missing.returncode != 0 and 'namespaces "doomed" not found' in missing.stderr
+
+
+DEPLOYMENT = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, labels: {app: web}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - name: web
+          image: IMAGE
+          env: ENV
+        - {name: side, image: busybox}
+"""
+
+
+def test_builtin_apply_uses_strategic_merge_and_scale_subresource(sandbox: Sandbox, namespace):
+    first = DEPLOYMENT.replace("IMAGE", "nginx:1").replace("ENV", '[{name: A, value: "1"}, {name: B, value: "2"}]')
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=first)
+    second = DEPLOYMENT.replace("IMAGE", "nginx:2").replace("ENV", '[{name: A, value: "1"}]')
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=second)
+    deployment = sandbox.get("deploy", "web", "-n", namespace)
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [(c["name"], c["image"]) for c in containers] == [("web", "nginx:2"), ("side", "busybox")]
+    assert containers[0]["env"] == [{"name": "A", "value": "1"}]  # B removed by the 3-way strategic merge
+    assert deployment["metadata"]["generation"] == 2
+
+    sandbox.kubectl("scale", "deployment", "web", "-n", namespace, "--replicas=4")
+    scaled = sandbox.get("deploy", "web", "-n", namespace)
+    assert scaled["spec"]["replicas"] == 4 and scaled["metadata"]["generation"] == 3
+    scale = json.loads(sandbox.kubectl("get", "--raw",
+                                       f"/apis/apps/v1/namespaces/{namespace}/deployments/web/scale").stdout)
+    assert (scale["kind"], scale["spec"]["replicas"], scale["status"]["selector"]) == ("Scale", 4, "app=web")
