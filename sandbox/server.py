@@ -18,14 +18,15 @@ import kmock
 
 from sandbox.emulator import SandboxAPI
 from sandbox.env import write_kubeconfig
+from sandbox.kubelet import job_kubelet
 
 STATE_NAME = "sandbox.json"
 
 # A node agent runs beside the API for the sandbox's lifetime: `agent(api_url, workdir)` returns an
-# async context manager. The process kubelet (Deployments -> TorchServe processes, Jobs -> subprocesses)
-# plugs in here; none are built yet, so `up` starts the API only.
+# async context manager. The process kubelet plugs in here: its Job part (Jobs -> subprocesses) is
+# built; the Deployment part (-> TorchServe processes) will be another agent in this tuple.
 NodeAgent = Callable[[str, Path], AsyncContextManager[object]]
-DEFAULT_AGENTS: tuple[NodeAgent, ...] = ()
+DEFAULT_AGENTS: tuple[NodeAgent, ...] = (job_kubelet,)
 
 log = logging.getLogger("sandbox.server")
 
