@@ -43,7 +43,7 @@ def cmd_up(args: argparse.Namespace) -> int:
               f"run `python -m sandbox down --workdir {workdir}` first", file=sys.stderr)
         return 1
     if args.foreground:
-        server.run_foreground(workdir, args.port, on_ready=_print_ready)
+        server.run_foreground(workdir, args.port, on_ready=_print_ready, persist=args.persist)
         return 0
     workdir.mkdir(parents=True, exist_ok=True)
     server.state_path(workdir).unlink(missing_ok=True)
@@ -51,7 +51,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             [sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir),
-             "--port", str(args.port)],
+             "--port", str(args.port), *(["--persist"] if args.persist else [])],
             stdout=subprocess.DEVNULL, stderr=log_file, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "up":
             cmd.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (default: a free one)")
             cmd.add_argument("--foreground", action="store_true", help="serve in this process")
+            cmd.add_argument("--persist", action="store_true",
+                             help="keep objects across restarts in <workdir>/state.json (default: in memory)")
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -22,6 +22,7 @@ import json
 import random
 import string
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -65,6 +66,8 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
     _tick: asyncio.Event | None = attrs.field(default=None, init=False)
     _crd_versions: dict[tuple[str, str, str], crds.ServedVersion] = attrs.field(factory=dict, init=False)
     _request_count: int = attrs.field(default=0, init=False)
+    # Where the process kubelet writes `<namespace>/<pod>/<container>.log`; serves `kubectl logs`.
+    pod_logs_dir: Path | None = None
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -111,6 +114,8 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
         if path.subresource and path.subresource not in served.info.subresources:
             raise apierrors.ApiError(404, "NotFound", f"the server could not find the requested resource "
                                                       f"({path.plural}/{path.subresource})")
+        if path.subresource == "log" and path.plural == "pods" and path.name and method == "GET":
+            return self._pod_log(path, params)
         if path.subresource == "scale" and path.name and method in ("GET", "PUT", "PATCH"):
             return self._json(self._scale(path, request, params, dry_run))
         if method == "GET" and request.action == enums.action.WATCH:
@@ -135,6 +140,22 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
         if method == "DELETE":
             return self._json(self._delete_collection(path, params, dry_run))
         raise apierrors.method_not_allowed(f"{method} is not supported on {raw_path}")
+
+    def _pod_log(self, path: ApiPath, params: dict[str, str]) -> aiohttp.web.Response:
+        pod = self._get(ApiPath("", "v1", "pods", path.namespace, path.name))
+        containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
+        container = params.get("container") or (containers[0] if containers else "")
+        if container not in containers:
+            raise apierrors.bad_request(f"container {container!r} is not valid for pod {path.name}")
+        log_file = (self.pod_logs_dir / (path.namespace or "") / (path.name or "") / f"{container}.log"
+                    if self.pod_logs_dir else None)
+        if log_file is None or not log_file.exists():
+            raise apierrors.bad_request(f'container "{container}" in pod "{path.name}" has no logs (not started '
+                                        "by the sandbox kubelet)")
+        lines = log_file.read_text(errors="replace").splitlines(keepends=True)
+        if params.get("tailLines"):
+            lines = lines[-int(params["tailLines"]):] if int(params["tailLines"]) > 0 else []
+        return aiohttp.web.Response(text="".join(lines), content_type="text/plain")
 
     def _json(self, body: Any, status: int = 200, warnings: list[str] | None = None,
               request: rendering.Request | None = None, path: ApiPath | None = None,
@@ -166,6 +187,33 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
 
     def _storage_key(self, served: crds.ServedVersion) -> references.resource:
         return references.resource(served.group, served.storage_version or served.version, served.plural)
+
+    # ---------------------------------------------------------------- persistence (optional)
+    @property
+    def resource_version(self) -> int:
+        """The current global resourceVersion; it grows with every change."""
+        return self._rv
+
+    def dump_state(self) -> dict[str, Any]:
+        """Every live object and the RV counter, JSON-safe (watch history is not kept)."""
+        objects = [{"group": key.group, "version": key.version, "plural": key.plural, "namespace": namespace,
+                    "object": obj} for key, namespace, obj in self._live_objects()]
+        return {"resourceVersion": self._rv, "objects": objects}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a `dump_state()`; watches from before it get 410 Expired, as after etcd compaction."""
+        self._rv = max(self._rv, int(state["resourceVersion"]))
+        crd_key = references.resource(crds.CRD_GROUP, "v1", crds.CRD_PLURAL)
+        entries = sorted(state["objects"], key=lambda e: references.resource(e["group"], e["version"],
+                                                                            e["plural"]) != crd_key)
+        for entry in entries:  # CRDs first, so their resources are registered
+            key = references.resource(entry["group"], entry["version"], entry["plural"])
+            obj = entry["object"]
+            self._store(key, entry["namespace"], obj["metadata"]["name"], obj)
+            if key == crd_key:
+                self._register_crd(obj)
+        for key in {(e["group"] or "", e["plural"]) for e in state["objects"]}:
+            self._compacted_rv[key] = self._rv
 
     # ---------------------------------------------------------------- storage primitives
     def _store(self, key: references.resource, namespace: str | None, name: str, obj: dict[str, Any]) -> None:

@@ -64,3 +64,34 @@ def test_tools_install_is_idempotent_and_the_binaries_run(tmp_path, tool_paths):
     assert second.returncode == 0 and helm.stat().st_mtime_ns == stamp  # cached: not rewritten
     version = subprocess.run([str(helm), "version", "--short"], capture_output=True, text=True, timeout=30)
     assert version.stdout.startswith("v4."), version
+
+
+def test_persisted_state_survives_an_api_restart(tmp_path, tool_paths):
+    from sandbox_helpers import FIXTURES, widget_yaml
+
+    workdir = tmp_path / "box"
+    env = sandbox_env.client_env(workdir)
+
+    def kubectl(*args: str, input: str | None = None) -> str:
+        result = subprocess.run([str(tool_paths["kubectl"]), *args], env=env, input=input, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert _sandbox_cli("up", "--persist", "--workdir", str(workdir)).returncode == 0
+    try:
+        kubectl("apply", "-f", str(FIXTURES / "widget-crd.yaml"))
+        kubectl("apply", "-f", "-", input=widget_yaml("kept", 4))
+        before = kubectl("get", "wd", "kept", "-o", "jsonpath={.metadata.uid} {.metadata.resourceVersion}").split()
+    finally:
+        assert _sandbox_cli("down", "--workdir", str(workdir)).returncode == 0
+    assert (workdir / "state.json").exists()
+    assert _sandbox_cli("up", "--persist", "--workdir", str(workdir)).returncode == 0
+    try:
+        after = kubectl("get", "widgets", "kept", "-o", "jsonpath={.metadata.uid} {.metadata.resourceVersion}")
+        assert after.split() == before
+        kubectl("patch", "wd", "kept", "--type", "merge", "-p", '{"spec":{"size":5}}')
+        rv = kubectl("get", "wd", "kept", "-o", "jsonpath={.metadata.resourceVersion}")
+        assert int(rv) > int(before[1])  # the counter continues, so clients never see an RV go back
+    finally:
+        _sandbox_cli("down", "--workdir", str(workdir))

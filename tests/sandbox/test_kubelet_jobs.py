@@ -55,6 +55,7 @@ def test_job_runs_as_a_process_with_configmap_files_and_termination_message(sand
     assert json.loads(terminated["message"]) == {"rules": "rules: []", "mode": "fast"}
     log = sandbox.workdir / "pods" / namespace / pod["metadata"]["name"] / "main.log"
     assert log.read_text() == "working\n"
+    assert sandbox.kubectl("logs", "-n", namespace, "job/heal-1").stdout == "working\n"  # served from that file
     sandbox.kubectl("delete", "job", "heal-1", "-n", namespace)
     wait_until(lambda: not _pods(sandbox, namespace, "heal-1"), what="the Job's pod to be garbage-collected")
 
