@@ -525,8 +525,6 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
         new = self._apply_patch_body(served, old, content_type, body, params)
         if not isinstance(new, dict):
             raise apierrors.bad_request("the patch must result in a JSON object")
-        if (body or {}) and isinstance(body, dict) and not (body.get("metadata") or {}).get("resourceVersion"):
-            new.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
         obj, warnings = self._commit_update(served, path, old, new, params, dry_run)
         return obj, 200, warnings
 

@@ -36,6 +36,15 @@ def test_helm_install_upgrade_uninstall_with_crds(sandbox: Sandbox, namespace):
     history = sandbox.helm("history", "g1", "-n", namespace, "-o", "json")
     assert [(r["revision"], r["status"]) for r in json.loads(history.stdout)] == [(1, "superseded"), (2, "deployed")]
 
+    sandbox.helm("rollback", "g1", "1", "-n", namespace, "--wait", "--timeout", "30s")
+    assert sandbox.get("gadget", "g1-gadget", "-n", namespace)["spec"] == {"level": 1}
+    assert sandbox.get("cm", "g1-config", "-n", namespace)["data"] == {"greeting": "hello"}
+
+    # helm's client-side (3-way merge patch) mode works too
+    sandbox.helm("upgrade", "g1", CHART, "-n", namespace, "--server-side=false", "--set", "level=2",
+                 "--wait", "--timeout", "30s")
+    assert sandbox.get("gadget", "g1-gadget", "-n", namespace)["spec"] == {"level": 2}
+
     rejected = sandbox.helm("upgrade", "g1", CHART, "-n", namespace, "--set", "level=-3", check=False)
     assert rejected.returncode != 0 and "spec.level" in rejected.stderr
 
