@@ -1,0 +1,320 @@
+"""The process kubelet, Job part: runs each batch/v1 Job's pod as a local subprocess.
+
+It talks to the sandbox API over HTTP like a real node would: it watches Jobs, creates a Pod per
+attempt (owned by the Job, labelled `job-name`), runs the first container's `command + args` as a
+subprocess, then writes the Pod's and the Job's status (`Complete`/`Failed`, `backoffLimit`,
+`activeDeadlineSeconds`) and the container's termination message.
+
+A process is not a container, so three conventions stand in for the image's filesystem:
+- every `volumeMounts[].mountPath` and the `terminationMessagePath` are mapped to directories under
+  `<workdir>/pods/<namespace>/<pod>/`, and occurrences of those paths in `command`, `args` and `env`
+  values are rewritten to the local ones; ConfigMap volumes are projected there as files;
+- the process also gets `TERMINATION_MESSAGE_PATH` (the local termination-log file);
+- `python`/`python3` as the command means the sandbox's own interpreter.
+The process inherits the sandbox's environment plus the container's `env` (plain `value`s and
+`configMapKeyRef`s), and its output goes to `<pod dir>/<container>.log`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+import random
+import shutil
+import string
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+log = logging.getLogger("sandbox.kubelet")
+
+TERMINATION_MESSAGE_LIMIT = 4096
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+RETRY_DELAY_S = 0.5
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ApiClient:
+    """The few REST calls the kubelet needs, as plain JSON over aiohttp."""
+
+    def __init__(self, session: aiohttp.ClientSession):
+        self.session = session
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      content_type: str = "application/json") -> dict[str, Any]:
+        data = None if body is None else json.dumps(body)
+        async with self.session.request(method, path, data=data, headers={"Content-Type": content_type}) as resp:
+            payload = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise RuntimeError(f"{method} {path}: {resp.status} {payload.get('message')}")
+            return payload
+
+    async def patch_status(self, path: str, status: dict[str, Any]) -> dict[str, Any]:
+        return await self.request("PATCH", f"{path}/status", {"status": status}, "application/merge-patch+json")
+
+    async def watch(self, path: str) -> AsyncIterator[dict[str, Any]]:
+        """List, then watch from the list's resourceVersion; re-lists when the stream ends."""
+        while True:
+            listing = await self.request("GET", path)
+            for item in listing["items"]:
+                yield {"type": "ADDED", "object": item}
+            since = listing["metadata"]["resourceVersion"]
+            async with self.session.get(f"{path}?watch=true&resourceVersion={since}&timeoutSeconds=300") as resp:
+                async for line in resp.content:
+                    if line.strip():
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            break
+                        yield event
+
+
+def _job_path(job: dict[str, Any]) -> str:
+    meta = job["metadata"]
+    return f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}"
+
+
+class JobKubelet:
+    """Runs Jobs as subprocesses until stopped; one asyncio task per running Job."""
+
+    def __init__(self, api_url: str, workdir: Path):
+        self.api_url = api_url
+        self.pods_dir = Path(workdir) / "pods"
+        self.tasks: dict[str, asyncio.Task] = {}  # Job uid -> its runner
+        self.session: aiohttp.ClientSession | None = None
+        self.watcher: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "JobKubelet":
+        self.session = aiohttp.ClientSession(self.api_url, timeout=aiohttp.ClientTimeout(total=None))
+        self.watcher = asyncio.create_task(self._watch_jobs())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        tasks = [t for t in [self.watcher, *self.tasks.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    async def _watch_jobs(self) -> None:
+        api = ApiClient(self.session)
+        while True:
+            try:
+                async for event in api.watch("/apis/batch/v1/jobs"):
+                    self._on_job_event(event["type"], event["object"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the API restarted or hiccuped: start over from a fresh list
+                log.exception("job watch failed; re-listing")
+                await asyncio.sleep(1)
+
+    def _on_job_event(self, kind: str, job: dict[str, Any]) -> None:
+        uid = job["metadata"]["uid"]
+        if kind == "DELETED":
+            task = self.tasks.pop(uid, None)
+            if task:
+                task.cancel()
+            return
+        conditions = {c["type"] for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+        if uid in self.tasks or conditions & {"Complete", "Failed"} or (job.get("status") or {}).get("startTime"):
+            return  # running, finished, or started by an earlier kubelet (not resumable)
+        if job["metadata"].get("deletionTimestamp") or (job.get("spec") or {}).get("suspend"):
+            return
+        self.tasks[uid] = asyncio.create_task(self._run_job(job))
+
+    async def _run_job(self, job: dict[str, Any]) -> None:
+        api = ApiClient(self.session)
+        spec = job.get("spec") or {}
+        backoff_limit = spec.get("backoffLimit", 6)
+        deadline_s = spec.get("activeDeadlineSeconds")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        failed = 0
+        await api.patch_status(_job_path(job), {"startTime": _now(), "active": 1})
+        try:
+            while True:
+                remaining = None if deadline_s is None else deadline_s - (loop.time() - started)
+                outcome = await self._run_pod(api, job, remaining)
+                if outcome == "Succeeded":
+                    await self._finish(api, job, "Complete", "Completed", "the Job's pod succeeded",
+                                       succeeded=1, failed=failed)
+                    return
+                failed += 1
+                if outcome == "DeadlineExceeded":
+                    await self._finish(api, job, "Failed", "DeadlineExceeded",
+                                       "Job was active longer than specified deadline", failed=failed)
+                    return
+                if failed > backoff_limit:
+                    await self._finish(api, job, "Failed", "BackoffLimitExceeded",
+                                       "Job has reached the specified backoff limit", failed=failed)
+                    return
+                await api.patch_status(_job_path(job), {"failed": failed, "active": 1})
+                await asyncio.sleep(RETRY_DELAY_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # e.g. the Job was deleted meanwhile
+            log.warning("job %s/%s: %s", job["metadata"]["namespace"], job["metadata"]["name"], exc)
+        finally:
+            self.tasks.pop(job["metadata"]["uid"], None)
+
+    async def _finish(self, api: ApiClient, job: dict[str, Any], condition: str, reason: str, message: str,
+                      succeeded: int = 0, failed: int = 0) -> None:
+        now = _now()
+        status: dict[str, Any] = {"active": 0, "failed": failed, "succeeded": succeeded, "conditions": [
+            {"type": condition, "status": "True", "reason": reason, "message": message,
+             "lastProbeTime": now, "lastTransitionTime": now}]}
+        if condition == "Complete":
+            status["completionTime"] = now
+        await api.patch_status(_job_path(job), status)
+
+    async def _run_pod(self, api: ApiClient, job: dict[str, Any], remaining_s: float | None) -> str:
+        """Create the attempt's Pod, run it, record its end; returns Succeeded, Failed or DeadlineExceeded."""
+        meta = job["metadata"]
+        namespace = meta["namespace"]
+        template = (job.get("spec") or {}).get("template") or {}
+        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        labels = dict((template.get("metadata") or {}).get("labels") or {})
+        labels.update({"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"],
+                       "controller-uid": meta["uid"], "batch.kubernetes.io/controller-uid": meta["uid"]})
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"{meta['name']}-{suffix}", "namespace": namespace, "labels": labels,
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                                 "uid": meta["uid"], "controller": True,
+                                                 "blockOwnerDeletion": True}]},
+               "spec": template.get("spec") or {}}
+        pod = await api.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+        pod_path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}"
+        containers = pod["spec"].get("containers") or []
+        if not containers or not containers[0].get("command"):
+            message = "the sandbox kubelet runs `command` (+ `args`) of the first container; none was given"
+            await self._pod_finished(api, pod_path, containers, 127, message, _now(), "Failed")
+            return "Failed"
+        pod_dir = self.pods_dir / namespace / pod["metadata"]["name"]
+        container = containers[0]
+        try:
+            argv, env, log_path, message_path = await self._prepare(api, pod, container, pod_dir)
+        except (RuntimeError, OSError) as exc:
+            await self._pod_finished(api, pod_path, containers, 128, f"could not prepare the pod: {exc}", _now(),
+                                     "Failed")
+            return "Failed"
+        started = _now()
+        await api.patch_status(pod_path, {"phase": "Running", "startTime": started, "containerStatuses": [
+            {"name": container["name"], "ready": True, "restartCount": 0, "image": container.get("image", ""),
+             "state": {"running": {"startedAt": started}}}]})
+        with open(log_path, "ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                *argv, env=env, cwd=pod_dir, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            try:
+                exit_code = await asyncio.wait_for(process.wait(), remaining_s)
+                timed_out = False
+            except asyncio.TimeoutError:
+                exit_code, timed_out = await self._kill(process), True
+            except asyncio.CancelledError:  # the Job was deleted or the sandbox stops
+                await self._kill(process)
+                raise
+        message = self._termination_message(container, message_path, log_path, exit_code)
+        phase = "Succeeded" if exit_code == 0 and not timed_out else "Failed"
+        await self._pod_finished(api, pod_path, containers, exit_code, message, started, phase)
+        return "DeadlineExceeded" if timed_out else phase
+
+    async def _kill(self, process: asyncio.subprocess.Process) -> int:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            return await asyncio.wait_for(process.wait(), 5)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            return await process.wait()
+
+    async def _prepare(self, api: ApiClient, pod: dict[str, Any], container: dict[str, Any],
+                       pod_dir: Path) -> tuple[list[str], dict[str, str], Path, Path]:
+        """Project volumes, map paths, build argv and env."""
+        namespace = pod["metadata"]["namespace"]
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        mapping: dict[str, str] = {}
+        for mount in container.get("volumeMounts") or []:
+            local = pod_dir / "volumes" / mount["name"]
+            volume = volumes.get(mount["name"])
+            if volume is None:
+                raise RuntimeError(f"volumeMount {mount['name']!r} names no volume of the pod")
+            if local.exists():
+                shutil.rmtree(local)
+            local.mkdir(parents=True)
+            if "configMap" in volume:
+                source = volume["configMap"]
+                try:
+                    config_map = await api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/"
+                                                          f"{source['name']}")
+                except RuntimeError:
+                    if source.get("optional"):
+                        config_map = {}
+                    else:
+                        raise RuntimeError(f"configmap {source['name']!r} for volume {mount['name']!r} not found")
+                data = config_map.get("data") or {}
+                items = source.get("items") or [{"key": k, "path": k} for k in data]
+                for item in items:
+                    if item["key"] not in data:
+                        raise RuntimeError(f"configmap {source['name']!r} has no key {item['key']!r}")
+                    target = local / item["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(data[item["key"]])
+            mapping[mount["mountPath"].rstrip("/")] = str(local)
+        message_path = pod_dir / "termination-log"
+        message_path.write_text("")
+        mapping[container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH)] = str(message_path)
+
+        def local_path(text: str) -> str:
+            for remote in sorted(mapping, key=len, reverse=True):  # the most specific mount wins
+                text = text.replace(remote, mapping[remote])
+            return text
+
+        argv = [local_path(str(a)) for a in (container.get("command") or []) + (container.get("args") or [])]
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        env = dict(os.environ)
+        for var in container.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = local_path(str(var["value"]))
+            elif "configMapKeyRef" in (var.get("valueFrom") or {}):
+                ref = var["valueFrom"]["configMapKeyRef"]
+                config_map = await api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{ref['name']}")
+                env[var["name"]] = (config_map.get("data") or {}).get(ref["key"], "")
+        env["TERMINATION_MESSAGE_PATH"] = str(message_path)
+        env["POD_NAME"] = pod["metadata"]["name"]
+        env["POD_NAMESPACE"] = namespace
+        return argv, env, pod_dir / f"{container['name']}.log", message_path
+
+    def _termination_message(self, container: dict[str, Any], message_path: Path, log_path: Path,
+                             exit_code: int) -> str:
+        message = message_path.read_text(errors="replace") if message_path.exists() else ""
+        if not message and exit_code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            lines = log_path.read_text(errors="replace").splitlines()[-80:] if log_path.exists() else []
+            message = "\n".join(lines)
+        return message[-TERMINATION_MESSAGE_LIMIT:]
+
+    async def _pod_finished(self, api: ApiClient, pod_path: str, containers: list[dict[str, Any]], exit_code: int,
+                            message: str, started: str, phase: str) -> None:
+        name = containers[0]["name"] if containers else "main"
+        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                      "startedAt": started, "finishedAt": _now()}
+        if message:
+            terminated["message"] = message
+        await api.patch_status(pod_path, {"phase": phase, "containerStatuses": [
+            {"name": name, "ready": False, "restartCount": 0,
+             "image": containers[0].get("image", "") if containers else "", "state": {"terminated": terminated}}]})
+
+
+def job_kubelet(api_url: str, workdir: Path) -> JobKubelet:
+    """The node agent for `sandbox.server`: `async with job_kubelet(url, workdir): ...`."""
+    return JobKubelet(api_url, workdir)

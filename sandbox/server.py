@@ -1,0 +1,108 @@
+"""Run the sandbox: the API emulator on 127.0.0.1 (plain http) plus its node agents, until stopped.
+
+The running sandbox is described by `<workdir>/sandbox.json` (pid, url, kubeconfig), written once it
+serves requests and removed when it stops; `python -m sandbox down` uses it to stop the process.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import AsyncContextManager, Callable, Sequence
+
+import kmock
+
+from sandbox.emulator import SandboxAPI
+from sandbox.env import write_kubeconfig
+from sandbox.kubelet import job_kubelet
+
+STATE_NAME = "sandbox.json"
+STATE_FILE_NAME = "state.json"
+
+# A node agent runs beside the API for the sandbox's lifetime: `agent(api_url, workdir)` returns an
+# async context manager. The process kubelet plugs in here: its Job part (Jobs -> subprocesses) is
+# built; the Deployment part (-> TorchServe processes) will be another agent in this tuple.
+NodeAgent = Callable[[str, Path], AsyncContextManager[object]]
+DEFAULT_AGENTS: tuple[NodeAgent, ...] = (job_kubelet,)
+
+
+
+def state_path(workdir: Path) -> Path:
+    return Path(workdir) / STATE_NAME
+
+
+def read_state(workdir: Path) -> dict | None:
+    try:
+        return json.loads(state_path(workdir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _save(api: SandboxAPI, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(api.dump_state()))
+    tmp.replace(path)  # atomic: a crash leaves the previous snapshot, never half a file
+
+
+async def _persist(api: SandboxAPI, path: Path, interval_s: float = 1.0) -> None:
+    saved_rv = api.resource_version
+    while True:
+        await asyncio.sleep(interval_s)
+        if api.resource_version != saved_rv:
+            saved_rv = api.resource_version
+            _save(api, path)
+
+
+async def serve(workdir: Path, port: int = 0, agents: Sequence[NodeAgent] = DEFAULT_AGENTS,
+                stop: asyncio.Event | None = None, on_ready: Callable[[dict], None] | None = None,
+                persist: bool = False) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT when run as the main program).
+
+    With `persist`, the objects are loaded from and saved (each second when changed, and at exit) to
+    `<workdir>/state.json`, so a restarted API keeps its objects; otherwise it starts empty.
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    stop = stop or asyncio.Event()
+    api = SandboxAPI(pod_logs_dir=workdir / "pods")
+    state_file = workdir / STATE_FILE_NAME
+    if persist and state_file.exists():
+        try:
+            api.load_state(json.loads(state_file.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RuntimeError(f"{state_file} is not a sandbox state snapshot ({exc}); move it away") from exc
+    async with api, kmock.Server(api, port=port or None) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        kubeconfig = write_kubeconfig(workdir, url)
+        async with contextlib.AsyncExitStack() as stack:
+            for agent in agents:
+                await stack.enter_async_context(agent(url, workdir))
+            state = {"pid": os.getpid(), "url": url, "port": server.port, "kubeconfig": str(kubeconfig)}
+            state_path(workdir).write_text(json.dumps(state))
+            if on_ready:
+                on_ready(state)
+            saver = asyncio.create_task(_persist(api, state_file)) if persist else None
+            try:
+                await stop.wait()
+            finally:
+                if saver is not None:
+                    saver.cancel()
+                    _save(api, state_file)
+                with contextlib.suppress(FileNotFoundError):
+                    current = read_state(workdir)
+                    if current and current.get("pid") == os.getpid():
+                        state_path(workdir).unlink()
+
+
+def run_foreground(workdir: Path, port: int = 0, on_ready: Callable[[dict], None] | None = None,
+                   persist: bool = False) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(workdir, port, stop=stop, on_ready=on_ready, persist=persist)
+    asyncio.run(main())

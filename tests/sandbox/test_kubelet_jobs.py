@@ -1,0 +1,120 @@
+"""The process kubelet's Job part: real kubectl creates Jobs, local subprocesses run them."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from sandbox_helpers import Sandbox, wait_until
+
+
+def job_yaml(name: str, script: str, backoff: int = 0, extra_spec: str = "", container_extra: str = "") -> str:
+    body = json.dumps(script)
+    return f"""apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}}}
+spec:
+  backoffLimit: {backoff}{extra_spec}
+  template:
+    spec:
+      restartPolicy: Never
+      volumes: [{{name: cfg, configMap: {{name: job-config}}}}]
+      containers:
+        - name: main
+          image: selfheal/heal:dev
+          command: [python, -c, {body}]
+          args: [/etc/job/rules.yaml]
+          env: [{{name: MODE, value: fast}}]
+          volumeMounts: [{{name: cfg, mountPath: /etc/job}}]{container_extra}
+"""
+
+
+def _pods(sandbox: Sandbox, namespace: str, job: str) -> list[dict]:
+    return sandbox.get("pods", "-n", namespace, "-l", f"job-name={job}")["items"]
+
+
+def _config(sandbox: Sandbox, namespace: str) -> None:
+    sandbox.kubectl("create", "configmap", "job-config", "-n", namespace, "--from-literal=rules.yaml=rules: []")
+
+
+def test_job_runs_as_a_process_with_configmap_files_and_termination_message(sandbox: Sandbox, namespace):
+    _config(sandbox, namespace)
+    script = ("import json, os, sys\n"
+              "rules = open(sys.argv[1]).read()\n"
+              "print('working', flush=True)\n"
+              "open('/dev/termination-log', 'w').write(json.dumps({'rules': rules, 'mode': os.environ['MODE']}))\n")
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=job_yaml("heal-1", script))
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=complete", "job/heal-1", "--timeout=30s")
+    job = sandbox.get("job", "heal-1", "-n", namespace)
+    assert (job["status"]["succeeded"], job["status"]["active"]) == (1, 0) and job["status"]["completionTime"]
+    [pod] = _pods(sandbox, namespace, "heal-1")
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    assert pod["status"]["phase"] == "Succeeded"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 0 and terminated["reason"] == "Completed"
+    assert json.loads(terminated["message"]) == {"rules": "rules: []", "mode": "fast"}
+    log = sandbox.workdir / "pods" / namespace / pod["metadata"]["name"] / "main.log"
+    assert log.read_text() == "working\n"
+    assert sandbox.kubectl("logs", "-n", namespace, "job/heal-1").stdout == "working\n"  # served from that file
+    sandbox.kubectl("delete", "job", "heal-1", "-n", namespace)
+    wait_until(lambda: not _pods(sandbox, namespace, "heal-1"), what="the Job's pod to be garbage-collected")
+
+
+def test_failing_job_retries_up_to_the_backoff_limit(sandbox: Sandbox, namespace):
+    _config(sandbox, namespace)
+    script = "import sys\nprint('bad input: no rows', flush=True)\nsys.exit(3)\n"
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=job_yaml(
+        "heal-2", script, backoff=1, container_extra="\n          terminationMessagePolicy: FallbackToLogsOnError"))
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=failed", "job/heal-2", "--timeout=30s")
+    job = sandbox.get("job", "heal-2", "-n", namespace)
+    assert job["status"]["failed"] == 2
+    assert job["status"]["conditions"][0]["reason"] == "BackoffLimitExceeded"
+    pods = _pods(sandbox, namespace, "heal-2")
+    assert len(pods) == 2 and {p["status"]["phase"] for p in pods} == {"Failed"}
+    terminated = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 3 and terminated["message"] == "bad input: no rows"
+
+
+def test_deadline_kills_the_process_and_fails_the_job(sandbox: Sandbox, namespace):
+    _config(sandbox, namespace)
+    started = time.monotonic()
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=job_yaml(
+        "slow", "import time\ntime.sleep(60)\n", extra_spec="\n  activeDeadlineSeconds: 1"))
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=failed", "job/slow", "--timeout=30s")
+    assert time.monotonic() - started < 15
+    assert sandbox.get("job", "slow", "-n", namespace)["status"]["conditions"][0]["reason"] == "DeadlineExceeded"
+
+
+def test_deleting_a_running_job_stops_its_process(sandbox: Sandbox, namespace, tmp_path):
+    _config(sandbox, namespace)
+    pid_file = tmp_path / "pid"
+    script = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=job_yaml("stuck", script))
+    pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the Job's process to start"))
+    assert _pods(sandbox, namespace, "stuck")[0]["status"]["phase"] == "Running"
+    sandbox.kubectl("delete", "job", "stuck", "-n", namespace)
+
+    def process_gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    wait_until(process_gone, what=f"process {pid} to be stopped")
+
+
+def test_a_pod_without_command_fails_with_a_clear_message(sandbox: Sandbox, namespace):
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input="""apiVersion: batch/v1
+kind: Job
+metadata: {name: nocmd}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: busybox}]
+""")
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=failed", "job/nocmd", "--timeout=30s")
+    [pod] = _pods(sandbox, namespace, "nocmd")
+    message = pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+    assert "runs `command`" in message
