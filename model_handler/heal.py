@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from dataclasses import replace
@@ -64,7 +65,10 @@ def configs(config: dict) -> tuple[HealConfig, int]:
 
 def run(args: argparse.Namespace) -> dict:
     model_dir = Path(args.model_dir)
-    config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    if args.config_json:
+        config = json.loads(args.config_json)
+    else:
+        config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     if not isinstance(config, dict):
         raise ValueError(f"config file {args.config} must hold a mapping")
     heal_config, window_rows = configs(config)
@@ -120,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True, help="backbone, reference.json and rules.yaml")
     parser.add_argument("--parent", default=BASE_VERSION, help="the adapter to heal from (last good)")
     parser.add_argument("--version", required=True, help="name of the new adapter version")
-    parser.add_argument("--config", help="JSON/YAML config rendered from the spec")
+    parser.add_argument("--config", help="JSON/YAML config file rendered from the spec")
+    parser.add_argument("--config-json", help="the same config inline (what the operator passes)")
     parser.add_argument("--job-name", default="")
-    parser.add_argument("--termination-log", default="/dev/termination-log")
+    parser.add_argument("--termination-log", default=os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log"),
+                        help="where the result JSON goes (default $TERMINATION_MESSAGE_PATH or /dev/termination-log)")
     args = parser.parse_args(argv)
     try:
         result = run(args)

@@ -1,0 +1,111 @@
+"""The few Kubernetes API calls the operator makes, through kubernetes_asyncio.
+
+Create-or-update is idempotent: "already exists" means patch (strategic merge for built-in kinds),
+so a handler retried after a crash converges instead of failing. API errors become
+`kopf.TemporaryError` (retry later) except where the caller needs to decide.
+"""
+from __future__ import annotations
+
+import logging
+
+import kopf
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+_api: client.ApiClient | None = None
+
+
+async def api_client() -> client.ApiClient:
+    """One shared client: in-cluster credentials if present, else KUBECONFIG."""
+    global _api
+    if _api is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            await config.load_kube_config()
+        _api = client.ApiClient()
+    return _api
+
+
+async def close() -> None:
+    global _api
+    if _api is not None:
+        await _api.close()
+        _api = None
+
+
+def _retry(what: str, err: ApiException, delay: float = 5.0) -> kopf.TemporaryError:
+    return kopf.TemporaryError(f"{what}: HTTP {err.status} {err.reason}", delay=delay)
+
+
+_KINDS = {
+    "ConfigMap": ("CoreV1Api", "namespaced_config_map"),
+    "Service": ("CoreV1Api", "namespaced_service"),
+    "Deployment": ("AppsV1Api", "namespaced_deployment"),
+    "Job": ("BatchV1Api", "namespaced_job"),
+}
+
+
+async def ensure(obj: dict, namespace: str) -> None:
+    """Create `obj`, or patch it to match if it exists (owner references set by the caller)."""
+    api_name, suffix = _KINDS[obj["kind"]]
+    api = getattr(client, api_name)(await api_client())
+    name = obj["metadata"]["name"]
+    try:
+        await getattr(api, f"create_{suffix}")(namespace, obj)
+        log.info("created %s %s/%s", obj["kind"], namespace, name)
+    except ApiException as err:
+        if err.status != 409:
+            raise _retry(f"create {obj['kind']} {namespace}/{name}", err) from err
+        try:
+            await getattr(api, f"patch_{suffix}")(name, namespace, obj)
+        except ApiException as err2:
+            raise _retry(f"patch {obj['kind']} {namespace}/{name}", err2) from err2
+
+
+async def read(kind: str, namespace: str, name: str) -> dict | None:
+    api_name, suffix = _KINDS[kind]
+    api = getattr(client, api_name)(await api_client())
+    try:
+        result = await getattr(api, f"read_{suffix}")(name, namespace, _preload_content=False)
+        return await result.json()
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise _retry(f"read {kind} {namespace}/{name}", err) from err
+
+
+async def patch(kind: str, namespace: str, name: str, body: dict) -> None:
+    api_name, suffix = _KINDS[kind]
+    api = getattr(client, api_name)(await api_client())
+    try:
+        await getattr(api, f"patch_{suffix}")(name, namespace, body)
+    except ApiException as err:
+        raise _retry(f"patch {kind} {namespace}/{name}", err) from err
+
+
+async def list_pods(namespace: str, selector: dict[str, str]) -> list[dict]:
+    api = client.CoreV1Api(await api_client())
+    label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
+    try:
+        result = await api.list_namespaced_pod(namespace, label_selector=label_selector, _preload_content=False)
+        return (await result.json()).get("items", [])
+    except ApiException as err:
+        raise _retry(f"list pods in {namespace} ({label_selector})", err) from err
+
+
+def pod_ready(pod: dict) -> bool:
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def termination_message(pod: dict) -> str:
+    """The first container's termination message (the heal Job's result JSON)."""
+    for state in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (state.get("state") or {}).get("terminated") or (state.get("lastState") or {}).get("terminated")
+        if terminated and terminated.get("message"):
+            return terminated["message"]
+    return ""

@@ -1,0 +1,126 @@
+"""Reading drift from the pods: fetch each ready pod's status, merge exactly, score full windows.
+
+Each pod reports cumulative counters (all its workers merged). The operator keeps, per pod (by
+uid), the last counters it saw; the increments of all pods are summed into a pending window, and
+once the window holds `windowRows` rows it is scored and the heal trigger is fed. Sums of counters
+only: merging pods never averages p-values or scores. A pod whose counters went backwards
+restarted; its new counters are its increment. A pod that stops answering contributes nothing
+until it answers again (and is listed as unreachable in the status).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from model_handler.drift import DriftScores, HealTrigger, drift_scores
+from model_handler.rules import RuleSet
+from model_handler.sketches import CounterResetError, DriftSketch, ReferenceProfile, SketchError
+from shm_operator.children import container_port
+
+log = logging.getLogger(__name__)
+
+
+class PodUnreachable(Exception):
+    """A pod's status could not be fetched or parsed; the message says why."""
+
+
+async def fetch_pod_status(session: aiohttp.ClientSession, pod: dict, model_name: str,
+                           timeout: float = 5.0) -> dict:
+    """TorchServe's describe API with customized=true returns the handler's merged pod status."""
+    ip = (pod.get("status") or {}).get("podIP")
+    port = container_port(pod, "management")
+    if not ip or not port:
+        raise PodUnreachable("pod has no IP or no port named 'management'")
+    url = f"http://{ip}:{port}/models/{model_name}?customized=true"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                raise PodUnreachable(f"GET {url}: HTTP {response.status}: {(await response.text())[:200]}")
+            body = await response.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as err:
+        raise PodUnreachable(f"GET {url}: {type(err).__name__}: {err}") from err
+    try:
+        custom = body[0]["customizedMetadata"]
+        return json.loads(custom) if isinstance(custom, str) else custom
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise PodUnreachable(f"GET {url}: no customized status in the answer ({err})") from err
+
+
+@dataclass
+class WindowState:
+    """Per-model memory between polls (lost on operator restart: the next window starts afresh)."""
+
+    reference: ReferenceProfile | None = None
+    last: dict[str, DriftSketch] = field(default_factory=dict)  # pod uid -> last cumulative sketch
+    pending: DriftSketch | None = None
+
+    def add(self, pod_uid: str, cumulative: DriftSketch) -> None:
+        previous = self.last.get(pod_uid)
+        self.last[pod_uid] = cumulative
+        if previous is None:
+            return  # first sight of this pod (or of any pod after a restart): a baseline, no window
+        try:
+            increment = cumulative - previous
+        except CounterResetError:
+            increment = cumulative  # the pod restarted: everything it counted is new
+        self.pending = increment if self.pending is None else self.pending + increment
+
+    def forget_missing(self, live_uids: set[str]) -> None:
+        for uid in set(self.last) - live_uids:
+            del self.last[uid]
+
+    def take_window(self, rows: int) -> DriftSketch | None:
+        if self.pending is None or self.pending.n < rows:
+            return None
+        window, self.pending = self.pending, None
+        return window
+
+
+def reference_of(status: dict, state: WindowState) -> ReferenceProfile:
+    """Pods ship their reference profile; keep one and insist all pods agree on it."""
+    ref = ReferenceProfile.from_dict(status["reference"])
+    if state.reference is None or state.reference.fingerprint != ref.fingerprint:
+        if state.reference is not None:
+            log.warning("reference profile changed (new model archive?): restarting drift windows")
+            state.last.clear()
+            state.pending = None
+        state.reference = ref
+    return state.reference
+
+
+def ingest(state: WindowState, pod_uid: str, status: dict) -> None:
+    reference = reference_of(status, state)
+    try:
+        sketch = DriftSketch.from_dict(status["sketch"], reference)
+    except (KeyError, SketchError) as err:
+        raise PodUnreachable(f"pod status has no usable sketch: {err}") from err
+    state.add(pod_uid, sketch)
+
+
+def score_window(window: DriftSketch, state: WindowState, rules: RuleSet) -> DriftScores:
+    return drift_scores(window, state.reference, rules)
+
+
+def trigger_from(drift_spec: dict, saved: dict | None) -> HealTrigger:
+    """The heal trigger with thresholds from spec.drift and state from status.drift.trigger."""
+    thresholds = {"input_on": drift_spec.get("inputOn", 0.10), "input_off": drift_spec.get("inputOff", 0.07),
+                  "conflict_on": drift_spec.get("conflictOn", 0.05),
+                  "conflict_off": drift_spec.get("conflictOff", 0.025),
+                  "persistence": drift_spec.get("persistence", 2)}
+    return HealTrigger.from_dict(saved, **thresholds) if saved else HealTrigger(**thresholds)
+
+
+def drift_summary(scores: DriftScores, trigger: HealTrigger, since: str | None) -> dict:
+    """The concise status.drift: numbers a person reads, never raw sketches.
+
+    score = the weaker of the two signals relative to its threshold: >= 1 means both are on.
+    """
+    score = min(scores.input_shift / trigger.input_on, scores.rule_conflict / trigger.conflict_on)
+    return {"score": round(score, 3),
+            "inputShift": round(scores.input_shift, 4), "ruleConflict": round(scores.rule_conflict, 4),
+            "predictionShift": round(scores.prediction_shift, 4), "topFeatures": scores.top_features,
+            "samples": scores.samples, "since": since, "trigger": trigger.to_dict()}
