@@ -61,6 +61,10 @@ _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 _WORKER_FAILURE_MARKERS = ("Load model failed", "Backend worker process died", "Failed to load model")
 
 
+class _Interrupted(Exception):
+    """SIGTERM/SIGINT arrived while the CLI was still waiting for TorchServe to become ready."""
+
+
 class TorchServeError(RuntimeError):
     """TorchServe did not come up (or misbehaved); the message ends with the tail of its logs."""
 
@@ -418,14 +422,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     stop = threading.Event()
+    ready = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+        if not ready.is_set():  # still starting: abandon the start; `finally` below stops the server
+            raise _Interrupted(signum)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         server.start(timeout=args.timeout)
-    except TorchServeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
+        ready.set()
         print(json.dumps({"inference": server.inference_url, "management": server.management_url,
                           "metrics": server.metrics_url, "pid": server.pid, "logs": str(server.log_dir)}), flush=True)
         while not stop.is_set():
@@ -433,6 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: TorchServe exited with code {server.process.returncode}\n{server.log_tail()}", file=sys.stderr)
                 return 1
             stop.wait(0.5)
+    except TorchServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except _Interrupted as exc:
+        print(f"interrupted by signal {exc.args[0]} while starting", file=sys.stderr)
+        return 128 + exc.args[0]
     finally:
         server.stop()
     return 0

@@ -162,6 +162,27 @@ def test_cli_serves_until_sigterm(store, tmp_path):
             proc.wait()
 
 
+def test_cli_sigterm_while_starting_stops_everything(store, tmp_path):
+    workdir = tmp_path / "cli-early"
+    cmd = [sys.executable, "-m", "model_handler.launcher", "serve", "--model-store", str(store),
+           "--model", "plain=plain.mar", "--workdir", str(workdir)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workdir / "logs" / "console.log").exists():  # TorchServe launched, far from ready
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert out == "" and "while starting" in err
+        assert not processes_mentioning(str(workdir))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_cli_rejects_malformed_model_argument(store):
     done = subprocess.run([sys.executable, "-m", "model_handler.launcher", "serve", "--model-store", str(store),
                            "--model", "plain.mar"], cwd=REPO, capture_output=True, text=True, timeout=60)
