@@ -256,6 +256,7 @@ class TorchServeProcess:
             "enable_model_api": "true",
             "metrics_mode": "prometheus",
             "disable_system_metrics": "true",
+            "model_metrics_auto_detect": "true",  # handlers' own metrics reach the Prometheus endpoint
             "enable_envvars_config": "false",
             **self.extra_config,
         }
