@@ -129,6 +129,9 @@ class TorchServeProcess:
         if not self.models:
             raise ValueError("no models to serve")
         for model in self.models:
+            if Path(model.archive).name != model.archive:
+                raise TorchServeError(f"model {model.name!r}: archive {model.archive!r} must be a file or directory "
+                                      f"name directly inside the model store {self.model_store}")
             if not (self.model_store / model.archive).exists():
                 raise TorchServeError(f"model {model.name!r}: archive {model.archive!r} not found in {self.model_store}")
         if workers < 1:

@@ -121,6 +121,8 @@ def test_unusable_inputs_are_refused_before_anything_starts(tmp_path, store):
         TorchServeProcess(store, {"m": "garbage.mar"}).start()
     with pytest.raises(TorchServeError, match="'missing.mar' not found"):
         TorchServeProcess(store, {"m": "missing.mar"})
+    with pytest.raises(TorchServeError, match="directly inside the model store"):
+        TorchServeProcess(store.parent, {"m": "store/plain.mar"})
     with pytest.raises(TorchServeError, match="model store not found"):
         TorchServeProcess(tmp_path / "nowhere", {"m": "plain.mar"})
     with pytest.raises(ValueError, match="workers"):
