@@ -1,4 +1,7 @@
 # Everything installs into .venv/ inside the repo, so a fresh clone needs only python3 and make.
+# PYTHONSAFEPATH: never put the repo root on sys.path, where the folder operator/ would shadow the
+# stdlib module `operator`; the editable install makes the packages importable instead.
+export PYTHONSAFEPATH := 1
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

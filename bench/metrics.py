@@ -1,0 +1,70 @@
+"""Classification metrics in plain numpy (no scikit-learn dependency for three functions).
+
+Binary metrics take the score of the positive class (index 1); multi-class ones are macro averages.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    return float((y == pred).mean())
+
+
+def f1(y: np.ndarray, pred: np.ndarray, positive: int = 1) -> float:
+    tp = float(((pred == positive) & (y == positive)).sum())
+    fp = float(((pred == positive) & (y != positive)).sum())
+    fn = float(((pred != positive) & (y == positive)).sum())
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney U with average ranks for ties."""
+    pos, neg = int((y == 1).sum()), int((y != 1).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    sorted_scores = score[order]
+    i = 0
+    while i < len(score):
+        j = i
+        while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def pr_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Average precision (step-wise area under the precision-recall curve)."""
+    pos = int((y == 1).sum())
+    if pos == 0:
+        return float("nan")
+    order = np.argsort(-score, kind="mergesort")
+    hits = (y[order] == 1).astype(np.float64)
+    # Treat tied scores as one threshold: evaluate precision only at the last row of each tie.
+    last = np.r_[score[order][1:] != score[order][:-1], True]
+    tp = np.cumsum(hits)[last]
+    fp = np.cumsum(1 - hits)[last]
+    precision = tp / (tp + fp)
+    recall_gain = np.diff(np.r_[0.0, tp]) / pos
+    return float((precision * recall_gain).sum())
+
+
+def threshold_at_rate(score: np.ndarray, rate: float) -> float:
+    """The score threshold that flags `rate` of the rows (for equal-flag-rate comparisons)."""
+    if rate <= 0:
+        return float("inf")
+    return float(np.quantile(score, 1 - min(rate, 1.0)))
+
+
+def scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    pred = probs.argmax(1)
+    out = {"accuracy": accuracy(y, pred), "flag_rate": float((pred == 1).mean())}
+    if probs.shape[1] == 2:
+        out.update(f1=f1(y, pred), roc_auc=roc_auc(y, probs[:, 1]), pr_auc=pr_auc(y, probs[:, 1]))
+    else:
+        out.update(f1=float(np.mean([f1(y, pred, c) for c in range(probs.shape[1])])),
+                   roc_auc=float("nan"), pr_auc=float("nan"))
+    return out

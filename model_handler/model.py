@@ -1,0 +1,226 @@
+"""The served model: a frozen backbone wrapped by a small, swappable reflexive adapter.
+
+    x -> fixed transform (signed log1p of heavy-tailed features) -> reference normalisation
+      -> [adapter] per-feature recalibration (z - shift) / scale
+      -> backbone MLP (frozen) -> h
+      -> [adapter] h + up(relu(down(h)))            (up is zero at start: identity)
+      -> head (frozen) -> logits
+      -> [adapter] + per-class logit bias            (prior correction)
+
+Everything that may change after deployment lives in the adapter, so healing can never overwrite
+what the backbone learned, an adapter is a few kilobytes, and `reset_adapter()` is the `base`
+version. Models and adapters are stored with safetensors only (no pickle, no code execution).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+MODEL_FILE = "model.safetensors"
+SPEC_FILE = "model.json"
+ADAPTER_PREFIX = "adapter."
+
+
+class AdapterError(ValueError):
+    """An adapter that must not be served: wrong tensors, wrong shapes, non-finite values."""
+
+
+@dataclass
+class ModelSpec:
+    features: list[str]
+    classes: list[str]
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    adapter_rank: int = 8
+    log_features: list[str] = field(default_factory=list)  # signed log1p before normalisation
+    train_prior: list[float] = field(default_factory=list)  # class rates of the training labels
+    # Per-feature quantiles (5%..95%) of the normalised training inputs: lets healing tell a
+    # unit change (same shape, moved and scaled) from a change of shape.
+    reference_quantiles: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.features) == 0 or len(set(self.features)) != len(self.features):
+            raise ValueError("features must be a non-empty list of unique names")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must be at least two unique names")
+        unknown = set(self.log_features) - set(self.features)
+        if unknown:
+            raise ValueError(f"log_features not in features: {sorted(unknown)}")
+        if self.adapter_rank < 1 or not self.hidden:
+            raise ValueError("adapter_rank must be >= 1 and hidden non-empty")
+
+
+def signed_log1p(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+class ReflexiveAdapter(nn.Module):
+    """The only trainable part after deployment. Identity when freshly reset."""
+
+    def __init__(self, n_features: int, width: int, rank: int, n_classes: int):
+        super().__init__()
+        self.input_shift = nn.Parameter(torch.zeros(n_features))
+        self.input_log_scale = nn.Parameter(torch.zeros(n_features))
+        self.down = nn.Linear(width, rank)
+        self.up = nn.Linear(rank, width)
+        self.logit_bias = nn.Parameter(torch.zeros(n_classes))
+        self.reset()
+
+    def reset(self) -> None:
+        with torch.no_grad():
+            self.input_shift.zero_()
+            self.input_log_scale.zero_()
+            # down is random (a fixed seed keeps `base` reproducible), up is zero: h + 0 == h.
+            gen = torch.Generator().manual_seed(0)
+            bound = 1.0 / math.sqrt(self.down.in_features)
+            self.down.weight.copy_(torch.empty_like(self.down.weight).uniform_(-bound, bound, generator=gen))
+            self.down.bias.zero_()
+            self.up.weight.zero_()
+            self.up.bias.zero_()
+            self.logit_bias.zero_()
+
+    def recalibrate(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.input_shift) * torch.exp(-self.input_log_scale)
+
+    def residual(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(torch.relu(self.down(h)))
+
+
+class SelfHealingNet(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        n_features, n_classes = len(spec.features), len(spec.classes)
+        log_mask = torch.tensor([f in spec.log_features for f in spec.features])
+        self.register_buffer("log_mask", log_mask)
+        self.register_buffer("norm_mean", torch.zeros(n_features))
+        self.register_buffer("norm_std", torch.ones(n_features))
+        layers: list[nn.Module] = []
+        width = n_features
+        for hidden in spec.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.backbone = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_classes)
+        self.adapter = ReflexiveAdapter(n_features, width, spec.adapter_rank, n_classes)
+
+    # ---- forward path -------------------------------------------------------------------
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Fixed, frozen input transform (before the adapter)."""
+        x = torch.where(self.log_mask, signed_log1p(x), x)
+        return (x - self.norm_mean) / self.norm_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.adapter.recalibrate(self.transform(x))
+        h = self.adapter.residual(self.backbone(z))
+        return self.head(h) + self.adapter.logit_bias
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        return torch.softmax(self.forward(x), dim=-1)
+
+    # ---- training the backbone (before deployment only) ---------------------------------
+    def fit_normalisation(self, x: torch.Tensor) -> None:
+        x = torch.where(self.log_mask, signed_log1p(x), x)
+        self.norm_mean.copy_(x.mean(0))
+        self.norm_std.copy_(x.std(0).clamp_min(1e-6))
+
+    def freeze_backbone(self) -> None:
+        for name, param in self.named_parameters():
+            param.requires_grad_(name.startswith("adapter."))
+
+    # ---- adapter state ------------------------------------------------------------------
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.adapter.state_dict().items()}
+
+    def load_adapter_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Validate fully, then load: a refused adapter leaves the current one untouched."""
+        expected = self.adapter.state_dict()
+        missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
+        if missing or unexpected:
+            raise AdapterError(f"adapter tensors do not match the model: missing {sorted(missing)}, "
+                               f"unexpected {sorted(unexpected)}")
+        for name, ref in expected.items():
+            value = tensors[name]
+            if tuple(value.shape) != tuple(ref.shape):
+                raise AdapterError(f"adapter tensor {name!r} has shape {tuple(value.shape)}, "
+                                   f"the model needs {tuple(ref.shape)}")
+            if not torch.isfinite(value).all():
+                raise AdapterError(f"adapter tensor {name!r} has non-finite values")
+        self.adapter.load_state_dict({k: tensors[k].to(ref.dtype) for k, ref in expected.items()})
+
+    def reset_adapter(self) -> None:
+        self.adapter.reset()
+
+    def copy(self) -> "SelfHealingNet":
+        clone = SelfHealingNet(self.spec)
+        clone.load_state_dict(self.state_dict())
+        return clone
+
+
+# ---- persistence --------------------------------------------------------------------------
+
+def _frozen_state(model: SelfHealingNet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()
+            if not k.startswith(ADAPTER_PREFIX)}
+
+
+def save_model(model: SelfHealingNet, directory: str | Path) -> str:
+    """Write the frozen model (no adapter) and its spec; returns the model's content hash."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = st_save(_frozen_state(model))
+    (directory / MODEL_FILE).write_bytes(data)
+    (directory / SPEC_FILE).write_text(json.dumps(asdict(model.spec), indent=1))
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_model(directory: str | Path) -> SelfHealingNet:
+    directory = Path(directory)
+    try:
+        spec = ModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
+        tensors = st_load((directory / MODEL_FILE).read_bytes())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"no model at {directory}: {err.filename} is missing") from err
+    except (TypeError, ValueError, json.JSONDecodeError) as err:
+        raise ValueError(f"model at {directory} is unreadable: {err}") from err
+    model = SelfHealingNet(spec)
+    expected = set(_frozen_state(model))
+    if set(tensors) != expected:
+        raise ValueError(f"model at {directory} does not match its spec: "
+                         f"missing {sorted(expected - set(tensors))}, unexpected {sorted(set(tensors) - expected)}")
+    model.load_state_dict({**tensors, **{ADAPTER_PREFIX + k: v for k, v in model.adapter.state_dict().items()}})
+    model.freeze_backbone()
+    model.eval()
+    return model
+
+
+def model_hash(directory: str | Path) -> str:
+    return hashlib.sha256((Path(directory) / MODEL_FILE).read_bytes()).hexdigest()
+
+
+def adapter_to_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    return st_save({k: v.detach().contiguous().float() for k, v in tensors.items()},
+                   metadata=dict(metadata or {}))
+
+
+def adapter_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """Parse safetensors bytes. Any malformed file is an AdapterError, never a crash."""
+    try:
+        return st_load(bytes(data))
+    except Exception as err:  # safetensors raises its own error types for every malformed header
+        raise AdapterError(f"adapter file is not valid safetensors: {err}") from err
+
+
+def adapter_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

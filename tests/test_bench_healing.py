@@ -1,0 +1,25 @@
+"""The healing benchmark runs end to end and writes the documented JSON shape."""
+import json
+import subprocess
+import sys
+
+
+def test_quick_benchmark_on_two_scenarios(tmp_path):
+    out = tmp_path / "healing.json"
+    subprocess.run([sys.executable, "-m", "bench.healing", "--quick", "--scenario", "fraud_unit_change",
+                    "--scenario", "fraud_stale_rule", "--json", str(out)], check=True, timeout=300,
+                   capture_output=True)
+    result = json.loads(out.read_text())
+    collapse = result["scenarios"]["fraud_unit_change"]["methods"]
+    assert set(collapse) == {"none", "oracle", "tent", "norm_stats", "em_prior", "selfheal"}
+    for method in collapse.values():
+        assert {"accuracy", "f1", "pr_auc", "labels_used", "gap_closed", "harmful_promotions"} <= set(method)
+    # the issue's collapse target: unhealed collapses, oracle >= 0.90, selfheal >= 0.85 with 0 labels
+    assert collapse["none"]["accuracy"] < 0.5
+    assert collapse["oracle"]["accuracy"] >= 0.90
+    assert collapse["selfheal"]["accuracy"] >= 0.85 and collapse["selfheal"]["labels_used"] == 0
+    assert collapse["selfheal"]["f1"] > collapse["none"]["f1"]
+    assert collapse["selfheal"]["pr_auc"] > collapse["none"]["pr_auc"]
+    control = result["scenarios"]["fraud_stale_rule"]
+    assert control["negative_control"] is True
+    assert control["methods"]["selfheal"]["harmful_promotions"] == 0

@@ -1,0 +1,126 @@
+"""Label-free healing and the promotion gate on the fraud example's drift scenarios."""
+import numpy as np
+import pytest
+import torch
+
+from examples.fraud.generator import scenario
+from model_handler.gate import GateConfig, evaluate_gate
+from model_handler.healing import HealConfig, heal, rule_targets, train_adapter
+from model_handler.rules import RuleSet
+from model_handler.sketches import ReferenceProfile
+from model_handler.training import train_backbone
+
+
+def accuracy(model, split):
+    return float((model.predict_proba(split.x).argmax(1).numpy() == split.y).mean())
+
+
+@pytest.fixture(scope="module")
+def world():
+    """One backbone (the scenarios share their source distribution for a given seed)."""
+    base = scenario("fraud_unit_change", seed=1, quick=True)
+    model = train_backbone(base.train.x, base.train.y, base.features, base.classes,
+                           log_features=base.extra["log_features"], seed=1)
+    rules = RuleSet.from_yaml(base.rules_yaml, base.features, base.classes)
+    reference = ReferenceProfile.fit(base.train.x, model.predict_proba(base.train.x).numpy(),
+                                     rules.fires(base.train.x).numpy(), rules.labels.numpy(),
+                                     base.features, base.classes)
+    return model, rules, reference
+
+
+def test_unit_change_is_healed_by_recalibration_with_zero_labels(world):
+    model, rules, reference = world
+    s = scenario("fraud_unit_change", seed=1, quick=True)
+    assert accuracy(model, s.holdout) < 0.7  # the collapse is real
+    result = heal(model, s.stream.x[-3000:], rules, reference)
+    assert "recalibrate" in result.steps and "amount" in result.diagnosis["recalibrated_features"]
+    assert result.promotable, result.reason
+    assert result.labels_used == 0
+    assert accuracy(result.candidate, s.holdout) >= 0.95
+    # nothing learned before is forgotten: the backbone is untouched
+    for (name, a), (_, b) in zip(model.named_parameters(), result.candidate.named_parameters()):
+        if not name.startswith("adapter."):
+            assert torch.equal(a, b)
+
+
+def test_new_fraud_pattern_is_learned_from_rules(world):
+    model, rules, reference = world
+    s = scenario("fraud_new_pattern", seed=1, quick=True)
+    result = heal(model, s.stream.x[-3000:], rules, reference)
+    assert "adapter" in result.steps and result.promotable, result.reason
+    before, after = accuracy(model, s.holdout), accuracy(result.candidate, s.holdout)
+    assert after > before + 0.02
+
+
+def test_stale_rule_negative_control_is_not_promoted(world):
+    model, rules, reference = world
+    s = scenario("fraud_stale_rule", seed=1, quick=True)
+    result = heal(model, s.stream.x[-3000:], rules, reference)
+    assert not result.promotable, result.to_dict()
+    assert result.diagnosis["rules"]["night_online"]["trusted"] is False
+
+
+def test_stationary_traffic_needs_no_fix(world):
+    model, rules, reference = world
+    s = scenario("fraud_unit_change", seed=1, quick=True)
+    result = heal(model, s.clean_test.x[:3000], rules, reference)
+    assert result.candidate is None and not result.promotable
+    assert "no fix needed" in result.reason
+
+
+def test_gate_refuses_a_harmful_adapter_and_says_why(world):
+    model, rules, reference = world
+    s = scenario("fraud_unit_change", seed=1, quick=True)
+    harmful = model.copy()
+    with torch.no_grad():
+        harmful.adapter.logit_bias.copy_(torch.tensor([0.0, 6.0]))  # flag (almost) everything
+    x = s.clean_test.x[:1500]
+    fires = rules.fires(x)
+    trusted = np.ones(len(rules), bool)
+    report = evaluate_gate(model, model, harmful, x, fires, rules.labels, trusted,
+                           reference.counts.counters["rule_fires"] / reference.n, np.asarray(model.spec.train_prior),
+                           ["prior"], GateConfig())
+    assert not report.passed
+    assert "class_rates_plausible" in report.failed
+    assert "prior_supported_by_rules" in report.failed
+    assert "class_rates_plausible" in report.summary()
+
+
+def test_heal_rejects_bad_inputs_clearly(world):
+    model, rules, reference = world
+    good = scenario("fraud_unit_change", seed=1, quick=True).clean_test.x[:400]
+    with pytest.raises(ValueError, match=r"shape \[N, 8\]"):
+        heal(model, good[:, :5], rules, reference)
+    bad = good.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        heal(model, bad, rules, reference)
+    with pytest.raises(ValueError, match="at least 200"):
+        heal(model, good[:50], rules, reference)
+    with pytest.raises(ValueError, match="labels must align"):
+        heal(model, good, rules, reference, labels=np.zeros(10, np.int64))
+
+
+def test_delayed_labels_are_optional_and_counted(world):
+    model, rules, reference = world
+    s = scenario("fraud_new_pattern", seed=1, quick=True)
+    x, y = s.stream.x[-2000:], s.stream.y[-2000:].copy()
+    y[200:] = -1  # only a few delayed labels arrived
+    result = heal(model, x, rules, reference, labels=y)
+    assert 0 < result.labels_used <= 200
+
+
+def test_adapter_collapse_is_reset(world):
+    """Whatever drives the adapter to predict a single class, it is reset, not handed to the gate."""
+    model, rules, reference = world
+    s = scenario("fraud_new_pattern", seed=1, quick=True)
+    x = torch.as_tensor(s.stream.x[-1000:])
+    anchor = model.copy()
+    candidate = model.copy()
+    start = candidate.adapter_state()
+    dist, mass = rule_targets(rules.fires(x), rules.labels, rules.weights, 2)
+    poisoned = torch.ones(len(x), dtype=torch.long)  # "every transaction is fraud"
+    facts = train_adapter(candidate, anchor, x, dist, mass, HealConfig(label_weight=100.0), labels=poisoned)
+    assert facts["collapsed_and_reset"]
+    for name, value in candidate.adapter_state().items():
+        assert torch.equal(value, start[name]), name
