@@ -145,8 +145,7 @@ class TorchServeProcess:
         self.log_level = log_level.upper()
         self.extra_config = dict(config or {})
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="torchserve-"))
-        self.log_dir = self.workdir / "logs"
+        self.workdir: Path | None = Path(workdir).resolve() if workdir else None  # own one: made at start
         self.process: subprocess.Popen | None = None
         self._console = None
         self._short_tmp: Path | None = None
@@ -202,12 +201,18 @@ class TorchServeProcess:
         if self._short_tmp is not None:
             shutil.rmtree(self._short_tmp, ignore_errors=True)
             self._short_tmp = None
-        if remove_workdir and self._own_workdir and self.workdir.exists():
+        if remove_workdir and self._own_workdir and self.workdir is not None and self.workdir.exists():
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def log_dir(self) -> Path | None:
+        return self.workdir / "logs" if self.workdir else None
 
     # -- information ----------------------------------------------------------------------------
     def log_tail(self, lines: int = 40) -> str:
         parts = []
+        if self.log_dir is None:
+            return "(not started)"
         for name in ("console.log", "ts_log.log", "model_log.log"):
             path = self.log_dir / name
             if path.exists():
@@ -229,6 +234,8 @@ class TorchServeProcess:
 
     # -- internals ------------------------------------------------------------------------------
     def _launch(self) -> None:
+        if self.workdir is None or (self._own_workdir and not self.workdir.exists()):
+            self.workdir = Path(tempfile.mkdtemp(prefix="torchserve-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("console.log", "ts_log.log", "model_log.log"):  # from an earlier attempt
             (self.log_dir / stale).unlink(missing_ok=True)
@@ -339,6 +346,8 @@ class TorchServeProcess:
     def _error_lines(self, limit: int = 6) -> list[str]:
         """The lines that say what went wrong (exceptions, failed loads), without the stack frames."""
         found: list[str] = []
+        if self.log_dir is None:
+            return found
         for name in ("console.log", "ts_log.log", "model_log.log"):
             path = self.log_dir / name
             if not path.exists():
