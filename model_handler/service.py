@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -325,7 +325,8 @@ class ModelService:
                     statuses.append(json.loads(path.read_text()))
                 except (OSError, ValueError):
                     continue  # a file being replaced right now: its next publish counts
-        merged = merge_statuses(statuses, self.reference)
+        merged = merge_statuses(statuses, self.reference,
+                                alive=lambda status: status["pid"] == os.getpid() or _pid_alive(status["pid"]))
         merged["scores"] = self._scores(merged["sketch"])
         return merged
 
@@ -337,17 +338,24 @@ class ModelService:
                 "rule_conflict": scores.rule_conflict, "top_features": scores.top_features}
 
 
-def merge_statuses(statuses: Sequence[dict], reference: ReferenceProfile) -> dict:
-    """Merge worker status dicts exactly: sums of counters, the set of adapters served."""
+def merge_statuses(statuses: Sequence[dict], reference: ReferenceProfile,
+                   alive: Callable[[dict], bool] = lambda status: True) -> dict:
+    """Merge worker status dicts exactly.
+
+    Counters (sketch, requests, traffic) add over every worker, dead ones included, so they never go
+    backwards while the pod lives. The adapter (version, refusals) is what the live workers serve:
+    a worker that died long ago must not make the pod look mixed forever.
+    """
     if not statuses:
         raise SketchError("no worker status to merge")
     sketch = None
     for status in statuses:
         part = DriftSketch.from_dict(status["sketch"], reference)
         sketch = part if sketch is None else sketch + part
-    versions = sorted({(s["adapter"]["version"], s["adapter"]["sha256"]) for s in statuses})
+    live = [s for s in statuses if alive(s)] or list(statuses)
+    versions = sorted({(s["adapter"]["version"], s["adapter"]["sha256"]) for s in live})
     refused: dict[str, str] = {}
-    for s in statuses:
+    for s in live:
         refused.update(s["adapter"].get("refused", {}))
     uniform = len(versions) == 1
     return {
@@ -360,7 +368,7 @@ def merge_statuses(statuses: Sequence[dict], reference: ReferenceProfile) -> dic
         },
         "backbone_hash": statuses[0]["backbone_hash"],
         "rules_hash": statuses[0]["rules_hash"],
-        "workers": [{"worker": s["worker"], "pid": s["pid"], "adapter": s["adapter"]["version"],
+        "workers": [{"worker": s["worker"], "pid": s["pid"], "alive": alive(s), "adapter": s["adapter"]["version"],
                      "rows": s["rows"], "updated_at": s["updated_at"]} for s in statuses],
         "requests": sum(s["requests"] for s in statuses),
         "rejected": sum(s["rejected"] for s in statuses),
@@ -368,6 +376,17 @@ def merge_statuses(statuses: Sequence[dict], reference: ReferenceProfile) -> dic
         "samples": sketch.n,
         "sketch": sketch.to_dict(),
     }
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process of this pod (same pid namespace) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _sum_counters(parts: Sequence[Mapping[str, int]]) -> dict[str, int]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,20 @@ def test_rules_file_replaces_the_archived_rules(model_dir, tmp_path, rows):
     assert service.worker_status()["rules_hash"] == RuleSet.from_yaml(rules_file, FEATURES, CLASSES).hash()
     with pytest.raises(ServiceError, match="cannot load"):
         make_service(model_dir, rules_file=str(tmp_path / "missing.yaml"))
+
+
+def test_a_dead_workers_counts_stay_but_its_adapter_does_not_count(model_dir, tmp_path, rows, storage):
+    """A worker that served v1 and died: its rows still count, the pod is not 'mixed' because of it."""
+    uri, _, _ = storage
+    status_dir = tmp_path / "status"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = make_service(model_dir, storage_uri=uri, adapter_version="v1", status_dir=str(status_dir))
+    dead.predict(rows[:7].tolist())
+    status = dead.worker_status() | {"pid": int(gone.stdout)}
+    (status_dir / f"{dead.worker_id}.json").write_text(json.dumps(status))
+    live = make_service(model_dir, storage_uri=uri, status_dir=str(status_dir))
+    live.predict(rows[7:10].tolist())
+    pod = live.pod_status()
+    assert pod["samples"] == 10
+    assert pod["adapter"]["version"] == "base" and pod["adapter"]["versions"] == ["base"]
+    assert sorted((w["alive"], w["adapter"]) for w in pod["workers"]) == [(False, "v1"), (True, "base")]
