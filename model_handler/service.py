@@ -328,6 +328,8 @@ class ModelService:
         merged = merge_statuses(statuses, self.reference,
                                 alive=lambda status: status["pid"] == os.getpid() or _pid_alive(status["pid"]))
         merged["scores"] = self._scores(merged["sketch"])
+        # The operator merges pods' sketches exactly; it needs the profile they are counted against.
+        merged["reference"] = self.reference.to_dict()
         return merged
 
     def _scores(self, sketch_dict: dict) -> dict:

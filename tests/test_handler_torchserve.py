@@ -136,3 +136,78 @@ def test_metrics_and_sampled_traffic(pod):
         time.sleep(0.2)
     x, probs = store.read_recent(1000)
     assert x.shape[1] == len(FEATURES) and probs.shape == (len(x), 2) and len(x) > 0
+
+
+def test_hot_swap_under_a_request_loop_loses_no_request(pod):
+    """A bounded loop of requests keeps running while the adapter swaps back and forth."""
+    rows = sample(np.random.default_rng(8), 50).x.astype(np.float32).tolist()
+    failures, served, stop = [], {"base": 0, "v1": 0}, threading.Event()
+
+    def loop():
+        deadline = time.monotonic() + 30
+        i = 0
+        while not stop.is_set() and time.monotonic() < deadline and i < 5000:
+            status, answer = post(url(pod), rows[i % len(rows)])
+            if status != 200:
+                failures.append((status, answer))
+            else:
+                served[answer["adapter_version"]] += 1
+            i += 1
+
+    threads = [threading.Thread(target=loop) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for version in ["v1", "base", "v1", "base"]:
+            pod["desired"].write_text(f"{version}\n")
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        pod["desired"].write_text("base\n")
+    assert failures == []
+    assert served["v1"] > 0 and served["base"] > 0
+
+
+def test_a_corrupt_adapter_is_refused_while_serving_continues(pod):
+    registry = AdapterRegistry(pod["uri"], "default", "fraud")
+    model = load_model(pod["root"] / "model")
+    registry.put("v2", adapter_to_bytes(pod["adapter"]), {"base_model_hash": model_hash(pod["root"] / "model"),
+                                                         "rules_hash": "x"})
+    stored = next((pod["root"] / "storage").rglob("v2/adapter.safetensors"))
+    stored.write_bytes(stored.read_bytes()[:-7] + b"garbage")  # a damaged file in the registry
+    row = sample(np.random.default_rng(9), 1).x.astype(np.float32)[0].tolist()
+    pod["desired"].write_text("v2\n")
+    try:
+        deadline = time.monotonic() + 30
+        while "v2" not in customized(pod)["adapter"]["refused"]:
+            assert time.monotonic() < deadline, customized(pod)["adapter"]
+            status, answer = post(url(pod), row)
+            assert status == 200 and answer["adapter_version"] == "base"  # the previous one keeps serving
+        assert "sha256" in customized(pod)["adapter"]["refused"]["v2"].lower()
+        np.testing.assert_allclose(post(url(pod), row)[1]["probabilities"][0],
+                                   model.predict_proba([row]).numpy()[0], rtol=1e-5, atol=1e-7)
+    finally:
+        pod["desired"].write_text("base\n")
+
+
+def test_a_killed_worker_is_restarted_and_the_pod_still_answers(pod):
+    import os
+    import signal
+    rows = sample(np.random.default_rng(10), 10).x.astype(np.float32)
+    post(url(pod), rows.tolist())
+    before = customized(pod)["samples"]
+    victim = pod["ts"].worker_pids("fraud")[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while True:
+        pids = pod["ts"].worker_pids("fraud")
+        if len(pids) == 2 and victim not in pids:
+            break
+        assert time.monotonic() < deadline, f"worker not restarted: {pids}"
+        time.sleep(0.5)
+    assert post(url(pod), rows[0].tolist())[0] == 200
+    status = customized(pod)
+    # the dead worker's published counts still add: the pod's counters never go backwards
+    assert status["samples"] >= before + 1
