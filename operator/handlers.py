@@ -1,0 +1,32 @@
+"""The operator's entry module for `kopf run -m shm_operator.handlers`: settings, then one module
+per concern (reconcile children, monitor drift and heal, roll out adapter versions)."""
+from __future__ import annotations
+
+import logging
+import os
+
+import kopf
+from prometheus_client import start_http_server
+
+from shm_operator import k8s, monitor, reconcile, rollout  # noqa: F401  (registers the handlers)
+
+GROUP = "selfheal.io"
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    port = int(os.environ.get("SELFHEAL_METRICS_PORT", "9090"))
+    if port:
+        start_http_server(port, addr=os.environ.get("SELFHEAL_METRICS_ADDR", "0.0.0.0"))
+        logger.info("operator metrics on :%d/metrics", port)
+
+
+@kopf.on.cleanup()
+async def shutdown(**_) -> None:
+    await k8s.close()

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the operator: heals by result, rollbacks, drift per model, errors."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+HEALS_STARTED = Counter("selfheal_heals_started_total", "Healing Jobs launched", ["namespace", "model"])
+HEALS_FINISHED = Counter("selfheal_heals_finished_total", "Healing Jobs finished, by result",
+                         ["namespace", "model", "result"])
+ROLLBACKS = Counter("selfheal_rollbacks_total", "Adapter rollbacks", ["namespace", "model", "kind"])
+ADAPTER_CHANGES = Counter("selfheal_adapter_changes_total", "spec.adapter.version changes rolled out",
+                          ["namespace", "model", "by"])
+DRIFT_SCORE = Gauge("selfheal_drift_score", "Weaker drift signal over its threshold (>= 1: both on)",
+                    ["namespace", "model"])
+INPUT_SHIFT = Gauge("selfheal_input_shift", "Largest per-feature PSI of the last window", ["namespace", "model"])
+RULE_CONFLICT = Gauge("selfheal_rule_conflict", "Trust-weighted excess rule conflict of the last window",
+                      ["namespace", "model"])
+
+
+def observe_drift(namespace: str, model: str, summary: dict) -> None:
+    DRIFT_SCORE.labels(namespace, model).set(summary["score"])
+    INPUT_SHIFT.labels(namespace, model).set(summary["inputShift"])
+    RULE_CONFLICT.labels(namespace, model).set(summary["ruleConflict"])
