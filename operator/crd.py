@@ -314,6 +314,9 @@ class RollbackSpec(SpecModel):
         0.02, description="Most the rule conflict may rise over its pre-rollout value.")
     max_class_rate_ratio: schema.confloat(ge=1) = Field(
         2.0, description="Most a predicted class rate may change versus before the rollout, as a ratio either way.")
+    class_rate_tolerance: Fraction = Field(
+        0.01, description="Class-rate changes smaller than this (absolute share) are never harm, however large "
+                          "their ratio: a rare class moving from 0.2% to 0.5% is noise, not harm.")
 
 
 class PromotionSpec(SpecModel):
@@ -364,6 +367,15 @@ class SelfHealingModelSpec(SpecModel):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    def heal_job_config(self) -> dict:
+        """The config the heal Job reads (`python -m model_handler.heal --config-json`): the rules,
+        the objective and row counts under `healing`, the gate limits under `promotion`."""
+        healing = self.healing
+        return {"rules": [rule.model_dump() for rule in self.rules],
+                "healing": {"trainingWindowRows": healing.training_window_rows, "minRows": healing.min_rows,
+                            "seed": healing.seed, **healing.objective.model_dump()},
+                "promotion": self.promotion.gate.model_dump()}
 
     @field_validator("features", "classes")
     @classmethod

@@ -378,3 +378,24 @@ def test_status_rejects_a_bad_condition():
         errors = checker(resource)
         assert any(e.startswith("status.conditions[0].status:") for e in errors), errors
         assert any(e.startswith("status.conditions[0].reason:") for e in errors), errors
+
+
+def test_heal_job_config_carries_the_spec():
+    spec = crd.SelfHealingModel.model_validate(example()).spec
+    config = spec.heal_job_config()
+    assert config["rules"] == example()["spec"]["rules"]
+    assert config["healing"] == {"trainingWindowRows": 3000, "minRows": 200, "seed": 0, "ruleWeight": 2.0,
+                                 "anchorWeight": 1.0, "entropyWeight": 0.1, "balanceWeight": 1.0, "minTrust": 0.5}
+    assert config["promotion"] == {"minConflictDrop": 0.005, "conflictTolerance": 0.002,
+                                   "maxClassRateRatio": 3.0, "maxDisagreement": 0.2}
+
+
+def test_heal_job_reads_the_config():
+    """Where the heal Job's entrypoint is present, its own parser accepts the config and applies it."""
+    heal_job = pytest.importorskip("model_handler.heal")
+    resource = example()
+    resource["spec"]["healing"]["objective"] = {"ruleWeight": 3.5, "minTrust": 0.25}
+    resource["spec"]["promotion"]["gate"] = {"maxDisagreement": 0.1}
+    heal_config, window_rows = heal_job.configs(crd.SelfHealingModel.model_validate(resource).spec.heal_job_config())
+    assert (heal_config.rule_weight, heal_config.min_trust, heal_config.gate.max_disagreement) == (3.5, 0.25, 0.1)
+    assert window_rows == 3000
