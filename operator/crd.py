@@ -426,16 +426,19 @@ class DriftStatus(Described):
     samples: schema.Optional[int] = Field(None, description="Rows in the window.")
     since: schema.Optional[datetime.datetime] = Field(None, description="When drift was declared.")
     last_check: schema.Optional[datetime.datetime] = Field(None, description="When the pods were last polled.")
-    unreachable_pods: list[str] = Field(default_factory=list, description="Ready pods whose status could not be read.")
+    unreachable_pods: list[str] = Field(
+        default_factory=list, description="Ready pods whose status could not be read.")
     trigger: schema.Optional[TriggerState] = Field(None)
 
 
 class AdapterStatus(Described):
     """Which adapter the pods serve."""
 
-    current: schema.Optional[str] = Field(None, description="Version served by all ready pods; empty while they differ.")
+    current: schema.Optional[str] = Field(
+        None, description="Version served by all ready pods; empty while they differ.")
     desired: schema.Optional[str] = Field(None, description="spec.adapter.version as last acted on.")
-    last_good: schema.Optional[str] = Field(None, description="Last version that survived its rollback watch; the rollback target.")
+    last_good: schema.Optional[str] = Field(
+        None, description="Last version that survived its rollback watch; the rollback target.")
     pods_at_desired: schema.Optional[int] = Field(None, description="Ready pods serving the desired version.")
     pods_total: schema.Optional[int] = Field(None, description="Pods wanted (spec.replicas).")
     ready: schema.Optional[str] = Field(None, description='"podsAtDesired/podsTotal", shown in the READY column.')

@@ -73,8 +73,9 @@ def should_heal(*, now: datetime, drifting: bool, mode: HealingMode | str, heali
     """Start a heal only when drift is declared and nothing else is under way or forbids it.
 
     The checks run from the most to the least fundamental, so the reason names what a person
-    would have to change first. The daily budget counts starts in a sliding 24 hours, so a
-    burst around midnight cannot spend two days' budget at once.
+    would have to change first. The cooldown runs from `last_heal_finished` (pass the start
+    time of a heal whose end is unknown). The daily budget counts starts in a sliding 24 hours,
+    so a burst around midnight cannot spend two days' budget at once.
     """
     now = parse_time(now)
     if healing_job:
@@ -86,8 +87,9 @@ def should_heal(*, now: datetime, drifting: bool, mode: HealingMode | str, heali
     if spec_problems:
         more = f" (and {len(spec_problems) - 1} more)" if len(spec_problems) > 1 else ""
         return Decision(False, f"spec is invalid: {spec_problems[0]}{more}", "InvalidSpec")
-    if phase is not None and Phase(phase) in (Phase.PROMOTING, Phase.ROLLING_OUT):
-        return Decision(False, f"a rollout is in progress (phase {Phase(phase).value})", "RolloutInProgress")
+    phase = getattr(phase, "value", phase)          # a phase unknown to this version is no rollout
+    if phase in (Phase.PROMOTING.value, Phase.ROLLING_OUT.value):
+        return Decision(False, f"a rollout is in progress (phase {phase})", "RolloutInProgress")
     if candidate:
         return Decision(False, f"candidate {candidate} awaits approval", "AwaitingApproval")
     finished = parse_time(last_heal_finished)
@@ -101,7 +103,7 @@ def should_heal(*, now: datetime, drifting: bool, mode: HealingMode | str, heali
         return Decision(False, f"daily budget spent ({len(starts)}/{max_heals_per_day})", "DailyBudgetSpent",
                         math.ceil((free_at - now).total_seconds()))
     return Decision(True, f"drift declared: heal {len(starts) + 1}/{max_heals_per_day} of the last 24h",
-                    "DriftDetected")
+                    "HealNeeded")
 
 
 def next_version(existing: Sequence[str]) -> str:
@@ -220,7 +222,8 @@ def promotion_action(mode: HealingMode | str, result: JobResult) -> Promotion:
         return Promotion("promote", f"{result.version} passed the gate: {result.reason}".rstrip(": "))
     why = "Manual mode" if mode is HealingMode.MANUAL else "healing was turned Off while the Job ran"
     return Promotion("await-approval",
-                     f"{why}: {result.version} passed the gate; set spec.adapter.version: {result.version} to promote it")
+                     f"{why}: {result.version} passed the gate; "
+                     f"set spec.adapter.version: {result.version} to promote it")
 
 
 # ---- rollback ----------------------------------------------------------------------------------
@@ -268,7 +271,8 @@ def _harms(pre: RolloutSignals, live: RolloutSignals, limits: RollbackLimits) ->
         smoothed_after = after + 0.5 / live.samples
         ratio = max(smoothed_after / smoothed_before, smoothed_before / smoothed_after)
         if ratio > limits.max_class_rate_ratio:
-            harms.append(f"class {name} rate {before:.3f} -> {after:.3f} (x{ratio:.2f} > {limits.max_class_rate_ratio:g})")
+            harms.append(f"class {name} rate {before:.3f} -> {after:.3f} "
+                         f"(x{ratio:.2f} > {limits.max_class_rate_ratio:g})")
     return harms
 
 

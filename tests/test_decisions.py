@@ -37,7 +37,7 @@ def heal_decision(**changes) -> d.Decision:
 
 def test_heals_when_drift_is_declared_and_nothing_stands_in_the_way():
     decision = heal_decision()
-    assert decision.act and decision.code == "DriftDetected" and "heal 1/3" in decision.reason
+    assert decision.act and decision.code == "HealNeeded" and "heal 1/3" in decision.reason
 
 
 @pytest.mark.parametrize("changes, code, reason", [
@@ -54,6 +54,10 @@ def test_heals_when_drift_is_declared_and_nothing_stands_in_the_way():
 def test_reasons_not_to_heal(changes, code, reason):
     decision = heal_decision(**changes)
     assert (decision.act, decision.code, decision.reason) == (False, code, reason)
+
+
+def test_a_phase_from_a_newer_operator_is_not_a_rollout():
+    assert heal_decision(phase="Shadowing").act
 
 
 def test_a_running_job_is_named_even_when_the_drift_has_cleared():
@@ -190,8 +194,9 @@ def test_unusable_messages_become_errors(message, error):
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=300), st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(
-        ["version", "promotable", "passed", "steps", "failed", "error", "reason", "rows", "x"]), children, max_size=6),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["version", "promotable", "passed", "steps", "failed", "error", "reason", "rows", "x"]),
+        children, max_size=6),
     max_leaves=20).map(json.dumps)))
 def test_parse_job_result_never_raises(message):
     result = d.parse_job_result(message)
