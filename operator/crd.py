@@ -4,7 +4,7 @@ These classes are the single source of truth: the operator validates CR bodies w
 (`SelfHealingModel.model_validate(body)` fills in every default), and the CRD in
 `crds/selfhealingmodels.yaml` is generated from them by `kube-custom-resource`:
 
-    python -m shm_operator.crd > crds/selfhealingmodels.yaml     # or: --output crds/selfhealingmodels.yaml
+    python -m shm_operator.crd > crds/selfhealingmodels.yaml     # or --write, or -o <file>
     python -m shm_operator.crd --check crds/selfhealingmodels.yaml
 
 Conventions (those of kube-custom-resource): snake_case here, camelCase in YAML; a field's
@@ -533,6 +533,7 @@ class SelfHealingModel(CustomResource, version=API_VERSION, short_names=["shm"],
 
 # ---- generation --------------------------------------------------------------------------------
 
+DEFAULT_OUTPUT = "crds/selfhealingmodels.yaml"
 HEADER = "# Generated from operator/crd.py by `python -m shm_operator.crd`; do not edit.\n"
 
 
@@ -554,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Print or write the SelfHealingModel CRD.")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--output", "-o", type=Path, help="write the CRD to this file")
+    group.add_argument("--write", action="store_const", dest="output", const=Path(DEFAULT_OUTPUT),
+                       help=f"write the CRD to {DEFAULT_OUTPUT} (from the repository root)")
     group.add_argument("--check", type=Path, help="exit 1 if this file differs from the generated CRD")
     args = parser.parse_args(argv)
     text = crd_yaml()

@@ -124,6 +124,8 @@ def test_committed_crd_is_the_generated_one():
 def test_generator_cli_prints_writes_and_checks(tmp_path):
     printed = subprocess.run(PY, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert printed == CRD_FILE.read_text()
+    subprocess.run([*PY, "--write"], check=True, cwd=tmp_path)
+    assert (tmp_path / "crds" / "selfhealingmodels.yaml").read_text() == printed
     target = tmp_path / "out" / "crd.yaml"
     subprocess.run([*PY, "-o", str(target)], check=True, cwd=tmp_path)
     assert target.read_text() == printed
