@@ -10,9 +10,10 @@ Protocol (the same data for every method):
   fires (two signals, persistence, cooldown), exactly as a pod + operator would.
 - At the end every method's model is scored on a fresh held-out drifted set no method saw, and
   on clean source data (forgetting).
-- gap_closed = (acc - acc_none) / (acc_oracle - acc_none) on the held-out set; reported only where
-  the oracle gains at least 0.5 points. A promotion is harmful if selfheal's promoted model is more
-  than 0.5 points less accurate than no adaptation on the held-out set.
+- gap_closed = (m - m_none) / (m_oracle - m_none) on the held-out set, where m is the scenario's
+  metric: accuracy, or balanced accuracy where one class is ~99% of rows (ULB: plain accuracy
+  would hide the damage). Reported only where the oracle gains at least 0.5 points. A promotion
+  is harmful if selfheal's promoted model is more than 0.5 points worse than no adaptation.
 - labels_used counts true labels a method touched: 0 for all but the oracle.
 """
 from __future__ import annotations
@@ -145,7 +146,9 @@ def run_scenario(scenario: Scenario, seed: int, batches: int = 8) -> dict:
         p_none = model.predict_proba(hold.x).numpy()[:, 1]
         t = threshold_at_rate(p_none, out["selfheal"]["flag_rate"])
         out["none"]["accuracy_at_selfheal_flag_rate"] = accuracy(hold.y, (p_none >= t).astype(int))
-    harmful = int(loop.promotions > 0 and out["selfheal"]["accuracy"] < out["none"]["accuracy"] - HARM_MARGIN)
+    metric = scenario.extra.get("metric", "accuracy")
+    out["metric"] = metric
+    harmful = int(loop.promotions > 0 and out["selfheal"][metric] < out["none"][metric] - HARM_MARGIN)
     out["selfheal"].update(harmful_promotions=harmful, promotions=loop.promotions, events=loop.events)
     checks, alarms = false_alarms(model, rules, reference, clean.x, int(bounds[1]))
     out["detection"] = {"stationary_checks": checks, "false_alarms": alarms,
@@ -155,15 +158,16 @@ def run_scenario(scenario: Scenario, seed: int, batches: int = 8) -> dict:
 
 def aggregate(runs: list[dict]) -> dict:
     """Means over seeds; gap_closed from the mean accuracies; harmful promotions summed."""
+    metric = runs[0]["metric"]
     methods = {}
     for name in METHODS:
         keys = [k for k, v in runs[0][name].items() if isinstance(v, (int, float))]
         methods[name] = {k: _mean([r[name][k] for r in runs]) for k in keys}
         methods[name]["labels_used"] = int(runs[0][name]["labels_used"])
-    acc_none, acc_oracle = methods["none"]["accuracy"], methods["oracle"]["accuracy"]
-    gain = acc_oracle - acc_none
+    base, best = methods["none"][metric], methods["oracle"][metric]
+    gain = best - base
     for name in METHODS:
-        methods[name]["gap_closed"] = (methods[name]["accuracy"] - acc_none) / gain if gain >= MIN_ORACLE_GAIN else None
+        methods[name]["gap_closed"] = (methods[name][metric] - base) / gain if gain >= MIN_ORACLE_GAIN else None
         methods[name]["harmful_promotions"] = int(sum(r[name].get("harmful_promotions", 0) for r in runs))
     methods["selfheal"]["promotions"] = int(sum(r["selfheal"]["promotions"] for r in runs))
     delays = [r["detection"]["delay_batches"] for r in runs]
@@ -172,7 +176,7 @@ def aggregate(runs: list[dict]) -> dict:
                  "detected_runs": sum(d is not None for d in delays),
                  "mean_delay_batches": _mean([d for d in delays if d is not None]),
                  "batch_rows": runs[0]["detection"]["batch_rows"]}
-    return {"oracle_gain": gain, "seeds": len(runs), "methods": methods, "detection": detection,
+    return {"metric": metric, "oracle_gain": gain, "seeds": len(runs), "methods": methods, "detection": detection,
             "events": [r["selfheal"]["events"] for r in runs]}
 
 
@@ -200,12 +204,12 @@ def print_table(result: dict) -> None:
     console = Console(width=140)
     for name, sc in result["scenarios"].items():
         table = Table(title=f"{name}: {sc['description']}", title_justify="left")
-        for col in ["method", "holdout acc", "F1", "PR-AUC", "ROC-AUC", "prequential", "clean acc",
-                    "gap closed", "labels"]:
+        for col in ["method", "holdout acc", "bal. acc", "F1", "PR-AUC", "ROC-AUC", "prequential",
+                    "clean acc", f"gap closed ({sc['metric'].replace('_', ' ')})", "labels"]:
             table.add_column(col, justify="right" if col != "method" else "left")
         for method, m in sc["methods"].items():
             gap = "-" if m["gap_closed"] is None else f"{m['gap_closed']:.0%}"
-            table.add_row(method, _fmt(m["accuracy"]), _fmt(m["f1"], 3), _fmt(m["pr_auc"], 3),
+            table.add_row(method, _fmt(m["accuracy"]), _fmt(m["balanced_accuracy"]), _fmt(m["f1"], 3), _fmt(m["pr_auc"], 3),
                           _fmt(m["roc_auc"], 3), _fmt(m.get("prequential_accuracy")),
                           _fmt(m["clean_accuracy"]), gap, str(m["labels_used"]))
         console.print(table)

@@ -11,6 +11,12 @@ def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     return float((y == pred).mean())
 
 
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean per-class recall: what accuracy hides when one class is 99% of the rows."""
+    recalls = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
+    return float(np.mean(recalls))
+
+
 def f1(y: np.ndarray, pred: np.ndarray, positive: int = 1) -> float:
     tp = float(((pred == positive) & (y == positive)).sum())
     fp = float(((pred == positive) & (y != positive)).sum())
@@ -61,7 +67,8 @@ def threshold_at_rate(score: np.ndarray, rate: float) -> float:
 
 def scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     pred = probs.argmax(1)
-    out = {"accuracy": accuracy(y, pred), "flag_rate": float((pred == 1).mean())}
+    out = {"accuracy": accuracy(y, pred), "balanced_accuracy": balanced_accuracy(y, pred),
+           "flag_rate": float((pred == 1).mean())}
     if probs.shape[1] == 2:
         out.update(f1=f1(y, pred), roc_auc=roc_auc(y, probs[:, 1]), pr_auc=pr_auc(y, probs[:, 1]))
     else:

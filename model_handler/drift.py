@@ -83,7 +83,7 @@ class DriftScores:
 
 
 def drift_scores(window: DriftSketch, reference: ReferenceProfile, rules: RuleSet, *,
-                 min_samples: int = 200, min_fires: int = 20, psi_scale: float = 1.0,
+                 min_samples: int = 200, min_fires: int = 10, psi_scale: float = 1.0,
                  noise_z: float = 2.0, epsilon: float = 1e-4, top_threshold: float = 0.1,
                  top_k: int = 5) -> DriftScores:
     """Score one window (usually `later - earlier` of merged pod sketches) against the reference."""

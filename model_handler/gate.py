@@ -31,6 +31,7 @@ class GateConfig:
     min_entropy_ratio: float = 0.25       # mean entropy vs the recalibrated model's (collapse guard)
     min_rule_support: float = 0.5         # exponent: trusted rules must move >= ratio**this with a prior
     min_expected_fires: float = 5.0       # rule evidence below this many expected firings is no evidence
+    prior_ratio_checked: float = 1.25     # classes whose prior moved less than this need no rule evidence
     max_adapter_norm: float = 25.0        # L2 norm of the adapter's change from identity
 
 
@@ -116,8 +117,8 @@ def prior_rule_support(assumed: np.ndarray, new: np.ndarray, fires: torch.Tensor
     worst, detail = np.inf, "no class prior changed"
     for c, (a, b) in enumerate(zip(assumed, new)):
         ratio = b / a
-        if abs(np.log(ratio)) < 1e-3:
-            continue
+        if abs(np.log(ratio)) < np.log(config.prior_ratio_checked):
+            continue  # a class whose prior barely moved (the rest of a shift elsewhere) needs no evidence
         mask = trusted & (labels == c)
         expected = float((reference_fire_rates[mask] * n).sum())
         if expected * max(ratio, 1.0) < config.min_expected_fires:

@@ -16,6 +16,8 @@ import posixpath
 
 import yaml
 
+from shm_operator.crd import DEFAULT_IMAGE
+
 GROUP = "selfheal.io"
 MODEL_LABEL = f"{GROUP}/model"
 COMPONENT_LABEL = f"{GROUP}/component"
@@ -25,7 +27,6 @@ PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 ADAPTER_DIR = "/etc/selfheal/adapter"
 RULES_DIR = "/etc/selfheal/rules"
 STATUS_DIR = "/var/run/selfheal/status"
-DEFAULT_IMAGE = "ghcr.io/selfheal/model-server:0.1.0"
 
 
 def serving_name(model: str) -> str:
@@ -100,7 +101,7 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
     }
     args = ["-m", "model_handler.launcher", "serve", "--model-store", store,
             "--model", f"{ts_name}={archive_file}", "--workers", str(serving.get("workers", 2)),
-            "--bind", "0.0.0.0",
+            "--bind", "$(POD_IP)",
             *[arg for port in PORTS for arg in (f"--{port}-port", f"$(SELFHEAL_{port.upper()}_PORT)")]]
     volumes = [{"name": "rules", "configMap": {"name": rules_name(name)}},
                {"name": "status", "emptyDir": {}}]
@@ -114,7 +115,8 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
         "image": model.get("image") or DEFAULT_IMAGE,
         "command": ["python"],
         "args": args,
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                *({"name": k, "value": v} for k, v in env.items())],
         "ports": [{"name": port, "containerPort": number} for port, number in PORTS.items()],
         "readinessProbe": {"httpGet": {"path": "/ping", "port": "inference"},
                            "periodSeconds": 2, "failureThreshold": 2},

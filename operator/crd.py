@@ -479,6 +479,33 @@ class Candidate(Described):
     reason: schema.Optional[str] = Field(None, description="What the heal fixed and the gate said.")
 
 
+class RolloutBaseline(Described):
+    """The live signals just before a rollout, which the rollback watch compares with."""
+
+    samples: int = Field(0, description="Rows in the window the baseline comes from.")
+    rule_conflict: float = Field(0.0, description="Rule conflict before the rollout.")
+    class_rates: dict[str, float] = Field(default_factory=dict, description="Predicted class shares before.")
+
+
+class RolloutStatus(Described):
+    """An adapter change under way, and its rollback watch."""
+
+    from_version: schema.Optional[str] = Field(None, alias="from", description="Version before the change.")
+    to: str = Field(..., description="Version being rolled out.")
+    strategy: schema.Optional[str] = Field(None, description="RollingRestart or HotSwap.")
+    started: schema.Optional[datetime.datetime] = Field(None, description="When the rollout began.")
+    complete: schema.Optional[datetime.datetime] = Field(None, description="When every pod served it; the watch starts.")
+    baseline: schema.Optional[RolloutBaseline] = Field(None)
+
+
+class PendingPromotion(Described):
+    """A version the operator itself wrote into spec.adapter.version, and why (for the history)."""
+
+    version: str = Field(..., description="The version written.")
+    reason: str = Field("", description="Heal result or rollback cause.")
+    by: str = Field("operator", description="operator or rollback.")
+
+
 class SelfHealingModelStatus(Described):
     """Observed state, written by the operator only."""
 
@@ -496,6 +523,11 @@ class SelfHealingModelStatus(Described):
     history: t.Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = Field(
         default_factory=list, description=f"The last {MAX_HISTORY} adapter changes, oldest first.")
     candidate: schema.Optional[Candidate] = Field(None)
+    rollout: schema.Optional[RolloutStatus] = Field(None)
+    pending_promotion: schema.Optional[PendingPromotion] = Field(None)
+    heal_count: schema.Optional[int] = Field(None, description="Heal Jobs launched so far (names the next one).")
+    refused_adapters: dict[str, str] = Field(
+        default_factory=dict, description="Adapter versions the pods refused to load, and why.")
 
 
 PRINTER_COLUMNS = [

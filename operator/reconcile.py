@@ -1,8 +1,8 @@
 """Desired state -> children: the Deployment of TorchServe pods, its Service and ConfigMaps.
 
 Runs on create, on every spec change and when the operator (re)starts. What the CRD schema cannot
-check (rules that do not parse, thresholds in the wrong order) is reported in status conditions and
-an Event, and the operator then changes nothing: a bad edit never takes serving pods down.
+check (rules that do not parse, thresholds in the wrong order) is reported in a status condition
+and an Event, and the operator then changes nothing: a bad edit never takes serving pods down.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import kopf
 from shm_operator import decisions, k8s
 from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap, deployment,
                                    rules_configmap, service, serving_name)
-from shm_operator.monitor import now
+from shm_operator.rollout import accept_version
+from shm_operator.status import full_spec, now, phase_of, set_condition_in, update
 
 
 @kopf.on.resume("selfheal.io", "v1alpha1", "selfhealingmodels")
@@ -23,31 +24,29 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, **_) -> No
     generation = meta.get("generation")
     problems = decisions.validate_spec_semantics(spec)
     if problems:
-        message = "; ".join(problems)[:1000]
-        decisions.set_condition_in(patch, status, "Ready", False, "InvalidSpec", message, t, generation)
-        patch.status["phase"] = "Failed"
-        patch.status["observedGeneration"] = generation
-        kopf.warn(body, reason="InvalidSpec", message=message)
-        return  # permanent until the spec changes; no retries
-    version = (spec.get("adapter") or {}).get("version", "base")
-    hot_swap = (spec.get("promotion") or {}).get("strategy") == "HotSwap"
-    existing = await k8s.read("Deployment", namespace, serving_name(name))
+        message = "; ".join(problems)
+        set_condition_in(patch, status, "Ready", False, "InvalidSpec", message, t, generation)
+        update(patch, status, observedGeneration=generation)
+        update(patch, status, phase=phase_of(status))
+        kopf.warn(body, reason="InvalidSpec", message=message[:1000])
+        return  # nothing to retry until the spec changes
+    spec = full_spec(spec)
+    version = await accept_version(name, namespace, spec, status, body, patch, t)
     served = version
-    if hot_swap and existing is not None:
-        # HotSwap never restarts pods for a version change: keep the template's version.
-        served = (existing["spec"]["template"]["metadata"].get("annotations") or {}).get(ADAPTER_ANNOTATION, version)
-    children = [rules_configmap(name, spec), adapter_configmap(name, version), service(name),
-                deployment(name, namespace, spec, served)]
-    for child in children:
+    if spec["promotion"]["strategy"] == "HotSwap":
+        existing = await k8s.read("Deployment", namespace, serving_name(name))
+        if existing is not None:  # HotSwap never restarts pods for a version change
+            annotations = existing["spec"]["template"]["metadata"].get("annotations") or {}
+            served = annotations.get(ADAPTER_ANNOTATION, version)
+    for child in (rules_configmap(name, spec), adapter_configmap(name, version), service(name),
+                  deployment(name, namespace, spec, served)):
         kopf.adopt(child, owner=body)
         await k8s.ensure(child, namespace)
     adapter = dict(status.get("adapter") or {})
-    adapter.setdefault("lastGood", version)
     adapter["desired"] = version
-    patch.status["adapter"] = adapter
-    patch.status["observedGeneration"] = generation
-    if not status.get("phase") or status.get("phase") == "Failed":
-        patch.status["phase"] = "Pending"
-    decisions.set_condition_in(patch, status, "Ready", True, "ChildrenReconciled",
-                               f"Deployment {serving_name(name)}, Service, ConfigMaps "
-                               f"{adapter_config_name(name)}/rules are up to date", t, generation)
+    adapter.setdefault("lastGood", version)
+    update(patch, status, adapter=adapter, observedGeneration=generation)
+    set_condition_in(patch, status, "Ready", True, "ChildrenReconciled",
+                     f"Deployment {serving_name(name)}, its Service and ConfigMaps "
+                     f"({adapter_config_name(name)}, rules) match the spec", t, generation)
+    update(patch, status, phase=phase_of(status))

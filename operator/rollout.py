@@ -1,10 +1,11 @@
-"""spec.adapter.version changed (the operator promoted, rolled back, or a person patched it):
-roll the pods onto it.
+"""Accepting a new spec.adapter.version (the operator promoted, rolled back, or a person patched it).
 
-RollingRestart puts the version in the pod template, so Kubernetes replaces pods one at a time and
-readiness gates traffic (maxUnavailable 0: zero failed requests). HotSwap writes the version into
-the ConfigMap the handler watches; pods swap between batches without restarting. A version the
-registry does not have is refused in the status and pods keep serving what they serve.
+The reconcile handler calls `accept_version` before it renders the children, so exactly one
+handler decides which version the pods serve. A version the registry does not have is refused in
+the status and the pods keep serving the last accepted one. An accepted change starts a rollout:
+RollingRestart puts the version in the pod template (Kubernetes replaces pods one at a time and
+readiness gates traffic: with maxUnavailable 0 no request fails); HotSwap writes it into the
+ConfigMap the handler watches, and pods swap between batches without restarting.
 """
 from __future__ import annotations
 
@@ -13,59 +14,67 @@ import logging
 
 import kopf
 
-from model_handler.registry import BASE_VERSION, AdapterNotFoundError, RegistryError
-from shm_operator import decisions, k8s, metrics
-from shm_operator.children import ADAPTER_ANNOTATION, adapter_config_name, serving_name
-from shm_operator.monitor import iso, now, registry_for
+from model_handler.registry import BASE_VERSION, AdapterNotFoundError, AdapterRegistry, RegistryError
+from shm_operator import decisions, metrics
+from shm_operator.status import iso, set_condition_in, update
 
 log = logging.getLogger(__name__)
-HISTORY_LIMIT = 20
 
 
-@kopf.on.field("selfheal.io", "v1alpha1", "selfhealingmodels", field="spec.adapter.version")
-async def adapter_version_changed(name, namespace, spec, status, body, old, new, patch, **_) -> None:
-    if old is None or new is None or old == new:
-        return  # creation is handled by the reconcile handler
-    t = now()
-    status = dict(status or {})
-    registry = registry_for(name, namespace, spec)
-    if new != BASE_VERSION:
+def registry_for(name: str, namespace: str, spec: dict) -> AdapterRegistry:
+    return AdapterRegistry(spec["storage"]["uri"], namespace, name)
+
+
+async def accept_version(name: str, namespace: str, spec: dict, status: dict, body, patch, t) -> str:
+    """Return the version the pods must serve now; record the change (or the refusal) in status."""
+    requested = spec["adapter"]["version"]
+    accepted = (status.get("adapter") or {}).get("desired")
+    if requested == accepted:
+        return accepted
+    fallback = accepted or BASE_VERSION
+    if requested != BASE_VERSION:
+        registry = registry_for(name, namespace, spec)
         try:
-            meta = await asyncio.to_thread(registry.meta, new)
+            meta = await asyncio.to_thread(registry.meta, requested)
         except AdapterNotFoundError as err:
-            decisions.set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", str(err)[:500], t)
+            set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", str(err), t)
             kopf.warn(body, reason="AdapterNotFound",
-                      message=f"spec.adapter.version {new!r} is not in the registry; pods keep serving {old!r}")
-            return
+                      message=f"spec.adapter.version {requested!r} is not in the registry; pods keep "
+                              f"serving {fallback!r}")
+            return fallback
         except RegistryError as err:
-            raise kopf.TemporaryError(f"registry unreachable while checking {new}: {err}", delay=10) from err
+            raise kopf.TemporaryError(f"registry unreachable while checking {requested}: {err}", delay=10) from err
         if meta.state == "rejected":
             kopf.warn(body, reason="RejectedAdapter",
-                      message=f"{new} was rejected by the promotion gate ({meta.reason[:200]}); serving it anyway "
+                      message=f"{requested} was refused by the promotion gate ({meta.reason[:200]}); serving it "
                               f"because spec.adapter.version says so")
-    strategy = (spec.get("promotion") or {}).get("strategy", "RollingRestart")
-    if strategy == "HotSwap":
-        await k8s.patch("ConfigMap", namespace, adapter_config_name(name), {"data": {"version": new}})
-    else:
-        await k8s.patch("Deployment", namespace, serving_name(name), {"spec": {"template": {
-            "metadata": {"annotations": {ADAPTER_ANNOTATION: new}},
-            "spec": {"containers": [{"name": "model-server",
-                                     "env": [{"name": "SELFHEAL_ADAPTER_VERSION", "value": new}]}]}}}})
+    if accepted is None:  # first reconcile of this resource: nothing to roll from
+        return requested
     pending = status.get("pendingPromotion") or {}
-    by, reason = ("operator", pending.get("reason", "")) if pending.get("version") == new else \
-        ("user", "spec.adapter.version patched")
-    history = list(status.get("history") or [])[-(HISTORY_LIMIT - 1):]
-    history.append({"version": new, "from": old, "at": iso(t), "by": by, "reason": reason[:300]})
-    patch.status["history"] = history
-    patch.status["pendingPromotion"] = None
-    patch.status["candidate"] = None if status.get("candidate") == new else status.get("candidate")
-    patch.status["rollout"] = {"from": old, "to": new, "started": iso(t), "strategy": strategy,
-                               "baseline": status.get("drift") or {}, "complete": None}
-    decisions.set_condition_in(patch, status, "Degraded", False, "AdapterAccepted", f"rolling out {new}", t)
-    kopf.info(body, reason="RollingOut", message=f"adapter {old} -> {new} ({strategy}, by {by})")
+    if pending.get("version") == requested:
+        by, reason = pending.get("by", "operator"), pending.get("reason", "")
+    else:
+        by, reason = "user", "spec.adapter.version changed by a person"
+    strategy = spec["promotion"]["strategy"]
+    update(patch, status,
+           history=decisions.append_history(status.get("history") or [], requested, accepted, t, reason[:300], by),
+           pendingPromotion=None,
+           candidate=None if (status.get("candidate") or {}).get("version") == requested else status.get("candidate"),
+           rollout={"from": accepted, "to": requested, "strategy": strategy, "started": iso(t), "complete": None,
+                    "baseline": baseline(status.get("drift") or {})})
+    if any(c.get("type") == "Degraded" and c.get("reason") == "AdapterNotFound" for c in status.get("conditions") or []):
+        set_condition_in(patch, status, "Degraded", False, "AdapterAccepted", f"serving {requested}", t)
+    kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
     metrics.ADAPTER_CHANGES.labels(namespace, name, by).inc()
-    if new != BASE_VERSION:
+    if requested != BASE_VERSION:
         try:
-            await asyncio.to_thread(registry.set_state, new, "promoted", reason or "spec.adapter.version")
+            await asyncio.to_thread(registry_for(name, namespace, spec).set_state, requested, "promoted",
+                                    reason or "spec.adapter.version")
         except RegistryError as err:
-            log.warning("could not mark %s promoted in the registry: %s", new, err)
+            log.warning("could not mark %s promoted in the registry: %s", requested, err)
+    return requested
+
+
+def baseline(drift: dict) -> dict:
+    return {"samples": drift.get("samples") or 0, "ruleConflict": drift.get("ruleConflict") or 0.0,
+            "classRates": drift.get("classRates") or {}}

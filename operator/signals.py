@@ -114,7 +114,12 @@ def trigger_from(drift_spec: dict, saved: dict | None) -> HealTrigger:
     return HealTrigger.from_dict(saved, **thresholds) if saved else HealTrigger(**thresholds)
 
 
-def drift_summary(scores: DriftScores, trigger: HealTrigger, since: str | None) -> dict:
+def class_rates(window: DriftSketch) -> dict[str, float]:
+    counts = window.counters["predicted"]
+    return {name: round(float(c) / max(window.n, 1), 5) for name, c in zip(window.reference.classes, counts)}
+
+
+def drift_summary(scores: DriftScores, trigger: HealTrigger, since: str | None, rates: dict[str, float]) -> dict:
     """The concise status.drift: numbers a person reads, never raw sketches.
 
     score = the weaker of the two signals relative to its threshold: >= 1 means both are on.
@@ -123,4 +128,4 @@ def drift_summary(scores: DriftScores, trigger: HealTrigger, since: str | None) 
     return {"score": round(score, 3),
             "inputShift": round(scores.input_shift, 4), "ruleConflict": round(scores.rule_conflict, 4),
             "predictionShift": round(scores.prediction_shift, 4), "topFeatures": scores.top_features,
-            "samples": scores.samples, "since": since, "trigger": trigger.to_dict()}
+            "samples": scores.samples, "since": since, "classRates": rates, "trigger": trigger.to_dict()}

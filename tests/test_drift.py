@@ -105,7 +105,7 @@ def test_drifted_rule_inputs_lower_the_conflict_score(reference):
 def test_small_windows_are_insufficient_and_rare_rules_abstain(reference):
     scores = scores_for(reference, traffic(50, np.random.default_rng(4), amount_scale=0.01))
     assert scores.insufficient and scores.samples == 50
-    assert all(r.abstained for r in scores.rules if r.fires < 20)
+    assert all(r.abstained == (r.fires < 10) for r in scores.rules)  # min_fires defaults to 10
     empty = drift_scores(DriftSketch.empty(reference, 3, RULES.hash()), reference, RULES)
     assert empty.insufficient and empty.input_shift == 0.0 and empty.rule_conflict == 0.0
 
