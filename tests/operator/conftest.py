@@ -1,0 +1,111 @@
+"""Fixtures for the operator's end-to-end tests: a sandbox API process, the real kubectl, the CRD,
+a trained example model on disk, and the real operator process (`python -m shm_operator`)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from examples.fraud.train import build
+from sandbox import env as sandbox_env
+from sandbox import server as sandbox_server
+from sandbox import tools
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
+from sandbox_helpers import REPO_ROOT, Sandbox, wait_until  # noqa: E402
+
+CRD = REPO_ROOT / "crds" / "selfhealingmodels.yaml"
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory) -> Sandbox:
+    """`python -m sandbox up --foreground` for the session, with the SelfHealingModel CRD applied."""
+    try:
+        paths = tools.install(tmp_path_factory.mktemp("bin"))
+    except tools.ToolsError as exc:
+        pytest.skip(f"kubectl could not be provided: {exc}")
+    workdir = tmp_path_factory.mktemp("sandbox")
+    log = open(workdir / "api.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        state = wait_until(lambda: (s := sandbox_server.read_state(workdir)) and s.get("pid") == process.pid and s,
+                           timeout=30, what="the sandbox to start")
+        box = Sandbox(url=state["url"], workdir=workdir, env=sandbox_env.client_env(workdir),
+                      kubectl_bin=str(paths["kubectl"]), helm_bin=str(paths["helm"]))
+        box.kubectl("apply", "-f", str(CRD))
+        box.kubectl("wait", "--for=condition=Established", "crd/selfhealingmodels.selfheal.io", "--timeout=30s")
+        yield box
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture
+def namespace(sandbox: Sandbox) -> str:
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    sandbox.kubectl("create", "namespace", name)
+    yield name
+    sandbox.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """The example fraud model directory, as `examples.fraud.train` writes it."""
+    out = tmp_path_factory.mktemp("models") / "fraud"
+    build(out, rows=16000, seed=0)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    """The real operator process for one namespace; its log is kept for failure messages."""
+
+    def __init__(self, sandbox: Sandbox, namespace: str, workdir: Path):
+        self.sandbox, self.namespace, self.workdir = sandbox, namespace, workdir
+        self.log_path = workdir / f"operator-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "OperatorProcess":
+        env = {**self.sandbox.env, "SELFHEAL_METRICS_PORT": str(free_port()), "PYTHONSAFEPATH": "1"}
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "shm_operator", "--namespace", self.namespace,
+                                         "--verbose"], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@pytest.fixture
+def operator(sandbox, namespace, tmp_path):
+    running = OperatorProcess(sandbox, namespace, tmp_path).start()
+    yield running
+    running.stop()
