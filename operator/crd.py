@@ -1,0 +1,561 @@
+"""The SelfHealingModel custom resource (selfheal.io/v1alpha1) as Pydantic models.
+
+These classes are the single source of truth: the operator validates CR bodies with them
+(`SelfHealingModel.model_validate(body)` fills in every default), and the CRD in
+`crds/selfhealingmodels.yaml` is generated from them by `kube-custom-resource`:
+
+    python -m shm_operator.crd > crds/selfhealingmodels.yaml     # or: --output crds/selfhealingmodels.yaml
+    python -m shm_operator.crd --check crds/selfhealingmodels.yaml
+
+Conventions (those of kube-custom-resource): snake_case here, camelCase in YAML; a field's
+description is its `kubectl explain` text, and for a nested object the text is the class docstring
+(the library resolves the `$ref`, so the class docstring replaces a field description there);
+constrained types become CRD validation. Defaults stay out of the CRD (the library's choice: the
+API server never rewrites stored objects) and are applied by these models.
+
+What the schema cannot say (rules that parse, off <= on thresholds, ...) is checked by
+`shm_operator.decisions.validate_spec_semantics`, which the operator reports in status.
+Defaults mirror `model_handler` (HealTrigger, HealConfig, GateConfig); tests/test_crd.py keeps them equal.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+import typing as t
+from pathlib import Path
+
+import yaml
+from pydantic import ConfigDict, Field, GetJsonSchemaHandler, field_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from kube_custom_resource import CustomResource, CustomResourceRegistry
+from kube_custom_resource import schema
+
+API_GROUP = "selfheal.io"
+API_VERSION = "v1alpha1"
+DEFAULT_IMAGE = "ghcr.io/selfheal/model-server:0.1.0"
+DEFAULT_STORAGE_URI = "file:///var/lib/selfheal"
+BASE_ADAPTER = "base"
+MAX_RULE_CHARS = 2000          # model_handler.rules.MAX_EXPRESSION_CHARS
+MAX_HISTORY = 20
+
+# Feature names are identifiers of the rule language; class and rule names are what the rule
+# language and Prometheus labels accept; adapter versions become object-store paths and labels.
+FEATURE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+CLASS_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+ADAPTER_VERSION = r"^(base|[a-z0-9][a-z0-9.-]{0,62})$"
+TORCHSERVE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+URI_WITH_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*://.+$"
+CONDITION_TYPE = r"^[A-Z][A-Za-z0-9]*$"
+CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"   # metav1.Condition's reason
+
+Fraction = schema.confloat(ge=0, le=1)
+NonNegative = schema.confloat(ge=0)
+
+
+def _explain_text(text: str) -> str:
+    """Docstrings are wrapped at 100 columns; `kubectl explain` wraps by itself, so keep one
+    line per paragraph."""
+    return re.sub(r"(?<!\n)\n(?!\n)", " ", text)
+
+
+def _shape_descriptions(json_schema: JsonSchemaValue, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    """Unwrap the object's description and append each property's default to its description.
+
+    The library keeps defaults out of the CRD, so without this `kubectl explain` could not tell
+    a user what an omitted field means; generating the text from the default keeps them equal.
+    An enum property is a `$ref` whose description would be replaced by the enum's docstring when
+    the library resolves it, so it is inlined here (a copy: the shared definition stays as is).
+    """
+    if "description" in json_schema:
+        json_schema["description"] = _explain_text(json_schema["description"])
+    for prop in json_schema.get("properties", {}).values():
+        default = prop.get("default")
+        if default in (None, "", []):
+            continue
+        if "$ref" in prop:
+            resolved = handler.resolve_ref_schema({"$ref": prop.pop("$ref")})
+            prop.update({**resolved, **prop, "description": resolved.get("description", "")})
+        if "description" in prop:
+            shown = default if isinstance(default, str) else json.dumps(default)
+            prop["description"] = f"{prop['description']} Default: {shown}."
+    return json_schema
+
+
+class Described(schema.BaseModel):
+    """Base of every object in the CRD: explain text shaped by `_shape_descriptions`."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return _shape_descriptions(super().__get_pydantic_json_schema__(core_schema, handler), handler)
+
+
+class DescribedEnum(schema.Enum):
+    """An enum whose docstring becomes one-paragraph explain text."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return _shape_descriptions(super().__get_pydantic_json_schema__(core_schema, handler), handler)
+
+
+class SpecModel(Described):
+    """Base of the spec objects: unknown keys are errors, not silently ignored.
+
+    A typo such as `windowRow` would otherwise quietly fall back to the default wherever no API
+    server prunes or rejects it (the sandbox, unit tests). Pydantic renders `extra="forbid"` as
+    `additionalProperties: false`, which a structural CRD schema does not allow next to
+    `properties`; the API server already rejects unknown fields itself (kubectl's strict field
+    validation), so the keyword is dropped from the generated schema.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        json_schema.pop("additionalProperties", None)
+        return json_schema
+
+
+def _unique(values: list, what: str) -> list:
+    duplicates = sorted({str(v) for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"{what} must be unique, duplicated: {', '.join(duplicates)}")
+    return values
+
+
+# ---- enums -------------------------------------------------------------------------------------
+
+class HealingMode(str, DescribedEnum):
+    """Auto heals and promotes a candidate that passes the gate; Manual heals and leaves a passing
+    candidate in status.candidate for a person to promote (by setting spec.adapter.version);
+    Off never starts a heal."""
+
+    AUTO = "Auto"
+    MANUAL = "Manual"
+    OFF = "Off"
+
+
+class RolloutStrategy(str, DescribedEnum):
+    """How pods move to a new adapter: RollingRestart replaces the pods one by one (the Deployment
+    rolls); HotSwap keeps the pods and each swaps the adapter atomically between requests."""
+
+    ROLLING_RESTART = "RollingRestart"
+    HOT_SWAP = "HotSwap"
+
+
+class Phase(str, DescribedEnum):
+    """Where the model is in its life cycle: Pending (pods not ready yet), Serving, Drifting (drift
+    declared, no heal running), Healing (a heal Job runs), Promoting (a candidate passed and is
+    being promoted or awaits approval), RollingOut (pods moving to a new adapter, rollback watch
+    running), Degraded (serving, but something needs a person), Failed (cannot serve)."""
+
+    PENDING = "Pending"
+    SERVING = "Serving"
+    DRIFTING = "Drifting"
+    HEALING = "Healing"
+    PROMOTING = "Promoting"
+    ROLLING_OUT = "RollingOut"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class ConditionStatus(str, DescribedEnum):
+    """Whether the condition holds: True, False or Unknown."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ConditionType(str, DescribedEnum):
+    """The condition types this operator writes (the schema accepts any CamelCase type, so a newer
+    operator may add types without breaking an older CRD)."""
+
+    READY = "Ready"
+    DRIFT_DETECTED = "DriftDetected"
+    HEALING = "Healing"
+    ROLLED_BACK = "RolledBack"
+    DEGRADED = "Degraded"
+
+
+# ---- spec --------------------------------------------------------------------------------------
+
+class ResourceRequirements(SpecModel):
+    """Compute resources of a container, as in a Pod spec: quantities such as "500m", "1Gi" or 2."""
+
+    requests: dict[str, schema.IntOrString] = Field(
+        default_factory=dict, description="Minimum resources, e.g. {cpu: 500m, memory: 1Gi}.")
+    limits: dict[str, schema.IntOrString] = Field(
+        default_factory=dict, description="Maximum resources, e.g. {memory: 2Gi}.")
+
+
+class ModelSource(SpecModel):
+    """The model the pods serve: a TorchServe model archive or directory holding the frozen
+    backbone, the handler and the reference statistics of the training data."""
+
+    archive: schema.constr(min_length=1, max_length=2048) = Field(
+        ..., description="URI or path of the TorchServe model archive (.mar) or model directory.")
+    image: schema.constr(min_length=1, max_length=512) = Field(
+        DEFAULT_IMAGE, description="Container image of the model server.")
+    name: schema.Optional[schema.constr(pattern=TORCHSERVE_NAME)] = Field(
+        None, description="TorchServe model name.")
+
+
+class ServingSpec(SpecModel):
+    """How each model-server pod serves and samples traffic."""
+
+    workers: schema.conint(ge=1, le=64) = Field(2, description="TorchServe workers per pod.")
+    sample_fraction: Fraction = Field(
+        0.2, description="Share of requests (features and model outputs, never labels) written to "
+                         "storage for healing, 0..1.")
+
+
+class Rule(SpecModel):
+    """An analyst rule: rows matching `when` should belong to class `label`. The operator checks
+    that every rule parses against spec.features and spec.classes and reports errors in status."""
+
+    name: schema.constr(pattern=CLASS_NAME) = Field(
+        ..., description="Unique rule name: letters, digits, '_', '.', '-', at most 63 characters.")
+    when: schema.constr(min_length=1, max_length=MAX_RULE_CHARS) = Field(
+        ..., description="Condition over feature names: numbers, + - * /, < <= > >= == !=, and/or/not, "
+                         "parentheses, abs(), log(), true/false. Never evaluated as code.")
+    label: schema.constr(pattern=CLASS_NAME) = Field(
+        ..., description="The class (one of spec.classes) that rows matching `when` belong to.")
+    weight: schema.confloat(gt=0, allow_inf_nan=False) = Field(
+        1.0, description="How much the analysts trust the rule, > 0.")
+
+
+class DriftSpec(SpecModel):
+    """When drift is declared: both signals (input shift as the largest per-feature PSI, and the
+    rise of rule conflict) at or above their `on` thresholds for `persistence` checks in a row;
+    cleared once both fall below the `off` thresholds (hysteresis, so the state cannot flap)."""
+
+    window_rows: schema.conint(ge=50, le=10_000_000) = Field(
+        500, description="Rows (merged over all pods) in one drift window.")
+    min_samples: schema.conint(ge=1, le=10_000_000) = Field(
+        200, description="A window with fewer rows is never evidence of drift.")
+    check_interval_seconds: schema.conint(ge=1, le=86_400) = Field(
+        30, description="Seconds between polls of the pods' drift sketches.")
+    input_on: NonNegative = Field(0.10, description="Input shift (max per-feature PSI) that counts as on.")
+    input_off: NonNegative = Field(0.07, description="Input shift below which drift may clear; <= inputOn.")
+    conflict_on: Fraction = Field(0.05, description="Rule conflict (share, 0..1) that counts as on.")
+    conflict_off: Fraction = Field(0.025, description="Rule conflict below which drift may clear; <= conflictOn.")
+    persistence: schema.conint(ge=1, le=100) = Field(
+        2, description="Consecutive windows with both signals on before drift is declared.")
+
+
+class HealingObjective(SpecModel):
+    """Weights of the label-free healing objective (model_handler.healing.HealConfig)."""
+
+    rule_weight: NonNegative = Field(2.0, description="Weight of agreement with trusted rules.")
+    anchor_weight: NonNegative = Field(1.0, description="Weight of staying close to the current model.")
+    entropy_weight: NonNegative = Field(0.1, description="Weight of confident predictions (entropy).")
+    balance_weight: NonNegative = Field(1.0, description="Weight of keeping class rates near the expected prior.")
+    min_trust: Fraction = Field(
+        0.5, description="Rules whose inputs drifted so far that their trust falls below this abstain, 0..1.")
+
+
+class HealingSpec(SpecModel):
+    """When and how healing Jobs run. A heal needs drift declared, no heal or rollout in progress,
+    the cooldown passed and the daily budget not spent."""
+
+    mode: HealingMode = Field(HealingMode.AUTO, description="Auto, Manual or Off.")
+    cooldown_seconds: schema.conint(ge=0, le=604_800) = Field(
+        1800, description="Seconds after a heal finished before another may start.")
+    max_heals_per_day: schema.conint(ge=1, le=1000) = Field(
+        4, description="Heals that may start in any 24 hours.")
+    training_window_rows: schema.conint(ge=200, le=10_000_000) = Field(
+        3000, description="Most recent sampled rows a heal trains and gates on.")
+    min_rows: schema.conint(ge=50, le=10_000_000) = Field(
+        200, description="A heal with fewer sampled rows than this does nothing.")
+    seed: schema.conint(ge=0, le=2**31 - 1) = Field(0, description="Random seed of the heal.")
+    objective: HealingObjective = Field(default_factory=HealingObjective)
+    resources: schema.Optional[ResourceRequirements] = Field(None)
+    active_deadline_seconds: schema.conint(ge=30, le=86_400) = Field(
+        600, description="The heal Job fails after this many seconds.")
+    backoff_limit: schema.conint(ge=0, le=10) = Field(
+        1, description="Retries of a failed heal pod.")
+
+
+class GateThresholds(SpecModel):
+    """Promotion gate limits a candidate adapter must meet on held-out recent traffic
+    (model_handler.gate.GateConfig)."""
+
+    min_conflict_drop: NonNegative = Field(
+        0.005, description="Least absolute drop of the trusted-rule conflict rate.")
+    conflict_tolerance: NonNegative = Field(
+        0.002, description="Most the trusted-rule conflict rate may rise.")
+    max_class_rate_ratio: schema.confloat(ge=1) = Field(
+        3.0, description="Most a predicted class rate may differ from the expected prior, as a ratio either way.")
+    max_disagreement: Fraction = Field(
+        0.2, description="Most predictions the candidate may change versus the cheaply fixed model, 0..1.")
+
+
+class RollbackSpec(SpecModel):
+    """Automatic rollback after a rollout: during `watchSeconds`, harm (a rise in rule conflict or
+    a class-rate swing beyond these limits, on at least `minSamples` rows) restores the last good
+    adapter."""
+
+    automatic: bool = Field(True, description="Roll back by itself on harm; false only reports it.")
+    watch_seconds: schema.conint(ge=0, le=604_800) = Field(
+        600, description="How long after a rollout the signals are watched.")
+    min_samples: schema.conint(ge=1, le=10_000_000) = Field(
+        200, description="Rows served by the new adapter before harm can be judged.")
+    max_conflict_increase: Fraction = Field(
+        0.02, description="Most the rule conflict may rise over its pre-rollout value.")
+    max_class_rate_ratio: schema.confloat(ge=1) = Field(
+        2.0, description="Most a predicted class rate may change versus before the rollout, as a ratio either way.")
+
+
+class PromotionSpec(SpecModel):
+    """How a healed candidate becomes the served adapter, and how it is taken back."""
+
+    gate: GateThresholds = Field(default_factory=GateThresholds)
+    strategy: RolloutStrategy = Field(
+        RolloutStrategy.ROLLING_RESTART, description="RollingRestart or HotSwap.")
+    rollback: RollbackSpec = Field(default_factory=RollbackSpec)
+
+
+class AdapterSpec(SpecModel):
+    """The adapter version every pod must serve. The operator writes it after a successful heal; a
+    person writes it to roll back or forward, or to approve a candidate in Manual mode."""
+
+    version: schema.constr(pattern=ADAPTER_VERSION) = Field(
+        BASE_ADAPTER, description="Adapter version; `base` is the identity adapter.")
+
+
+class StorageSpec(SpecModel):
+    """Where adapters and sampled traffic live (an fsspec URI shared by pods, Jobs and operator)."""
+
+    uri: schema.constr(pattern=URI_WITH_SCHEME, max_length=2048) = Field(
+        DEFAULT_STORAGE_URI, description="fsspec URI such as s3://bucket/prefix.")
+    secret_name: schema.Optional[schema.constr(pattern=DNS_SUBDOMAIN, max_length=253)] = Field(
+        None, description="Secret in the same namespace whose keys become environment variables of "
+                          "pods and Jobs (storage credentials).")
+
+
+class SelfHealingModelSpec(SpecModel):
+    """Desired state of a self-healing model."""
+
+    model: ModelSource
+    replicas: schema.conint(ge=1, le=1000) = Field(2, description="Model-server pods.")
+    resources: schema.Optional[ResourceRequirements] = Field(None)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    features: t.Annotated[list[schema.constr(pattern=FEATURE_NAME)], Field(min_length=1, max_length=256)] = Field(
+        ..., description="Input feature names in request order: identifiers, unique.",
+        json_schema_extra={"x-kubernetes-list-type": "set"})
+    classes: t.Annotated[list[schema.constr(pattern=CLASS_NAME)], Field(min_length=2, max_length=64)] = Field(
+        ..., description="Class names in the model's output order, unique.",
+        json_schema_extra={"x-kubernetes-list-type": "set"})
+    rules: t.Annotated[list[Rule], Field(max_length=256)] = Field(
+        default_factory=list, description="Analyst rules, unique by name.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    healing: HealingSpec = Field(default_factory=HealingSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @field_validator("features", "classes")
+    @classmethod
+    def _names_unique(cls, values: list[str], info) -> list[str]:
+        return _unique(values, info.field_name)
+
+    @field_validator("rules")
+    @classmethod
+    def _rule_names_unique(cls, rules: list[Rule]) -> list[Rule]:
+        _unique([rule.name for rule in rules], "rule names")
+        return rules
+
+
+# ---- status ------------------------------------------------------------------------------------
+# Status models ignore unknown keys (Pydantic's default): a status written by a newer operator
+# still reads. The CRD prunes fields it does not know, so nothing here preserves unknown fields.
+
+class Condition(Described):
+    """A Kubernetes condition (the metav1.Condition format)."""
+
+    type: schema.constr(pattern=CONDITION_TYPE, max_length=316) = Field(
+        ..., description="Ready, DriftDetected, Healing, RolledBack or Degraded.")
+    status: ConditionStatus
+    reason: schema.constr(pattern=CONDITION_REASON, max_length=1024) = Field(
+        ..., description="CamelCase reason of the last transition or update.")
+    message: schema.constr(max_length=32768) = Field("", description="Human-readable details.")
+    last_transition_time: datetime.datetime = Field(..., description="When the status last changed.")
+    observed_generation: schema.Optional[schema.conint(ge=0)] = Field(
+        None, description="metadata.generation the condition was computed from.")
+
+
+class TriggerState(Described):
+    """State of the drift hysteresis (model_handler.drift.HealTrigger)."""
+
+    consecutive: int = Field(0, description="Windows in a row with both signals on.")
+    drifting: bool = Field(False, description="Drift declared and not yet cleared.")
+
+
+class DriftStatus(Described):
+    """Summary of the last drift check (numbers, never raw sketches)."""
+
+    score: schema.Optional[float] = Field(
+        None, description="The weaker of the two signals relative to its on threshold: >= 1 means both are on.")
+    input_shift: schema.Optional[float] = Field(None, description="Largest per-feature PSI of the window.")
+    rule_conflict: schema.Optional[float] = Field(None, description="Trust-weighted excess rule conflict, 0..1.")
+    prediction_shift: schema.Optional[float] = Field(None, description="PSI of the predicted class rates.")
+    top_features: list[str] = Field(default_factory=list, description="Features that moved most.")
+    samples: schema.Optional[int] = Field(None, description="Rows in the window.")
+    since: schema.Optional[datetime.datetime] = Field(None, description="When drift was declared.")
+    last_check: schema.Optional[datetime.datetime] = Field(None, description="When the pods were last polled.")
+    unreachable_pods: list[str] = Field(default_factory=list, description="Ready pods whose status could not be read.")
+    trigger: schema.Optional[TriggerState] = Field(None)
+
+
+class AdapterStatus(Described):
+    """Which adapter the pods serve."""
+
+    current: schema.Optional[str] = Field(None, description="Version served by all ready pods; empty while they differ.")
+    desired: schema.Optional[str] = Field(None, description="spec.adapter.version as last acted on.")
+    last_good: schema.Optional[str] = Field(None, description="Last version that survived its rollback watch; the rollback target.")
+    pods_at_desired: schema.Optional[int] = Field(None, description="Ready pods serving the desired version.")
+    pods_total: schema.Optional[int] = Field(None, description="Pods wanted (spec.replicas).")
+    ready: schema.Optional[str] = Field(None, description='"podsAtDesired/podsTotal", shown in the READY column.')
+
+
+class LastHeal(Described):
+    """The most recent healing Job."""
+
+    job: schema.Optional[str] = Field(None, description="Name of the heal Job.")
+    version: schema.Optional[str] = Field(None, description="Adapter version the Job was asked to create.")
+    parent: schema.Optional[str] = Field(None, description="Adapter version it healed from.")
+    started: schema.Optional[datetime.datetime] = Field(None, description="When the Job was created.")
+    finished: schema.Optional[datetime.datetime] = Field(None, description="When its result was read.")
+    result: schema.Optional[str] = Field(
+        None, description="Running, Promoted, AwaitingApproval, Rejected or Failed.")
+    reason: schema.Optional[schema.constr(max_length=4096)] = Field(None, description="Why, in words.")
+    steps: list[str] = Field(default_factory=list, description="Fixes the heal applied, cheapest first.")
+    failed_checks: list[str] = Field(default_factory=list, description="Promotion gate checks the candidate failed.")
+
+
+class HistoryEntry(Described):
+    """One change of the served adapter."""
+
+    version: str = Field(..., description="Adapter version now desired.")
+    from_version: schema.Optional[str] = Field(None, alias="from", description="Version before the change.")
+    at: datetime.datetime = Field(..., description="When the change was made.")
+    reason: str = Field("", description="Why (heal result, rollback cause, manual change).")
+    by: str = Field("", description="Who: operator, rollback or user.")
+
+
+class Candidate(Described):
+    """A healed adapter that passed the gate and awaits a person (Manual mode). Approve it by
+    setting spec.adapter.version to its version."""
+
+    version: str = Field(..., description="The candidate's adapter version.")
+    job: schema.Optional[str] = Field(None, description="Heal Job that made it.")
+    created: schema.Optional[datetime.datetime] = Field(None, description="When it was made.")
+    reason: schema.Optional[str] = Field(None, description="What the heal fixed and the gate said.")
+
+
+class SelfHealingModelStatus(Described):
+    """Observed state, written by the operator only."""
+
+    phase: schema.Optional[Phase] = Field(None)
+    observed_generation: schema.Optional[int] = Field(None, description="metadata.generation last acted on.")
+    conditions: t.Annotated[list[Condition], Field(max_length=32)] = Field(
+        default_factory=list, description="Ready, DriftDetected, Healing, RolledBack and Degraded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    drift: schema.Optional[DriftStatus] = Field(None)
+    adapter: schema.Optional[AdapterStatus] = Field(None)
+    last_heal: schema.Optional[LastHeal] = Field(None)
+    heals_today: schema.Optional[int] = Field(None, description="Heals started in the last 24 hours.")
+    recent_heal_starts: t.Annotated[list[datetime.datetime], Field(max_length=1000)] = Field(
+        default_factory=list, description="Start times of the heals of the last 24 hours (the daily budget).")
+    history: t.Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = Field(
+        default_factory=list, description=f"The last {MAX_HISTORY} adapter changes, oldest first.")
+    candidate: schema.Optional[Candidate] = Field(None)
+
+
+PRINTER_COLUMNS = [
+    {"name": "Adapter", "type": "string", "jsonPath": ".status.adapter.current",
+     "description": "Adapter version served by all ready pods."},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Drift", "type": "number", "jsonPath": ".status.drift.score",
+     "description": "Weaker drift signal relative to its threshold (>= 1: both on)."},
+    {"name": "Ready", "type": "string", "jsonPath": ".status.adapter.ready",
+     "description": "Ready pods serving the desired adapter / pods wanted."},
+    {"name": "Desired", "type": "string", "jsonPath": ".spec.adapter.version", "priority": 1},
+    {"name": "Mode", "type": "string", "jsonPath": ".spec.healing.mode", "priority": 1},
+]
+
+
+class SelfHealingModel(CustomResource, version=API_VERSION, short_names=["shm"],
+                       subresources={"status": {}}, printer_columns=PRINTER_COLUMNS):
+    """A PyTorch model served by TorchServe pods that heals itself under data drift without new
+    labels: drift signals on live traffic start a healing Job, a gate checks its candidate adapter,
+    and the operator rolls it out (and back, on harm)."""
+
+    spec: SelfHealingModelSpec
+    status: SelfHealingModelStatus = Field(default_factory=SelfHealingModelStatus)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return _shape_descriptions(super().__get_pydantic_json_schema__(core_schema, handler), handler)
+
+    @property
+    def torchserve_name(self) -> str:
+        """spec.model.name, else the resource name with the characters TorchServe refuses replaced."""
+        return self.spec.model.name or self.metadata.name.replace(".", "-")
+
+
+# ---- generation --------------------------------------------------------------------------------
+
+HEADER = "# Generated from operator/crd.py by `python -m shm_operator.crd`; do not edit.\n"
+
+
+def crd_manifest() -> dict:
+    """The apiextensions.k8s.io/v1 CustomResourceDefinition, as a dict."""
+    registry = CustomResourceRegistry(API_GROUP)
+    registry.register_model(SelfHealingModel)
+    (definition,) = list(registry)
+    return definition.kubernetes_resource()
+
+
+def crd_yaml() -> str:
+    """The CRD as YAML text; the same models always give the same bytes (declaration order kept)."""
+    return HEADER + yaml.safe_dump(crd_manifest(), sort_keys=False, width=100, allow_unicode=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shm_operator.crd",
+                                     description="Print or write the SelfHealingModel CRD.")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--output", "-o", type=Path, help="write the CRD to this file")
+    group.add_argument("--check", type=Path, help="exit 1 if this file differs from the generated CRD")
+    args = parser.parse_args(argv)
+    text = crd_yaml()
+    if args.check:
+        current = args.check.read_text() if args.check.exists() else ""
+        if current != text:
+            print(f"{args.check} is stale: regenerate it with python -m shm_operator.crd -o {args.check}",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
