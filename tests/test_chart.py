@@ -477,3 +477,37 @@ def test_plain_manifests_apply_with_kubectl(cluster):
     cluster.run_kubectl("delete", "-f", str(REPO_ROOT / "deploy" / "20-selfheal.yaml"))
     assert not cluster.exists("deployment", "selfheal", "-n", "selfheal-system")
     assert not cluster.exists("clusterrole", "selfheal")
+
+
+# ---------------------------------------------------------------- images (no Docker engine here: static checks)
+
+
+@pytest.mark.parametrize(("dockerfile", "extra"), [("operator.Dockerfile", "operator"),
+                                                   ("model-server.Dockerfile", "serve")])
+def test_dockerfiles_are_pinned_non_root_and_copy_what_exists(dockerfile, extra):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    text = (REPO_ROOT / "docker" / dockerfile).read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in lines
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert len(stages) == 2 and all(s.startswith("FROM ${PYTHON_IMAGE}") for s in stages)
+    assert "RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in lines
+    # the final stage runs as a numeric non-root user
+    final = lines[lines.index(stages[-1]):]
+    (user,) = [line for line in final if line.startswith("USER ")]
+    uid, gid = user.split()[1].split(":")
+    assert int(uid) > 0 and int(gid) > 0
+    assert f"--uid {uid}" in text
+    # every COPY from the build context exists, and the installed extra is one pyproject.toml defines
+    for line in lines:
+        if line.startswith("COPY ") and "--from=" not in line:
+            for source in line.split()[1:-1]:
+                assert (REPO_ROOT / source).exists(), f"{dockerfile}: COPY {source} does not exist"
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert f'RUN pip install ".[{extra}]"' in lines and extra in extras
+    if extra == "serve":
+        assert "openjdk-17-jre-headless" in text
+    ignore = (REPO_ROOT / "docker" / f"{dockerfile}.dockerignore").read_text().split()
+    copied = {s.rstrip("/") for line in lines if line.startswith("COPY ") and "--from=" not in line
+              for s in line.split()[1:-1]}
+    assert copied == {entry[1:].rstrip("/") for entry in ignore if entry.startswith("!")}
