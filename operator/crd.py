@@ -4,7 +4,7 @@ These classes are the single source of truth: the operator validates CR bodies w
 (`SelfHealingModel.model_validate(body)` fills in every default), and the CRD in
 `crds/selfhealingmodels.yaml` is generated from them by `kube-custom-resource`:
 
-    python -m shm_operator.crd > crds/selfhealingmodels.yaml     # or: --output crds/selfhealingmodels.yaml
+    python -m shm_operator.crd > crds/selfhealingmodels.yaml     # or --write, or -o <file>
     python -m shm_operator.crd --check crds/selfhealingmodels.yaml
 
 Conventions (those of kube-custom-resource): snake_case here, camelCase in YAML; a field's
@@ -314,6 +314,9 @@ class RollbackSpec(SpecModel):
         0.02, description="Most the rule conflict may rise over its pre-rollout value.")
     max_class_rate_ratio: schema.confloat(ge=1) = Field(
         2.0, description="Most a predicted class rate may change versus before the rollout, as a ratio either way.")
+    class_rate_tolerance: Fraction = Field(
+        0.01, description="Class-rate changes smaller than this (absolute share) are never harm, however large "
+                          "their ratio: a rare class moving from 0.2% to 0.5% is noise, not harm.")
 
 
 class PromotionSpec(SpecModel):
@@ -365,6 +368,15 @@ class SelfHealingModelSpec(SpecModel):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
 
+    def heal_job_config(self) -> dict:
+        """The config the heal Job reads (`python -m model_handler.heal --config-json`): the rules,
+        the objective and row counts under `healing`, the gate limits under `promotion`."""
+        healing = self.healing
+        return {"rules": [rule.model_dump() for rule in self.rules],
+                "healing": {"trainingWindowRows": healing.training_window_rows, "minRows": healing.min_rows,
+                            "seed": healing.seed, **healing.objective.model_dump()},
+                "promotion": self.promotion.gate.model_dump()}
+
     @field_validator("features", "classes")
     @classmethod
     def _names_unique(cls, values: list[str], info) -> list[str]:
@@ -414,16 +426,19 @@ class DriftStatus(Described):
     samples: schema.Optional[int] = Field(None, description="Rows in the window.")
     since: schema.Optional[datetime.datetime] = Field(None, description="When drift was declared.")
     last_check: schema.Optional[datetime.datetime] = Field(None, description="When the pods were last polled.")
-    unreachable_pods: list[str] = Field(default_factory=list, description="Ready pods whose status could not be read.")
+    unreachable_pods: list[str] = Field(
+        default_factory=list, description="Ready pods whose status could not be read.")
     trigger: schema.Optional[TriggerState] = Field(None)
 
 
 class AdapterStatus(Described):
     """Which adapter the pods serve."""
 
-    current: schema.Optional[str] = Field(None, description="Version served by all ready pods; empty while they differ.")
+    current: schema.Optional[str] = Field(
+        None, description="Version served by all ready pods; empty while they differ.")
     desired: schema.Optional[str] = Field(None, description="spec.adapter.version as last acted on.")
-    last_good: schema.Optional[str] = Field(None, description="Last version that survived its rollback watch; the rollback target.")
+    last_good: schema.Optional[str] = Field(
+        None, description="Last version that survived its rollback watch; the rollback target.")
     pods_at_desired: schema.Optional[int] = Field(None, description="Ready pods serving the desired version.")
     pods_total: schema.Optional[int] = Field(None, description="Pods wanted (spec.replicas).")
     ready: schema.Optional[str] = Field(None, description='"podsAtDesired/podsTotal", shown in the READY column.')
@@ -518,6 +533,7 @@ class SelfHealingModel(CustomResource, version=API_VERSION, short_names=["shm"],
 
 # ---- generation --------------------------------------------------------------------------------
 
+DEFAULT_OUTPUT = "crds/selfhealingmodels.yaml"
 HEADER = "# Generated from operator/crd.py by `python -m shm_operator.crd`; do not edit.\n"
 
 
@@ -539,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Print or write the SelfHealingModel CRD.")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--output", "-o", type=Path, help="write the CRD to this file")
+    group.add_argument("--write", action="store_const", dest="output", const=Path(DEFAULT_OUTPUT),
+                       help=f"write the CRD to {DEFAULT_OUTPUT} (from the repository root)")
     group.add_argument("--check", type=Path, help="exit 1 if this file differs from the generated CRD")
     args = parser.parse_args(argv)
     text = crd_yaml()

@@ -124,6 +124,8 @@ def test_committed_crd_is_the_generated_one():
 def test_generator_cli_prints_writes_and_checks(tmp_path):
     printed = subprocess.run(PY, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert printed == CRD_FILE.read_text()
+    subprocess.run([*PY, "--write"], check=True, cwd=tmp_path)
+    assert (tmp_path / "crds" / "selfhealingmodels.yaml").read_text() == printed
     target = tmp_path / "out" / "crd.yaml"
     subprocess.run([*PY, "-o", str(target)], check=True, cwd=tmp_path)
     assert target.read_text() == printed
@@ -308,7 +310,8 @@ def test_name_patterns_agree_with_the_rule_language():
     assert crd.MAX_RULE_CHARS == rules.MAX_EXPRESSION_CHARS
     assert crd.CLASS_NAME == f"^{rules.RULE_NAME.pattern}$"
     for keyword in rules.KEYWORDS | rules.FUNCTIONS:   # identifiers the schema admits; semantics refuse them
-        assert crd.SelfHealingModel.model_validate({**MINIMAL, "spec": {**MINIMAL["spec"], "features": [keyword, "b"]}})
+        spec = {**MINIMAL["spec"], "features": [keyword, "b"]}
+        assert crd.SelfHealingModel.model_validate({**MINIMAL, "spec": spec}).spec.features[0] == keyword
 
 
 def snake_keys(value, path="") -> list[str]:
@@ -354,7 +357,7 @@ def test_status_validates_and_round_trips_with_from_alias():
     assert schema_errors(resource) == []
     status = crd.SelfHealingModel.model_validate(resource).status
     assert status.phase is crd.Phase.ROLLING_OUT and status.history[0].from_version == "v1"
-    assert status.conditions[0].last_transition_time == datetime.datetime(2026, 11, 22, 19, tzinfo=datetime.timezone.utc)
+    assert status.conditions[0].last_transition_time == NOW
     dumped = status.model_dump(mode="json", exclude_none=True)
     assert dumped["history"][0]["from"] == "v1" and dumped["adapter"]["podsAtDesired"] == 1
     assert crd.SelfHealingModelStatus.model_validate(dumped) == status
@@ -373,8 +376,30 @@ def test_status_from_a_newer_operator_still_reads():
 
 def test_status_rejects_a_bad_condition():
     resource = {**example(), "status": {"conditions": [
-        {"type": "Ready", "status": "Yes", "reason": "not camel case!", "lastTransitionTime": "2026-11-22T19:00:00Z"}]}}
+        {"type": "Ready", "status": "Yes", "reason": "not camel case!",
+         "lastTransitionTime": "2026-11-22T19:00:00Z"}]}}
     for checker in (schema_errors, pydantic_errors):
         errors = checker(resource)
         assert any(e.startswith("status.conditions[0].status:") for e in errors), errors
         assert any(e.startswith("status.conditions[0].reason:") for e in errors), errors
+
+
+def test_heal_job_config_carries_the_spec():
+    spec = crd.SelfHealingModel.model_validate(example()).spec
+    config = spec.heal_job_config()
+    assert config["rules"] == example()["spec"]["rules"]
+    assert config["healing"] == {"trainingWindowRows": 3000, "minRows": 200, "seed": 0, "ruleWeight": 2.0,
+                                 "anchorWeight": 1.0, "entropyWeight": 0.1, "balanceWeight": 1.0, "minTrust": 0.5}
+    assert config["promotion"] == {"minConflictDrop": 0.005, "conflictTolerance": 0.002,
+                                   "maxClassRateRatio": 3.0, "maxDisagreement": 0.2}
+
+
+def test_heal_job_reads_the_config():
+    """Where the heal Job's entrypoint is present, its own parser accepts the config and applies it."""
+    heal_job = pytest.importorskip("model_handler.heal")
+    resource = example()
+    resource["spec"]["healing"]["objective"] = {"ruleWeight": 3.5, "minTrust": 0.25}
+    resource["spec"]["promotion"]["gate"] = {"maxDisagreement": 0.1}
+    heal_config, window_rows = heal_job.configs(crd.SelfHealingModel.model_validate(resource).spec.heal_job_config())
+    assert (heal_config.rule_weight, heal_config.min_trust, heal_config.gate.max_disagreement) == (3.5, 0.25, 0.1)
+    assert window_rows == 3000

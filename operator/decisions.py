@@ -1,0 +1,416 @@
+"""The operator's judgement as pure functions: no Kubernetes, no I/O, the time passed in.
+
+Handlers gather the facts (spec, status, pods, the heal Job) and apply what these functions
+decide, so every branch of the operator's reasoning is unit-tested without a cluster. Reasons are
+written for people (status messages, Events); codes are CamelCase and fit a condition's reason.
+Times are timezone-aware datetimes or RFC 3339 strings as found in a status.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Mapping, NamedTuple, Sequence
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from model_handler.rules import FUNCTIONS, KEYWORDS, RuleError, RuleSet
+from shm_operator.crd import (CONDITION_REASON, CONDITION_TYPE, MAX_HISTORY, HealingMode, Phase, RollbackSpec,
+                              SelfHealingModelSpec)
+
+DAY = timedelta(days=1)
+TERMINATION_MESSAGE_LIMIT = 4096       # bytes the kubelet keeps of a container's termination message
+CONDITION_MESSAGE_LIMIT = 32768        # metav1.Condition.message
+DNS_LABEL_LIMIT = 63                   # a Job's name becomes its pods' job-name label value
+QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?")
+VERSION_NUMBER = re.compile(r"v([1-9][0-9]*)")
+UTC = timezone.utc
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to act, and why; `retry_after` (seconds) is when the answer may change by itself."""
+
+    act: bool
+    reason: str
+    code: str
+    retry_after: float | None = None
+
+
+# ---- time --------------------------------------------------------------------------------------
+
+def parse_time(value: datetime | str | None) -> datetime | None:
+    """A status timestamp as an aware datetime; naive times are refused (they hide a zone bug)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp {value.isoformat()} has no timezone")
+    return value
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC to the second, as Kubernetes writes metav1.Time."""
+    return parse_time(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def recent_heals(starts: Sequence[datetime | str], now: datetime) -> list[datetime]:
+    """Heal start times of the last 24 hours, oldest first (what status.recentHealStarts keeps)."""
+    return sorted(t for t in map(parse_time, starts) if t is not None and now - t < DAY)
+
+
+# ---- healing -----------------------------------------------------------------------------------
+
+def should_heal(*, now: datetime, drifting: bool, mode: HealingMode | str, healing_job: str | None = None,
+                phase: Phase | str | None = None, candidate: str | None = None,
+                spec_problems: Sequence[str] = (), last_heal_finished: datetime | str | None = None,
+                cooldown_seconds: float, recent_heal_starts: Sequence[datetime | str] = (),
+                max_heals_per_day: int) -> Decision:
+    """Start a heal only when drift is declared and nothing else is under way or forbids it.
+
+    The checks run from the most to the least fundamental, so the reason names what a person
+    would have to change first. The cooldown runs from `last_heal_finished` (pass the start
+    time of a heal whose end is unknown). The daily budget counts starts in a sliding 24 hours,
+    so a burst around midnight cannot spend two days' budget at once.
+    """
+    now = parse_time(now)
+    if healing_job:
+        return Decision(False, f"already healing (job {healing_job})", "HealInProgress")
+    if not drifting:
+        return Decision(False, "no drift declared", "NoDrift")
+    if HealingMode(mode) is HealingMode.OFF:
+        return Decision(False, "mode Off", "HealingOff")
+    if spec_problems:
+        more = f" (and {len(spec_problems) - 1} more)" if len(spec_problems) > 1 else ""
+        return Decision(False, f"spec is invalid: {spec_problems[0]}{more}", "InvalidSpec")
+    phase = getattr(phase, "value", phase)          # a phase unknown to this version is no rollout
+    if phase in (Phase.PROMOTING.value, Phase.ROLLING_OUT.value):
+        return Decision(False, f"a rollout is in progress (phase {phase})", "RolloutInProgress")
+    if candidate:
+        return Decision(False, f"candidate {candidate} awaits approval", "AwaitingApproval")
+    finished = parse_time(last_heal_finished)
+    if finished is not None:
+        left = cooldown_seconds - (now - finished).total_seconds()
+        if left > 0:
+            return Decision(False, f"cooldown: {math.ceil(left)}s left", "CooldownActive", math.ceil(left))
+    starts = recent_heals(recent_heal_starts, now)
+    if len(starts) >= max_heals_per_day:
+        free_at = starts[len(starts) - max_heals_per_day] + DAY
+        return Decision(False, f"daily budget spent ({len(starts)}/{max_heals_per_day})", "DailyBudgetSpent",
+                        math.ceil((free_at - now).total_seconds()))
+    return Decision(True, f"drift declared: heal {len(starts) + 1}/{max_heals_per_day} of the last 24h",
+                    "HealNeeded")
+
+
+def next_version(existing: Sequence[str]) -> str:
+    """v1, v2, ...: one past the highest `v<n>` taken. Numbers are never reused, not even one whose
+    adapter was deleted, so a version name always means one adapter in history and Events.
+    Other names (`base`, hand-made ones such as `v2-hotfix`) are left alone."""
+    numbers = [int(m.group(1)) for name in existing if (m := VERSION_NUMBER.fullmatch(name))]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def version_number(version: str) -> int | None:
+    """n of a `v<n>` version, else None."""
+    match = VERSION_NUMBER.fullmatch(version)
+    return int(match.group(1)) if match else None
+
+
+def heal_job_name(model_name: str, n: int) -> str:
+    """`<model>-heal-<n>`, a valid DNS-1123 label (the Job controller copies the name into a pod
+    label, so at most 63 characters). A name that must be shortened or cleaned keeps a hash of
+    the original, so two long model names never share Jobs."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"heal number must be an integer >= 1, got {n!r}")
+    if not model_name:
+        raise ValueError("model name is empty")
+    suffix = f"-heal-{n}"
+    clean = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")
+    if clean == model_name and len(clean) + len(suffix) <= DNS_LABEL_LIMIT:
+        return clean + suffix
+    digest = hashlib.sha256(model_name.encode()).hexdigest()[:8]
+    prefix = clean[: DNS_LABEL_LIMIT - len(suffix) - len(digest) - 1].rstrip("-")
+    return f"{prefix}-{digest}{suffix}" if prefix else f"h{digest}{suffix}"
+
+
+# ---- the heal Job's result ---------------------------------------------------------------------
+
+class _JobMessage(BaseModel):
+    """The JSON `python -m model_handler.heal` writes to its termination log; unknown keys are
+    ignored so a newer Job still reads."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    version: str | None = None
+    parent: str | None = None
+    state: str | None = None
+    promotable: bool | None = None
+    passed: bool | None = None
+    reason: str = ""
+    steps: list[str] = []
+    failed: list[str] = []
+    rows: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a heal Job reported. `error` is set when it failed or its message is unusable."""
+
+    version: str | None = None
+    parent: str | None = None
+    state: str | None = None
+    promotable: bool = False
+    reason: str = ""
+    steps: tuple[str, ...] = ()
+    failed_checks: tuple[str, ...] = ()
+    rows: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+def parse_job_result(termination_message: str | None) -> JobResult:
+    """Read the heal Job's termination message. Never raises: whatever is wrong with it becomes
+    `error`, because a Job's output is input from another process and the operator must go on."""
+    if not termination_message or not termination_message.strip():
+        return JobResult(error="empty termination message: the heal Job wrote no result")
+    size = len(termination_message.encode("utf-8", "replace"))
+    if size > TERMINATION_MESSAGE_LIMIT:
+        return JobResult(error=f"termination message is {size} bytes, over the {TERMINATION_MESSAGE_LIMIT} "
+                               "Kubernetes keeps: it may be cut off, refusing to trust it")
+    try:
+        document = json.loads(termination_message)
+    except json.JSONDecodeError as err:
+        return JobResult(error=f"termination message is not JSON ({err.msg} at position {err.pos})")
+    if not isinstance(document, dict):
+        return JobResult(error=f"termination message must be a JSON object, got {type(document).__name__}")
+    try:
+        message = _JobMessage.model_validate(document)
+    except ValidationError as err:
+        return JobResult(version=document.get("version") if isinstance(document.get("version"), str) else None,
+                         error="termination message: " + "; ".join(
+                             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+    if message.error is None and message.promotable is None and message.passed is None:
+        return JobResult(version=message.version, error="termination message says neither promotable nor error")
+    promotable = message.promotable if message.promotable is not None else bool(message.passed)
+    return JobResult(version=message.version, parent=message.parent, state=message.state,
+                     promotable=promotable and message.error is None, reason=message.reason,
+                     steps=tuple(message.steps), failed_checks=tuple(message.failed), rows=message.rows,
+                     sha256=message.sha256, error=f"heal Job failed: {message.error}" if message.error else None)
+
+
+class Promotion(NamedTuple):
+    action: str      # "promote" | "await-approval" | "reject"
+    reason: str
+
+
+def promotion_action(mode: HealingMode | str, result: JobResult) -> Promotion:
+    """What to do with a finished heal. Only a candidate the gate passed is ever promoted; in
+    Manual mode, or when healing was turned Off while the Job ran, it waits for a person."""
+    if result.error:
+        return Promotion("reject", result.error)
+    if not result.promotable or not result.version:
+        why = result.reason or (f"gate failed: {', '.join(result.failed_checks)}" if result.failed_checks
+                                else "no promotable candidate")
+        return Promotion("reject", why)
+    mode = HealingMode(mode)
+    if mode is HealingMode.AUTO:
+        return Promotion("promote", f"{result.version} passed the gate: {result.reason}".rstrip(": "))
+    why = "Manual mode" if mode is HealingMode.MANUAL else "healing was turned Off while the Job ran"
+    return Promotion("await-approval",
+                     f"{why}: {result.version} passed the gate; "
+                     f"set spec.adapter.version: {result.version} to promote it")
+
+
+# ---- rollback ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RolloutSignals:
+    """Live signals over a window: rows, rule conflict (0..1), predicted class shares."""
+
+    samples: int
+    rule_conflict: float
+    class_rates: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RollbackLimits:
+    max_conflict_increase: float = 0.02
+    max_class_rate_ratio: float = 2.0
+    class_rate_tolerance: float = 0.01
+    min_samples: int = 200
+    watch_seconds: float | None = None
+    automatic: bool = True
+
+    @classmethod
+    def from_spec(cls, rollback: RollbackSpec) -> RollbackLimits:
+        return cls(rollback.max_conflict_increase, rollback.max_class_rate_ratio, rollback.class_rate_tolerance,
+                   rollback.min_samples, rollback.watch_seconds, rollback.automatic)
+
+
+def _harms(pre: RolloutSignals, live: RolloutSignals, limits: RollbackLimits) -> list[str]:
+    """Each way the live window is worse than before the rollout, beyond the limits.
+
+    Class rates are compared as ratios of shares smoothed by half a row each (so a class absent
+    on one side gives a finite ratio); a change within `class_rate_tolerance` is never harm.
+    """
+    harms = []
+    rise = live.rule_conflict - pre.rule_conflict
+    if rise > limits.max_conflict_increase:
+        harms.append(f"rule conflict rose {pre.rule_conflict:.3f} -> {live.rule_conflict:.3f} "
+                     f"(+{rise:.3f} > {limits.max_conflict_increase:g})")
+    for name in sorted(set(pre.class_rates) | set(live.class_rates)):
+        before, after = pre.class_rates.get(name, 0.0), live.class_rates.get(name, 0.0)
+        if abs(after - before) <= limits.class_rate_tolerance:
+            continue
+        smoothed_before = before + 0.5 / pre.samples
+        smoothed_after = after + 0.5 / live.samples
+        ratio = max(smoothed_after / smoothed_before, smoothed_before / smoothed_after)
+        if ratio > limits.max_class_rate_ratio:
+            harms.append(f"class {name} rate {before:.3f} -> {after:.3f} "
+                         f"(x{ratio:.2f} > {limits.max_class_rate_ratio:g})")
+    return harms
+
+
+def rollback_check(pre: RolloutSignals, live: RolloutSignals, limits: RollbackLimits,
+                   elapsed_seconds: float | None = None) -> Decision:
+    """Roll back when the new adapter visibly hurts: rule conflict up, or a class rate swinging.
+
+    Too few rows since the rollout (or before it) means wait, never roll back: a fresh adapter
+    judged on a handful of requests would be rolled back by noise.
+    """
+    if pre.samples < limits.min_samples:
+        return Decision(False, f"no baseline to compare with ({pre.samples}/{limits.min_samples} rows before "
+                               "the rollout)", "NoBaseline")
+    if live.samples < limits.min_samples:
+        return Decision(False, f"waiting for samples ({live.samples}/{limits.min_samples} since the rollout)",
+                        "InsufficientSamples")
+    harms = _harms(pre, live, limits)
+    if harms and limits.automatic:
+        return Decision(True, "; ".join(harms), "HarmDetected")
+    if harms:
+        return Decision(False, "harm detected, automatic rollback is off: " + "; ".join(harms), "HarmNotRolledBack")
+    if limits.watch_seconds is not None and elapsed_seconds is not None and elapsed_seconds >= limits.watch_seconds:
+        return Decision(False, f"no harm in {elapsed_seconds:.0f}s on {live.samples} rows: watch complete",
+                        "WatchComplete")
+    return Decision(False, f"no harm so far ({live.samples} rows)", "NoHarm")
+
+
+# ---- what the schema cannot say -----------------------------------------------------------------
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """("spec", "rules", 2, "when") -> "spec.rules[2].when"."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def validate_spec_semantics(spec: Mapping | SelfHealingModelSpec) -> list[str]:
+    """Problems of a spec that the CRD schema cannot express, as '<field>: <what>' lines.
+
+    A mapping (as read from the API) is first validated by the models, whose errors come back the
+    same way, so one call covers everything; the sandbox has no API server to validate for it.
+    """
+    if not isinstance(spec, SelfHealingModelSpec):
+        try:
+            spec = SelfHealingModelSpec.model_validate(spec)
+        except ValidationError as err:
+            return [f"{field_path(('spec', *e['loc']))}: {e['msg']}" for e in err.errors()]
+    return [*_feature_problems(spec), *_rule_problems(spec), *_threshold_problems(spec),
+            *_quantity_problems(spec)]
+
+
+def _feature_problems(spec: SelfHealingModelSpec) -> list[str]:
+    reserved = ", ".join(sorted(KEYWORDS | FUNCTIONS))
+    return [f"spec.features[{i}]: {name!r} is a reserved word of the rule language ({reserved})"
+            for i, name in enumerate(spec.features) if name in KEYWORDS | FUNCTIONS]
+
+
+def _rule_problems(spec: SelfHealingModelSpec) -> list[str]:
+    """Parse each rule on its own, so every broken rule is reported, not just the first."""
+    problems = []
+    for i, rule in enumerate(spec.rules):
+        try:
+            RuleSet.from_dicts([rule.model_dump(by_alias=True)], spec.features, spec.classes)
+        except RuleError as err:
+            problems.append(f"spec.rules[{i}]: {err}")
+    return problems
+
+
+def _threshold_problems(spec: SelfHealingModelSpec) -> list[str]:
+    drift, healing, rollback = spec.drift, spec.healing, spec.promotion.rollback
+    checks = [
+        (drift.input_off > drift.input_on, "spec.drift.inputOff",
+         f"{drift.input_off:g} is above inputOn {drift.input_on:g}: drift could never clear"),
+        (drift.conflict_off > drift.conflict_on, "spec.drift.conflictOff",
+         f"{drift.conflict_off:g} is above conflictOn {drift.conflict_on:g}: drift could never clear"),
+        (drift.min_samples > drift.window_rows, "spec.drift.minSamples",
+         f"{drift.min_samples} is above windowRows {drift.window_rows}: no window would ever count"),
+        (healing.min_rows > healing.training_window_rows, "spec.healing.minRows",
+         f"{healing.min_rows} is above trainingWindowRows {healing.training_window_rows}: no heal could run"),
+        (0 < rollback.watch_seconds < drift.check_interval_seconds, "spec.promotion.rollback.watchSeconds",
+         f"{rollback.watch_seconds}s is shorter than drift.checkIntervalSeconds {drift.check_interval_seconds}s: "
+         "no check would fall inside the watch"),
+    ]
+    return [f"{path}: {what}" for failed, path, what in checks if failed]
+
+
+def _quantity_problems(spec: SelfHealingModelSpec) -> list[str]:
+    problems = []
+    for path, resources in (("spec.resources", spec.resources), ("spec.healing.resources", spec.healing.resources)):
+        for kind in ("requests", "limits"):
+            for name, value in (getattr(resources, kind) if resources else {}).items():
+                if not QUANTITY.fullmatch(str(value)):
+                    problems.append(f"{path}.{kind}.{name}: {value!r} is not a Kubernetes quantity "
+                                    "(such as 500m, 2, 1.5Gi)")
+    return problems
+
+
+# ---- conditions and history --------------------------------------------------------------------
+
+def condition(type_: str, status: bool | str, reason: str, message: str, now: datetime,
+              generation: int | None = None) -> dict:
+    """A status condition (metav1.Condition, camelCase as in the CRD)."""
+    if isinstance(status, bool):
+        status = "True" if status else "False"
+    if not re.fullmatch(CONDITION_TYPE, type_):
+        raise ValueError(f"condition type must be CamelCase such as Ready, got {type_!r}")
+    if status not in ("True", "False", "Unknown"):
+        raise ValueError(f"condition status must be True, False or Unknown, got {status!r}")
+    if not re.fullmatch(CONDITION_REASON, reason):
+        raise ValueError(f"condition reason must be CamelCase (letters, digits, '_', ',', ':'), got {reason!r}")
+    if len(message) > CONDITION_MESSAGE_LIMIT:
+        message = message[: CONDITION_MESSAGE_LIMIT - 3] + "..."
+    result = {"type": type_, "status": status, "reason": reason, "message": message,
+              "lastTransitionTime": format_time(now)}
+    if generation is not None:
+        result["observedGeneration"] = generation
+    return result
+
+
+def set_condition(conditions: Sequence[Mapping], new: Mapping) -> list[dict]:
+    """The list with `new` in place of the condition of its type (appended if absent). An unchanged
+    status keeps the old lastTransitionTime: it says since when, not when last checked."""
+    result, replaced = [], False
+    for old in conditions:
+        if old.get("type") != new["type"]:
+            result.append(dict(old))
+            continue
+        merged = dict(new)
+        if old.get("status") == new["status"] and old.get("lastTransitionTime"):
+            merged["lastTransitionTime"] = old["lastTransitionTime"]
+        result.append(merged)
+        replaced = True
+    return result if replaced else [*result, dict(new)]
+
+
+def append_history(history: Sequence[Mapping], version: str, from_version: str | None, now: datetime,
+                   reason: str, by: str, limit: int = MAX_HISTORY) -> list[dict]:
+    """status.history with one more adapter change, keeping the newest `limit` entries."""
+    entry = {"version": version, "from": from_version, "at": format_time(now), "reason": reason, "by": by}
+    return [*map(dict, history), entry][-limit:]
