@@ -32,6 +32,8 @@ CHART = REPO_ROOT / "charts" / "selfheal"
 CRD_FILE = REPO_ROOT / "crds" / "selfhealingmodels.yaml"
 EXAMPLE_CR = REPO_ROOT / "examples" / "fraud" / "selfhealingmodel.yaml"
 KUBERNETES_VERSION = "1.37.0"
+# the oldest version Chart.yaml accepts (kubeVersion >=1.27) and the newest kubernetes-validate knows
+KUBERNETES_VERSIONS = ("1.27.0", KUBERNETES_VERSION)
 NAMESPACED = ("--set", "watch.mode=namespaced", "--set", "watch.namespaces={models-a,models-b}")
 ALL_OPT_INS = ("--set", "dashboard.enabled=true", "--set", "networkPolicy.enabled=true",
                "--set", "metrics.serviceMonitor.enabled=true")
@@ -102,14 +104,16 @@ def load_render_module():
 # ---------------------------------------------------------------- lint, schemas, generated copies
 
 
+@pytest.mark.parametrize("opt_ins", [(), ALL_OPT_INS], ids=["defaults", "opt-ins"])
 @pytest.mark.parametrize("mode", MODES)
-def test_helm_lint_strict(helm, mode):
-    result = run([helm, "lint", "--strict", str(CHART), *MODES[mode], *ALL_OPT_INS])
+def test_helm_lint_strict(helm, mode, opt_ins):
+    result = run([helm, "lint", "--strict", str(CHART), *MODES[mode], *opt_ins])
     assert "0 chart(s) failed" in result.stdout
 
 
+@pytest.mark.parametrize("kubernetes_version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("mode", MODES)
-def test_rendered_objects_are_valid_kubernetes(helm, mode):
+def test_rendered_objects_are_valid_kubernetes(helm, mode, kubernetes_version):
     docs = template(helm, "--include-crds", *MODES[mode], *ALL_OPT_INS)
     kinds = {d["kind"] for d in docs}
     assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
@@ -117,7 +121,7 @@ def test_rendered_objects_are_valid_kubernetes(helm, mode):
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":
             continue  # a prometheus-operator CRD kind: checked structurally below
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(doc, kubernetes_version, strict=True)
     # ServiceMonitor: selects the metrics Service by its labels and scrapes a port that Service names.
     monitor = only(docs, "ServiceMonitor")
     service = only(docs, "Service")
@@ -165,6 +169,7 @@ def test_render_check_names_a_stale_file(tmp_path, helm):
     (("--set", "replicaCount=2"), "/replicaCount"),
     (("--set", "watch.mode=namespaced"), "/watch/namespaces"),
     (("--set", "watch.mode=everywhere"), "/watch/mode"),
+    (("--set", "watch.namespaces={models}"), "/watch/namespaces"),  # namespaces only in namespaced mode
     (("--set", "watch.namespaces={Bad_Name}", "--set", "watch.mode=namespaced"), "/watch/namespaces/0"),
     (("--set", "logLevel=loud"), "/logLevel"),
     (("--set", "securityContext.runAsUser=0"), "/securityContext/runAsUser"),
