@@ -516,3 +516,73 @@ def test_dockerfiles_are_pinned_non_root_and_copy_what_exists(dockerfile, extra)
     copied = {s.rstrip("/") for line in lines if line.startswith("COPY ") and "--from=" not in line
               for s in line.split()[1:-1]}
     assert copied == {entry[1:].rstrip("/") for entry in ignore if entry.startswith("!")}
+
+
+# ---------------------------------------------------------------- the rendered arguments run the real Kopf
+
+PROBE_HANDLERS = '''
+import pathlib, kopf
+
+@kopf.on.create("selfheal.io", "v1alpha1", "selfhealingmodels")
+def seen(namespace, name, **_):
+    pathlib.Path(__file__).with_name("seen").open("a").write(f"{namespace}/{name}\\n")
+'''
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rendered_operator_arguments_run_kopf_with_a_working_liveness_probe(cluster, helm, tmp_path, mode):
+    """The chart's args, given to the real Kopf (with a stand-in handler module instead of the
+    operator's): Kopf accepts them, serves the liveness probe's path on the probe's port, and handles
+    resources in the namespaces the mode says, and only there."""
+    watched, other = new_namespace(cluster), new_namespace(cluster)
+    mode_args = () if mode == "cluster" else ("--set", "watch.mode=namespaced", "--set", f"watch.namespaces={{{watched}}}")
+    container = only(template(helm, *mode_args, "--set", f"liveness.port={free_port()}"),
+                     "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    probe = container["livenessProbe"]["httpGet"]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == probe["port"])
+    # the sandbox rule: servers bind 127.0.0.1 only
+    args = [a.replace("--liveness=http://0.0.0.0:", "--liveness=http://127.0.0.1:") for a in container["args"]]
+    handlers = tmp_path / "handlers.py"
+    handlers.write_text(PROBE_HANDLERS)
+    cluster.run_kubectl("apply", "-f", str(CRD_FILE))
+    cluster.run_kubectl("wait", "--for=condition=Established", "crd/selfhealingmodels.selfheal.io", "--timeout=10s")
+    log = open(tmp_path / "kopf.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone", *args, str(handlers)],
+                               cwd=tmp_path, env=cluster.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import urllib.request
+        deadline, status = time.monotonic() + 30, None
+        while time.monotonic() < deadline and process.poll() is None and status != 200:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe['path']}", timeout=2) as response:
+                    status = response.status
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200, f"no liveness answer; kopf log:\n{(tmp_path / 'kopf.log').read_text()[-3000:]}"
+        for namespace in (watched, other):
+            cluster.run_kubectl("apply", "-n", namespace, "-f", str(EXAMPLE_CR))
+        expected = {f"{watched}/fraud"} | ({f"{other}/fraud"} if mode == "cluster" else set())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            seen = set((tmp_path / "seen").read_text().split()) if (tmp_path / "seen").exists() else set()
+            if seen >= expected:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # a resource outside the watched namespaces would have been handled by now
+        seen = set((tmp_path / "seen").read_text().split())
+        assert seen == expected, (tmp_path / "kopf.log").read_text()[-3000:]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
