@@ -11,9 +11,11 @@ import copy
 import importlib.util
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from sandbox import env as sandbox_env
 from sandbox import schema as crd_schema
 from sandbox import server as sandbox_server
 from sandbox import tools
+from shm_operator.children import PORTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHART = REPO_ROOT / "charts" / "selfheal"
@@ -320,7 +323,6 @@ def test_network_policy_limits_management_and_metrics_ports(helm):
         (prometheus_peer,) = by_port["metrics"]["from"]
         assert prometheus_peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     # the named ports exist on the model pods the operator renders
-    from shm_operator.children import PORTS
     assert {"inference", "management", "metrics"} == set(PORTS) and PORTS["management"] == 8081
 
 
@@ -530,7 +532,6 @@ def seen(namespace, name, **_):
 
 
 def free_port() -> int:
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -557,7 +558,6 @@ def test_rendered_operator_arguments_run_kopf_with_a_working_liveness_probe(clus
     process = subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone", *args, str(handlers)],
                                cwd=tmp_path, env=cluster.env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        import urllib.request
         deadline, status = time.monotonic() + 30, None
         while time.monotonic() < deadline and process.poll() is None and status != 200:
             try:
