@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# The selfheal operator image: Kopf + kubernetes_asyncio + the model_handler core it reads adapters and
+# drift sketches with (CPU torch). Build from the repository root:
+#   docker build -f docker/operator.Dockerfile -t ghcr.io/selfheal/operator:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/selfheal
+ENV PATH=/opt/selfheal/bin:$PATH
+# The CPU build first: `torch==2.13.0` in pyproject.toml is then already satisfied (2.13.0+cpu) and
+# pip does not pull the CUDA wheels from PyPI.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY model_handler model_handler
+COPY operator operator
+COPY sandbox sandbox
+COPY bench bench
+COPY examples examples
+RUN pip install ".[operator]"
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --gid 10001 selfheal \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin selfheal
+COPY --from=build /opt/selfheal /opt/selfheal
+# Runs with a read-only root filesystem (the chart mounts an emptyDir on /tmp): no bytecode caches.
+ENV PATH=/opt/selfheal/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 SELFHEAL_METRICS_PORT=9090
+WORKDIR /tmp
+USER 10001:10001
+# 8080: Kopf's liveness endpoint, 9090: Prometheus metrics.
+EXPOSE 8080 9090
+ENTRYPOINT ["python", "-m", "shm_operator"]
+CMD ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
