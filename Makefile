@@ -7,12 +7,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench manifests clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all]'
+	$(PY) -m sandbox.tools install    # helm (and kubectl if missing) into .venv/bin
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +26,10 @@ demo: install
 
 bench: install
 	$(PY) -m bench.healing --json out/healing-full.json
+
+manifests: install   # regenerate the CRD, the chart's copy and deploy/ from operator/crd.py
+	$(PY) -m shm_operator.crd --write
+	PATH=$(VENV)/bin:$$PATH $(PY) charts/render.py
 
 clean:
 	rm -rf $(VENV) out .work
