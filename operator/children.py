@@ -96,6 +96,7 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
         "SELFHEAL_ADAPTER_FILE": f"{ADAPTER_DIR}/version" if hot_swap else "",
         "SELFHEAL_RULES_FILE": f"{RULES_DIR}/rules.yaml",
         "SELFHEAL_SAMPLE_FRACTION": str(serving.get("sampleFraction", 0.2)),
+        "SELFHEAL_SAMPLE_FLUSH_INTERVAL_S": "5",   # sampled traffic reaches storage within seconds
         "SELFHEAL_STATUS_DIR": STATUS_DIR,
         **{f"SELFHEAL_{port.upper()}_PORT": str(number) for port, number in PORTS.items()},
     }

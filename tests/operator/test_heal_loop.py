@@ -1,0 +1,141 @@
+"""The whole loop on the sandbox with real processes: the operator, TorchServe pods (process
+kubelet), the healing Job, and a request loop through the Service that measures live accuracy with
+the generator's labels (which selfheal never sees).
+
+clean traffic (no heal, no alarm) -> drifted traffic (collapse) -> drift detected -> heal Job ->
+gate -> rollout -> accuracy recovers -> `kubectl patch` rollback and roll-forward, 0 failed requests.
+A harmful adapter patched in by hand is rolled back automatically. The timeline is printed.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from examples.fraud.generator import CLASSES, World, sample
+from model_handler.registry import AdapterRegistry
+from sandbox.loadgen import LoadLoop
+from sandbox_helpers import wait_until
+from test_reconcile import condition, example_cr, put_adapter, status_of
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+FAST = {"replicas": 2,
+        "serving": {"workers": 1, "sampleFraction": 1.0},
+        "drift": {"windowRows": 300, "minSamples": 200, "checkIntervalSeconds": 2},
+        "healing": {"cooldownSeconds": 60, "trainingWindowRows": 1500, "minRows": 300},
+        "promotion": {"strategy": "RollingRestart", "rollback": {"watchSeconds": 20, "minSamples": 200}}}
+
+
+def rows_of(world: World, seed: int):
+    data = sample(np.random.default_rng(seed), 20000, world)
+    i = iter(range(10 ** 9))
+
+    def source():
+        k = next(i) % len(data.y)
+        return data.x[k], CLASSES[data.y[k]]
+    return source
+
+
+def service_url(sandbox, namespace) -> str:
+    svc = sandbox.get("service", "fraud-serving", "-n", namespace)
+    return f"http://{svc['spec']['clusterIP']}:8080/predictions/fraud"
+
+
+def wait_status(sandbox, namespace, predicate, timeout, what, operator):
+    try:
+        return wait_until(lambda: (s := status_of(sandbox, namespace)) and predicate(s) and s,
+                          timeout=timeout, interval=1.0, what=what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nstatus: {json.dumps(status_of(sandbox, namespace))[:3000]}\n"
+                             f"operator log:\n{operator.tail()}") from None
+
+
+def test_drift_heal_rollout_rollback(sandbox, namespace, operator, model_dir, tmp_path, capsys):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=example_cr(model_dir, storage, **FAST))
+    wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("ready") == "2/2", 180,
+                "2 ready pods serving base", operator)
+    loop = LoadLoop(service_url(sandbox, namespace), rows_of(World(), 1), clients=2, max_seconds=500).start()
+    timeline = {"start": time.monotonic()}
+    try:
+        time.sleep(20)
+        clean = loop.summary(loop.window(15))
+        status = status_of(sandbox, namespace)
+        assert not status.get("lastHeal"), "healed on clean traffic"
+        assert condition(status, "DriftDetected").get("status") != "True"
+
+        loop.retarget(rows_of(World(amount_unit=100.0, distance_unit=1000.0), 2))
+        timeline["drift"] = time.monotonic()
+        status = wait_status(sandbox, namespace, lambda s: (s.get("lastHeal") or {}).get("result") == "Running",
+                             120, "a heal Job", operator)
+        timeline["job_started"] = time.monotonic()
+        drifted = loop.summary(loop.window(8))
+        # The operator dies mid-heal; a new one resumes and never launches a second Job.
+        operator.stop(kill=True)
+        operator.start()
+        status = wait_status(sandbox, namespace, lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"),
+                             180, "the heal Job's result", operator)
+        timeline["job_done"] = time.monotonic()
+        assert status["lastHeal"]["result"] == "Promoted", status["lastHeal"]
+        healed_version = status["lastHeal"]["version"]
+        assert len(sandbox.get("jobs", "-n", namespace)["items"]) == 1
+        wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("current") == healed_version
+                    and s["adapter"].get("ready") == "2/2", 180, f"all pods on {healed_version}", operator)
+        timeline["healed"] = time.monotonic()
+        time.sleep(8)
+        healed = loop.summary(loop.window(6))
+
+        # A person rolls back with one kubectl patch, then forward again.
+        for version in ("base", healed_version):
+            sandbox.kubectl("patch", "shm", "fraud", "-n", namespace, "--type", "merge",
+                            "-p", json.dumps({"spec": {"adapter": {"version": version}}}))
+            wait_status(sandbox, namespace, lambda s, v=version: (s.get("adapter") or {}).get("current") == v
+                        and s["adapter"].get("ready") == "2/2", 180, f"pods on {version}", operator)
+        timeline["rolled_forward"] = time.monotonic()
+    finally:
+        loop.stop()
+    total = loop.summary()
+    start = timeline["start"]
+    with capsys.disabled():
+        print("\n[timeline] " + ", ".join(f"{k} +{v - start:.1f}s" for k, v in timeline.items() if k != "start"))
+        print(f"[timeline] drift -> healed pods: {timeline['healed'] - timeline['drift']:.1f}s; accuracy clean "
+              f"{clean['accuracy']:.3f}, drifted {drifted['accuracy']:.3f}, healed {healed['accuracy']:.3f}; "
+              f"requests {total['requests']}, failed {total['failed']}, labels used by selfheal: 0")
+    assert clean["accuracy"] > 0.95 and drifted["accuracy"] < 0.5 and healed["accuracy"] > 0.9
+    assert total["failed"] == 0, [a for a in loop.answers if not a.ok][:5]
+    history = status_of(sandbox, namespace)["history"]
+    assert [(h["version"], h["by"]) for h in history[-3:]] == [(healed_version, "operator"), ("base", "user"),
+                                                                 (healed_version, "user")]
+    assert AdapterRegistry(storage.as_uri(), namespace, "fraud").meta(healed_version).labels_used == 0
+
+
+def test_a_harmful_adapter_is_rolled_back_automatically(sandbox, namespace, operator, model_dir, tmp_path):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    spec = dict(FAST, promotion={"strategy": "HotSwap", "rollback": {"watchSeconds": 60, "minSamples": 200}})
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=example_cr(model_dir, storage, **spec))
+    wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("ready") == "2/2", 180,
+                "2 ready pods", operator)
+    put_adapter(model_dir, storage, namespace, "v9", [-3.0, 3.0])  # flags nearly every transaction
+    loop = LoadLoop(service_url(sandbox, namespace), rows_of(World(), 3), clients=2, max_seconds=300).start()
+    try:
+        wait_status(sandbox, namespace, lambda s: (s.get("drift") or {}).get("samples"), 60, "a drift window",
+                    operator)
+        sandbox.kubectl("patch", "shm", "fraud", "-n", namespace, "--type", "merge",
+                        "-p", json.dumps({"spec": {"adapter": {"version": "v9"}}}))
+        status = wait_status(sandbox, namespace, lambda s: condition(s, "RolledBack").get("status") == "True",
+                             180, "an automatic rollback", operator)
+        wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("current") == "base", 120,
+                    "pods back on base", operator)
+    finally:
+        loop.stop()
+    assert sandbox.get("shm", "fraud", "-n", namespace)["spec"]["adapter"]["version"] == "base"
+    assert status["history"][-1]["by"] == "rollback"
+    assert "class fraud rate" in condition(status, "RolledBack")["message"]
+    assert AdapterRegistry(storage.as_uri(), namespace, "fraud").meta("v9").state == "rolled-back"
+    assert loop.summary()["failed"] == 0
