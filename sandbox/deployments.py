@@ -341,11 +341,14 @@ class DeploymentKubelet:
         for pod in pods:
             meta = pod["metadata"]
             uid = meta["uid"]
-            if _owner_uid(pod, "Job") or uid in self.stopping or (pod.get("status") or {}).get("phase") in (
-                    "Succeeded", "Failed"):
+            if _owner_uid(pod, "Job") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
             path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
             process = self.running.get(uid)
+            if uid in self.stopping:  # draining: its not-Ready status must show
+                if process is not None:
+                    await self._report(api, pod, path, process.status())
+                continue
             if process is None and uid not in self.failed:
                 process = self._start_pod(pod, config_maps.get(meta["namespace"], {}))
             if process is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.pods import alive, expand
+from sandbox import env as sandbox_env
+from sandbox import server as sandbox_server
+from sandbox.pods import alive, descendants, expand
+from sandbox_helpers import REPO_ROOT
 from sandbox_helpers import Sandbox, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -254,9 +258,9 @@ def test_torchserve_deployment_rolls_over_under_load_without_losing_a_request(
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
-    def probabilities(answer) -> list[float]:
-        answer = answer[0] if isinstance(answer, list) else answer
-        return answer["probabilities"] if isinstance(answer, dict) else answer
+    def probabilities(answer: dict) -> list[float]:
+        [one_row] = answer["probabilities"]
+        return one_row
 
     for pod in pods:
         got = probabilities(predict(f"http://{pod['status']['podIP']}:8080/predictions/plain"))
@@ -265,6 +269,8 @@ def test_torchserve_deployment_rolls_over_under_load_without_losing_a_request(
     service_url = f"http://{cluster_ip}:8080/predictions/plain"
     assert probabilities(predict(service_url)) == pytest.approx(expected, abs=1e-5)
     old_pids = {p["metadata"]["name"]: pod_pid(p) for p in pods}
+    old_group = set(old_pids.values()).union(*(descendants(pid) for pid in old_pids.values()))
+    assert len(old_group) >= 6  # per pod: launcher, ts.model_server, JVM, a Python worker
 
     results: list = []
     stop = threading.Event()
@@ -291,8 +297,33 @@ def test_torchserve_deployment_rolls_over_under_load_without_losing_a_request(
     assert len(results) > 50 and all(r == pytest.approx(expected, abs=1e-5) for r in results)
     new = ready_pods(sandbox, namespace, "ts")
     assert len(new) == 2 and not set(old_pids) & {p["metadata"]["name"] for p in new}
-    wait_until(lambda: not any(alive(pid) for pid in old_pids.values()), what="old TorchServe pods to stop")
+    wait_until(lambda: not any(alive(pid) for pid in old_group), what="old TorchServe pods' processes to stop")
     print(f"\nfirst start {first_start_s:.1f}s, rollout {rollout_s:.1f}s, {len(results)} requests, 0 failed")
+    new_group = set().union(*({pod_pid(p)} | descendants(pod_pid(p)) for p in new))
     sandbox.kubectl("delete", "deployment", "ts", "-n", namespace)
     wait_until(lambda: not sandbox.get("pods", "-n", namespace)["items"], timeout=60,
                what="TorchServe pods to be removed")
+    # the API drops GC'd Pods at once (no grace periods there); their processes drain and stop after
+    wait_until(lambda: not [pid for pid in new_group if alive(pid)], timeout=40,
+               what="the deleted Deployment's TorchServe processes to stop")
+
+
+def test_sandbox_shutdown_stops_every_pod_process(tmp_path: Path, tool_paths):
+    """`python -m sandbox up` then SIGTERM (what `down` sends): no pod process may outlive it."""
+    workdir = tmp_path / "box"
+    process = subprocess.Popen([sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir)],
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        state = wait_until(lambda: (sandbox_server.read_state(workdir) or {}).get("pid") == process.pid
+                           and sandbox_server.read_state(workdir), what="the sandbox to start")
+        box = Sandbox(url=state["url"], workdir=workdir, env=sandbox_env.client_env(workdir),
+                      kubectl_bin=str(tool_paths["kubectl"]))
+        box.kubectl("create", "configmap", "echo-cfg", "--from-literal=greeting=hi")
+        box.kubectl("apply", "-f", "-", input=echo_deployment("echo", "v1"))
+        box.kubectl("rollout", "status", "deployment/echo", "--timeout=60s", timeout=70)
+        pids = {pod_pid(p) for p in ready_pods(box, "default", "echo")}
+        assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert not [pid for pid in pids if alive(pid)]
