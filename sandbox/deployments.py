@@ -46,8 +46,20 @@ SHUTDOWN_GRACE_S = 10.0
 HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's "safe" encoding alphabet
 
 
+def _meaningful(value: Any) -> Any:
+    """A template without the zero values clients add when they round-trip it through Go types
+    (`creationTimestamp: null`, `resources: {}`), so `kubectl rollout undo` finds its ReplicaSet."""
+    if isinstance(value, dict):
+        kept = {k: _meaningful(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not None and (v not in ({}, []) or k == "emptyDir")}
+    if isinstance(value, list):
+        return [_meaningful(v) for v in value]
+    return value
+
+
 def template_hash(template: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
+    """The `pod-template-hash`: equal for templates that mean the same."""
+    digest = hashlib.sha256(json.dumps(_meaningful(template), sort_keys=True).encode()).digest()
     return "".join(HASH_ALPHABET[b % len(HASH_ALPHABET)] for b in digest[:10])
 
 
@@ -97,7 +109,7 @@ class DeploymentKubelet:
         self.reported: dict[str, Any] = {}                  # object uid -> last status written
         self.proxies: dict[tuple[str, str, int], ServicePort] = {}  # (service uid, ip, port) -> listener
         self.inflight: collections.Counter = collections.Counter()  # pod IP -> requests being proxied
-        self.pods: list[dict[str, Any]] = []
+        self.services: dict[str, dict[str, Any]] = {}               # service uid -> latest object
         self.dirty = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
         self.upstream: aiohttp.ClientSession | None = None
@@ -142,7 +154,6 @@ class DeploymentKubelet:
         lists = await asyncio.gather(*(api.request("GET", p) for p in (DEPLOYMENTS, REPLICASETS, PODS, SERVICES,
                                                                         CONFIGMAPS)))
         deployments, replica_sets, pods, services, config_maps = (listing["items"] for listing in lists)
-        self.pods = pods
         maps_by_ns: dict[str, dict[str, dict]] = collections.defaultdict(dict)
         for cm in config_maps:
             maps_by_ns[cm["metadata"]["namespace"]][cm["metadata"]["name"]] = cm
@@ -206,7 +217,7 @@ class DeploymentKubelet:
             unavailable = _scaled(rolling.get("maxUnavailable", 0), replicas, False, "maxUnavailable")
             if surge == 0 and unavailable == 0:
                 unavailable = 1
-        want = {rs["metadata"]["uid"]: int((rs.get("spec") or {}).get("replicas", 0)) for rs in owned + [new]}
+        want = {rs["metadata"]["uid"]: int((rs.get("spec") or {}).get("replicas", 0)) for rs in old + [new]}
         new_uid = new["metadata"]["uid"]
         live = {uid: self._live_pods(pods, uid) for uid in want}
         ready = {uid: sum(self._is_ready(p) for p in live[uid]) for uid in want}
@@ -229,7 +240,12 @@ class DeploymentKubelet:
                     take = max(0, min(removable, want[uid]))
                     want[uid] -= take
                     removable -= take
-        for rs in owned + [new]:
+        newest = max([revision(rs) for rs in old], default=0)
+        if old and revision(new) <= newest:  # an earlier template is back (e.g. `kubectl rollout undo`)
+            new = await api.request("PATCH", _ns_path(REPLICASETS, namespace, new["metadata"]["name"]), {
+                "metadata": {"annotations": {"deployment.kubernetes.io/revision": str(newest + 1)}}},
+                "application/merge-patch+json")
+        for rs in old + [new]:
             uid = rs["metadata"]["uid"]
             if int((rs.get("spec") or {}).get("replicas", 0)) != want[uid]:
                 await api.request("PATCH", _ns_path(REPLICASETS, namespace, rs["metadata"]["name"]),
@@ -378,6 +394,7 @@ class DeploymentKubelet:
     # -- Services -------------------------------------------------------------------------------
     async def _sync_services(self, api: ApiClient, services: list[dict]) -> None:
         wanted: set[tuple[str, str, int]] = set()
+        self.services = {s["metadata"]["uid"]: s for s in services}
         for service in services:
             meta, spec = service["metadata"], service.get("spec") or {}
             if meta.get("deletionTimestamp") or spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None":
@@ -420,11 +437,15 @@ class DeploymentKubelet:
                 self.service_ips.release(key[1])
 
     def _endpoints_for(self, service: dict, port: dict):
-        namespace = service["metadata"]["namespace"]
-        selector = (service.get("spec") or {}).get("selector") or {}
-        target = port.get("targetPort", port["port"])
+        """The Ready endpoints of one Service port, from the Service's latest spec (selector and
+        targetPort may change) and the pods' in-memory readiness (no lag behind the API)."""
+        namespace, uid, number = service["metadata"]["namespace"], service["metadata"]["uid"], port["port"]
 
         def endpoints() -> list[tuple[str, int]]:
+            current = (self.services.get(uid) or service).get("spec") or {}
+            selector = current.get("selector") or {}
+            declared = next((p for p in current.get("ports") or [] if p.get("port") == number), port)
+            target = declared.get("targetPort", number)
             found = []
             for process in self.running.values():
                 meta = process.pod["metadata"]

@@ -323,6 +323,7 @@ class PodProcess:
             self.state = {"running": {"startedAt": started}}
             self.on_change()
             code = await self.process.wait()
+            code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as a runtime reports
             self._kill_leftovers()
             self.ready = False
             self.last_state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",

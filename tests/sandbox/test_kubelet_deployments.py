@@ -311,8 +311,11 @@ def test_torchserve_deployment_rolls_over_under_load_without_losing_a_request(
 def test_sandbox_shutdown_stops_every_pod_process(tmp_path: Path, tool_paths):
     """`python -m sandbox up` then SIGTERM (what `down` sends): no pod process may outlive it."""
     workdir = tmp_path / "box"
-    process = subprocess.Popen([sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir)],
-                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "sandbox.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir)],
+                                   cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    pids: set[int] = set()
     try:
         state = wait_until(lambda: (sandbox_server.read_state(workdir) or {}).get("pid") == process.pid
                            and sandbox_server.read_state(workdir), what="the sandbox to start")
@@ -325,5 +328,73 @@ def test_sandbox_shutdown_stops_every_pod_process(tmp_path: Path, tool_paths):
         assert len(pids) == 2 and all(alive(pid) for pid in pids)
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"the sandbox took over 30 s to stop:\n{log.read_text()[-3000:]}") from None
     assert not [pid for pid in pids if alive(pid)]
+
+
+def test_scale_and_rollout_undo(sandbox: Sandbox, namespace: str, echo: str):
+    sandbox.kubectl("scale", "-n", namespace, "deployment/echo", "--replicas=3")
+    sandbox.kubectl("rollout", "status", "-n", namespace, "deployment/echo", "--timeout=60s", timeout=70)
+    assert len(ready_pods(sandbox, namespace, echo)) == 3
+    sandbox.kubectl("set", "env", "-n", namespace, "deployment/echo", "VERSION=v2")
+    sandbox.kubectl("rollout", "status", "-n", namespace, "deployment/echo", "--timeout=60s", timeout=70)
+    ips = [p["status"]["podIP"] for p in ready_pods(sandbox, namespace, echo)]
+    assert len(ips) == 3 and {get_json(f"http://{ip}:8080/")["version"] for ip in ips} == {"v2"}
+    sandbox.kubectl("rollout", "undo", "-n", namespace, "deployment/echo")
+    sandbox.kubectl("rollout", "status", "-n", namespace, "deployment/echo", "--timeout=60s", timeout=70)
+    ips = [p["status"]["podIP"] for p in ready_pods(sandbox, namespace, echo)]
+    assert {get_json(f"http://{ip}:8080/")["version"] for ip in ips} == {"v1"}
+    replica_sets = sandbox.get("replicasets", "-n", namespace)["items"]
+    assert len(replica_sets) == 2  # the first ReplicaSet came back, as revision 3
+    back = next(rs for rs in replica_sets if rs["spec"]["replicas"] == 3)
+    assert back["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+
+
+def plain_deployment(name: str, container_extra: str, command: str = "[python, -c, 'import time; time.sleep(600)']"):
+    return f"""apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+        - name: main
+          image: busybox
+          command: {command}{container_extra}
+"""
+
+
+def test_failing_liveness_probe_kills_and_restarts_the_process(sandbox: Sandbox, namespace: str):
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=plain_deployment(
+        "sleeper", "\n          livenessProbe: {httpGet: {path: /, port: 9}, periodSeconds: 1, failureThreshold: 2}"))
+
+    def restarted() -> dict | None:
+        pods = sandbox.get("pods", "-n", namespace, "-l", "app=sleeper")["items"]
+        statuses = [c for p in pods for c in (p.get("status") or {}).get("containerStatuses") or []]
+        return next((c for c in statuses if c["restartCount"] >= 1), None)
+    status = wait_until(restarted, timeout=20, what="the liveness probe to restart the process")
+    assert status["lastState"]["terminated"]["exitCode"] == 128 + signal.SIGKILL
+
+
+def test_unsupported_pod_specs_are_reported_on_the_pod(sandbox: Sandbox, namespace: str):
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=plain_deployment(
+        "nodename", "\n          env: [{name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]"))
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=plain_deployment("nocmd", "", command="[]"))
+
+    def message(app: str) -> str:
+        pods = sandbox.get("pods", "-n", namespace, "-l", f"app={app}")["items"]
+        conditions = [c for p in pods for c in (p.get("status") or {}).get("conditions") or []]
+        return next((c.get("message", "") for c in conditions if c.get("reason") == "CreateContainerConfigError"), "")
+    assert "fieldRef 'spec.nodeName' is not supported" in wait_until(lambda: message("nodename"), what="the error")
+    assert "runs `command`" in wait_until(lambda: message("nocmd"), what="the error")
+    deployment = sandbox.get("deployment", "nodename", "-n", namespace)
+    assert deployment["status"]["readyReplicas"] == 0
+    assert deployment["status"]["conditions"][0]["status"] == "False"
