@@ -4,7 +4,8 @@ Used by tests, benchmarks, the demo and the sandbox kubelet (which runs each pod
 `torchserve --start` returns before the server is up and reports success even when it dies, and every
 instance shares `/tmp` (pid file, worker sockets) and fixed ports unless told otherwise. So each
 instance here gets its own work directory, TMPDIR, log directory and free ports on 127.0.0.1 (HTTP and
-gRPC); it runs `--foreground` in its own process group; `start()` polls `/ping` and the describe API
+gRPC; `bind`/`--bind` picks another address, e.g. a sandbox pod's 127.0.0.N); it runs `--foreground`
+in its own process group; `start()` polls `/ping` and the describe API
 until every model has READY workers (or raises with the log tail); `stop()` ends the whole group
 (frontend JVM and Python workers) and waits until none is left.
 
@@ -12,11 +13,12 @@ until every model has READY workers (or raises with the log tail); `stop()` ends
         requests.post(f"{ts.inference_url}/predictions/fraud", json=row)
 
 CLI (runs until SIGTERM/SIGINT; prints one JSON line with the URLs once ready):
-    python -m model_handler.launcher serve --model-store DIR --model NAME=FILE.mar [--workers N]
+    python -m model_handler.launcher serve --model-store DIR --model NAME=FILE.mar [--workers N] [--bind IP]
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import shutil
@@ -117,9 +119,11 @@ class TorchServeProcess:
         ports: Mapping[str, int] | None = None,
         log_level: str = "WARN",
         config: Mapping[str, str] | None = None,
+        bind: str = "127.0.0.1",
     ) -> None:
         """`ports` may fix any of `inference`, `management`, `metrics` (0 or absent: a free port);
-        `config` adds or overrides config.properties keys; `env` is added to the workers' environment."""
+        `config` adds or overrides config.properties keys; `env` is added to the workers' environment;
+        `bind` is the IPv4 address every listener (HTTP and gRPC) binds, e.g. a sandbox pod's IP."""
         self.model_store = Path(model_store).resolve()
         if not self.model_store.is_dir():
             raise TorchServeError(f"model store not found: {self.model_store}")
@@ -142,6 +146,11 @@ class TorchServeProcess:
         unknown = set(self.fixed_ports) - {"inference", "management", "metrics"}
         if unknown:
             raise ValueError(f"unknown port names: {sorted(unknown)}")
+        try:
+            ipaddress.IPv4Address(bind)
+        except ValueError:
+            raise ValueError(f"bind address must be an IPv4 address, got {bind!r}") from None
+        self.bind = bind
         self.log_level = log_level.upper()
         self.extra_config = dict(config or {})
         self._own_workdir = workdir is None
@@ -243,20 +252,20 @@ class TorchServeProcess:
         if len(str(tmp)) > 80:  # worker unix sockets live in TMPDIR; their paths must stay < 108 bytes
             self._short_tmp = tmp = Path(tempfile.mkdtemp(prefix="ts-tmp-"))
         tmp.mkdir(parents=True, exist_ok=True)
-        chosen = iter(free_ports(5))
+        chosen = iter(free_ports(5, self.bind))
         port = {k: self.fixed_ports.get(k) or next(chosen) for k in ("inference", "management", "metrics")}
         grpc_inference, grpc_management = next(chosen), next(chosen)
-        self.inference_url = f"http://127.0.0.1:{port['inference']}"
-        self.management_url = f"http://127.0.0.1:{port['management']}"
-        self.metrics_url = f"http://127.0.0.1:{port['metrics']}"
+        self.inference_url = f"http://{self.bind}:{port['inference']}"
+        self.management_url = f"http://{self.bind}:{port['management']}"
+        self.metrics_url = f"http://{self.bind}:{port['metrics']}"
 
         properties = {
             "inference_address": self.inference_url,
             "management_address": self.management_url,
             "metrics_address": self.metrics_url,
-            "grpc_inference_address": "127.0.0.1",
+            "grpc_inference_address": self.bind,
             "grpc_inference_port": str(grpc_inference),
-            "grpc_management_address": "127.0.0.1",
+            "grpc_management_address": self.bind,
             "grpc_management_port": str(grpc_management),
             "model_store": str(self.model_store),
             "load_models": ",".join(f"{m.name}={m.archive}" for m in self.models),
@@ -406,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--inference-port", type=int, default=0)
     serve.add_argument("--management-port", type=int, default=0)
     serve.add_argument("--metrics-port", type=int, default=0)
+    serve.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                       help="IPv4 address to listen on (default 127.0.0.1; a sandbox pod passes its pod IP)")
     serve.add_argument("--workdir")
     serve.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="worker environment")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for READY workers")
@@ -427,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = TorchServeProcess(
             args.model_store, models, workers=args.workers, workdir=args.workdir, env=env,
             ports={"inference": args.inference_port, "management": args.management_port, "metrics": args.metrics_port},
+            bind=args.bind,
         )
     except ValueError as exc:
         parser.error(str(exc))

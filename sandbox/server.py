@@ -17,17 +17,17 @@ import kmock
 
 from sandbox.emulator import SandboxAPI
 from sandbox.env import write_kubeconfig
+from sandbox.deployments import deployment_kubelet
 from sandbox.kubelet import job_kubelet
 
 STATE_NAME = "sandbox.json"
 STATE_FILE_NAME = "state.json"
 
 # A node agent runs beside the API for the sandbox's lifetime: `agent(api_url, workdir)` returns an
-# async context manager. The process kubelet plugs in here: its Job part (Jobs -> subprocesses) is
-# built; the Deployment part (-> TorchServe processes) will be another agent in this tuple.
+# async context manager. The process kubelet plugs in here: its Job part (Jobs -> subprocesses) and
+# its Deployment part (Deployments/ReplicaSets/Pods -> process groups on 127.0.0.N, Services -> proxies).
 NodeAgent = Callable[[str, Path], AsyncContextManager[object]]
-DEFAULT_AGENTS: tuple[NodeAgent, ...] = (job_kubelet,)
-
+DEFAULT_AGENTS: tuple[NodeAgent, ...] = (job_kubelet, deployment_kubelet)
 
 
 def state_path(workdir: Path) -> Path:

@@ -1,0 +1,449 @@
+"""The process kubelet, pod part: one long-running Pod = one local process group with its own IP.
+
+A cluster gives every pod its own IP, so pods never collide on ports. Here each pod gets a loopback
+address `127.0.0.N` (Linux routes all of 127/8 to `lo`, no setup needed) as `status.podIP`, and its
+process binds its real container ports there. What a container spec says is honoured the way a
+kubelet would, so the same manifests run on a real cluster:
+- `env` with `value`, `configMapKeyRef` and the downward API (`fieldRef`: `status.podIP`,
+  `metadata.name`, `metadata.namespace`, `metadata.uid`), `$(VAR)` expansion (and `$$` escaping) in
+  env values, `command` and `args`;
+- volumes: `configMap` (projected as files and re-synced when the ConfigMap changes) and `emptyDir`,
+  at local directories under `<workdir>/pods/<ns>/<pod>/volumes/` that replace the `mountPath` in
+  `command`/`args`/env values (as the Job kubelet does); `python`/`python3` is the sandbox's interpreter;
+- `readinessProbe`/`livenessProbe` `httpGet` on the pod IP (port by name or number);
+- a process that exits is restarted with exponential backoff (`restartCount`, `CrashLoopBackOff`);
+- stopping is graceful: not ready first, a drain, SIGTERM to the process group, SIGKILL (also of
+  descendants that left the group, e.g. TorchServe's own session) after the grace period.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+
+log = logging.getLogger("sandbox.pods")
+
+POD_NETWORK = ipaddress.IPv4Network("127.0.0.0/16")   # pod IPs: 127.0.0.2 upward
+MAX_BACKOFF_S = 10.0
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+DOWNWARD_FIELDS = ("status.podIP", "metadata.name", "metadata.namespace", "metadata.uid")
+
+
+class PodSpecError(RuntimeError):
+    """The pod asks for something this kubelet cannot provide; the message says what."""
+
+
+def now() -> str:
+    return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AddressPool:
+    """Hands out loopback addresses, lowest free first, from `first` up within `network`."""
+
+    def __init__(self, network: ipaddress.IPv4Network, first: str):
+        self.network, self.first = network, ipaddress.IPv4Address(first)
+        self.used: set[ipaddress.IPv4Address] = set()
+
+    def take(self, wanted: str | None = None) -> str:
+        if wanted is not None:
+            address = ipaddress.IPv4Address(wanted)
+            if address in self.used:
+                raise PodSpecError(f"address {wanted} is already in use")
+            self.used.add(address)
+            return wanted
+        address = self.first
+        while address in self.used:
+            address += 1
+        if address not in self.network:
+            raise PodSpecError(f"no free address left in {self.network}")
+        self.used.add(address)
+        return str(address)
+
+    def release(self, address: str) -> None:
+        self.used.discard(ipaddress.IPv4Address(address))
+
+
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes `$(VAR)` expansion: defined names are replaced, undefined ones stay as written,
+    `$$` is a literal `$` (so `$$(VAR)` stays `$(VAR)`)."""
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env[name] if name in env else match.group(0)
+    return _VAR_REF.sub(replace, text)
+
+
+def container_env(container: dict[str, Any], pod: dict[str, Any], pod_ip: str,
+                  config_maps: dict[str, dict[str, Any]], local_path: Callable[[str], str]) -> dict[str, str]:
+    """The container's own environment (not the inherited one), in order, each value expanded
+    against the variables defined before it, as the kubelet does."""
+    meta = pod["metadata"]
+    fields = {"status.podIP": pod_ip, "metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
+              "metadata.uid": meta.get("uid", "")}
+    env: dict[str, str] = {}
+    for var in container.get("env") or []:
+        name = var.get("name")
+        if not name:
+            raise PodSpecError(f"container {container.get('name')!r}: an env entry has no name")
+        source = var.get("valueFrom") or {}
+        if "value" in var or not source:
+            env[name] = local_path(expand(str(var.get("value", "")), env))
+        elif "fieldRef" in source:
+            path = source["fieldRef"].get("fieldPath", "")
+            if path not in fields:
+                raise PodSpecError(f"env {name}: fieldRef {path!r} is not supported here (only {', '.join(DOWNWARD_FIELDS)})")
+            env[name] = fields[path]
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            data = (config_maps.get(ref.get("name", "")) or {}).get("data") or {}
+            if ref.get("key") in data:
+                env[name] = data[ref["key"]]
+            elif not ref.get("optional"):
+                raise PodSpecError(f"env {name}: configmap {ref.get('name')!r} has no key {ref.get('key')!r}")
+        else:
+            raise PodSpecError(f"env {name}: valueFrom {sorted(source)} is not supported here "
+                               "(fieldRef, configMapKeyRef)")
+    return env
+
+
+def project_config_map(source: dict[str, Any], config_map: dict[str, Any] | None, target: Path) -> bool:
+    """Write the ConfigMap's keys (or its `items`) as files under `target`; rewrite only files whose
+    content changed (each atomically), remove files of keys that are gone. Returns whether anything
+    changed."""
+    if config_map is None and not source.get("optional"):
+        raise PodSpecError(f"configmap {source.get('name')!r} not found")
+    data = (config_map or {}).get("data") or {}
+    items = source.get("items") or [{"key": k, "path": k} for k in data]
+    wanted: dict[Path, str] = {}
+    for item in items:
+        if item["key"] not in data:
+            if source.get("optional"):
+                continue
+            raise PodSpecError(f"configmap {source.get('name')!r} has no key {item['key']!r}")
+        wanted[target / item.get("path", item["key"])] = data[item["key"]]
+    changed = False
+    target.mkdir(parents=True, exist_ok=True)
+    for path, text in wanted.items():
+        if path.exists() and path.read_text() == text:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        changed = True
+    for path in target.rglob("*"):
+        if path.is_file() and path not in wanted and not path.name.startswith("."):
+            path.unlink()
+            changed = True
+    return changed
+
+
+def _process_table() -> dict[int, int]:
+    """pid -> parent pid of every live process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z":
+                table[int(entry)] = int(fields[1])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of `pid` (children that started their own session included)."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for child, parent in table.items():
+        children.setdefault(parent, []).append(child)
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+def _resolve_port(port: Any, container: dict[str, Any]) -> int:
+    if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+        return int(port)
+    for declared in container.get("ports") or []:
+        if declared.get("name") == port:
+            return int(declared["containerPort"])
+    raise PodSpecError(f"container {container.get('name')!r} has no port named {port!r}")
+
+
+class Probe:
+    """An httpGet probe with the Kubernetes thresholds; `None` spec means always succeeding."""
+
+    def __init__(self, spec: dict[str, Any] | None, container: dict[str, Any], ip: str):
+        self.spec = spec or {}
+        self.enabled = spec is not None
+        if self.enabled and "httpGet" not in self.spec:
+            raise PodSpecError(f"container {container.get('name')!r}: only httpGet probes are supported here")
+        get = self.spec.get("httpGet") or {}
+        self.url = f"http://{ip}:{_resolve_port(get.get('port'), container)}{get.get('path', '/')}" if get else ""
+        self.initial_delay = float(self.spec.get("initialDelaySeconds", 0))
+        self.period = float(self.spec.get("periodSeconds", 10))
+        self.timeout = float(self.spec.get("timeoutSeconds", 1))
+        self.success_threshold = int(self.spec.get("successThreshold", 1))
+        self.failure_threshold = int(self.spec.get("failureThreshold", 3))
+
+    async def check(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            async with session.get(self.url, timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                await resp.read()
+                return 200 <= resp.status < 400
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+
+class PodProcess:
+    """Runs one pod's first container until stopped: restarts, probes, status, config sync."""
+
+    def __init__(self, pod: dict[str, Any], ip: str, pod_dir: Path, on_change: Callable[[], None],
+                 inflight: Callable[[str], int] = lambda ip: 0):
+        self.pod, self.ip, self.pod_dir = pod, ip, pod_dir
+        self.uid = pod["metadata"]["uid"]
+        self.on_change, self.inflight = on_change, inflight
+        containers = pod["spec"].get("containers") or []
+        if not containers or not containers[0].get("command"):
+            raise PodSpecError("the sandbox kubelet runs `command` (+ `args`) of the first container; none was given")
+        self.container = containers[0]
+        self.ready = False
+        self.terminating = False
+        self.restart_count = 0
+        self.started_at = now()
+        self.state: dict[str, Any] = {"waiting": {"reason": "ContainerCreating"}}
+        self.last_state: dict[str, Any] = {}
+        self.error = ""
+        self.process: asyncio.subprocess.Process | None = None
+        self.known_descendants: set[int] = set()
+        self.tasks: list[asyncio.Task] = []
+        self.config_volumes: dict[str, tuple[dict[str, Any], Path]] = {}
+
+    # -- setup ----------------------------------------------------------------------------------
+    def prepare(self, config_maps: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+        self.pod_dir.mkdir(parents=True, exist_ok=True)
+        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
+        mapping: dict[str, str] = {}
+        for mount in self.container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"])
+            if volume is None:
+                raise PodSpecError(f"volumeMount {mount['name']!r} names no volume of the pod")
+            local = self.pod_dir / "volumes" / mount["name"]
+            if "configMap" in volume:
+                source = volume["configMap"]
+                project_config_map(source, config_maps.get(source.get("name", "")), local)
+                self.config_volumes[mount["name"]] = (source, local)
+            elif "emptyDir" in volume:
+                local.mkdir(parents=True, exist_ok=True)
+            else:
+                raise PodSpecError(f"volume {mount['name']!r}: only configMap and emptyDir volumes are supported here")
+            mapping[mount["mountPath"].rstrip("/")] = str(local)
+        message_path = self.pod_dir / "termination-log"
+        message_path.touch()
+        mapping[self.container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH)] = str(message_path)
+
+        def local_path(text: str) -> str:
+            for remote in sorted(mapping, key=len, reverse=True):  # the most specific mount wins
+                text = text.replace(remote, mapping[remote])
+            return text
+
+        own_env = container_env(self.container, self.pod, self.ip, config_maps, local_path)
+        argv = [local_path(expand(str(a), own_env))
+                for a in (self.container.get("command") or []) + (self.container.get("args") or [])]
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        env = dict(os.environ)
+        if env.get("PYTHONPATH"):  # the pod runs in its own directory: keep the sandbox's entries valid
+            env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+        env.update(own_env)
+        env["TERMINATION_MESSAGE_PATH"] = str(message_path)
+        return argv, env
+
+    def sync_config_maps(self, config_maps: dict[str, dict[str, Any]]) -> None:
+        """Re-project ConfigMap volumes, as the kubelet's periodic sync does (a file changes in place)."""
+        for name, (source, local) in self.config_volumes.items():
+            try:
+                if project_config_map(source, config_maps.get(source.get("name", "")), local):
+                    log.info("pod %s: volume %s updated", self.pod["metadata"]["name"], name)
+            except PodSpecError as exc:
+                log.warning("pod %s: volume %s: %s", self.pod["metadata"]["name"], name, exc)
+
+    # -- running --------------------------------------------------------------------------------
+    def start(self, config_maps: dict[str, dict[str, Any]], session: aiohttp.ClientSession) -> None:
+        argv, env = self.prepare(config_maps)
+        readiness = Probe(self.container.get("readinessProbe"), self.container, self.ip)
+        liveness = Probe(self.container.get("livenessProbe"), self.container, self.ip)
+        self.tasks = [asyncio.create_task(self._run(argv, env)),
+                      asyncio.create_task(self._probe(readiness, liveness, session))]
+
+    async def _run(self, argv: list[str], env: dict[str, str]) -> None:
+        log_path = self.pod_dir / f"{self.container['name']}.log"
+        while not self.terminating:
+            with open(log_path, "ab") as out:
+                try:
+                    self.process = await asyncio.create_subprocess_exec(
+                        *argv, env=env, cwd=self.pod_dir, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                        stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+                except OSError as exc:
+                    self.error = f"cannot start {argv[0]!r}: {exc}"
+                    self.state = {"waiting": {"reason": "RunContainerError", "message": self.error}}
+                    self.on_change()
+                    return
+            started = now()
+            self.state = {"running": {"startedAt": started}}
+            self.on_change()
+            code = await self.process.wait()
+            code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as a runtime reports
+            self._kill_leftovers()
+            self.ready = False
+            self.last_state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                              "startedAt": started, "finishedAt": now()}}
+            if self.terminating:
+                break
+            self.restart_count += 1
+            delay = min(MAX_BACKOFF_S, 2 ** (self.restart_count - 1))
+            log.info("pod %s: process exited with %s; restart %d in %.0fs", self.pod["metadata"]["name"], code,
+                     self.restart_count, delay)
+            self.state = {"waiting": {"reason": "CrashLoopBackOff",
+                                      "message": f"back-off {delay:.0f}s restarting failed container"}}
+            self.on_change()
+            await asyncio.sleep(delay)
+
+    async def _probe(self, readiness: Probe, liveness: Probe, session: aiohttp.ClientSession) -> None:
+        passes = failures = live_failures = 0
+        running_since = None
+        loop = asyncio.get_running_loop()
+        periods = [p.period for p in (readiness, liveness) if p.enabled]
+        period = min(periods) if periods else 0.5
+        while not self.terminating:
+            await asyncio.sleep(period)
+            if self.process is None or self.process.returncode is not None or self.terminating:
+                running_since = None
+                passes = failures = live_failures = 0
+                continue
+            if self.process.pid:
+                self.known_descendants |= descendants(self.process.pid)
+            running_since = running_since or loop.time()
+            age = loop.time() - running_since
+            if not readiness.enabled:
+                ready = True
+            elif age < readiness.initial_delay:
+                ready = False
+            elif await readiness.check(session):
+                passes, failures = passes + 1, 0
+                ready = self.ready or passes >= readiness.success_threshold
+            else:
+                passes, failures = 0, failures + 1
+                ready = self.ready and failures < readiness.failure_threshold
+            if liveness.enabled and age >= liveness.initial_delay:
+                live_failures = 0 if await liveness.check(session) else live_failures + 1
+                if live_failures >= liveness.failure_threshold:
+                    log.info("pod %s: liveness probe failed; killing the process", self.pod["metadata"]["name"])
+                    live_failures = 0
+                    await self._signal(signal.SIGKILL)
+                    ready = False
+            if ready != self.ready and not self.terminating:
+                self.ready = ready
+                self.on_change()
+
+    async def stop(self, drain_s: float, grace_s: float) -> None:
+        """Graceful stop: not ready at once, drain (at least `drain_s`, until no request is in flight),
+        SIGTERM, SIGKILL after `grace_s`; returns when nothing of the pod runs any more."""
+        if self.terminating and not self.tasks:
+            return
+        self.terminating = True
+        self.ready = False
+        self.on_change()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        await asyncio.sleep(drain_s)
+        while self.inflight(self.ip) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.process is not None and self.process.returncode is None:
+            self.known_descendants |= descendants(self.process.pid)
+            await self._signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), max(0.1, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                await self._signal(signal.SIGKILL)
+                await self.process.wait()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+        self._kill_leftovers()
+
+    async def _signal(self, sig: int) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL whatever the pod started that outlived its main process (its group, descendants)."""
+        for pid in list(self.known_descendants):
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.known_descendants = {p for p in self.known_descendants if alive(p)}
+
+    def pids(self) -> set[int]:
+        """The live processes of this pod (main process and known descendants)."""
+        found = set(self.known_descendants)
+        if self.process is not None and self.process.returncode is None:
+            found |= {self.process.pid} | descendants(self.process.pid)
+        return {p for p in found if alive(p)}
+
+    def remove_dir(self) -> None:
+        shutil.rmtree(self.pod_dir / "volumes", ignore_errors=True)
+
+    # -- status ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        ready = self.ready and not self.terminating
+        running = "running" in self.state
+        ready_text = "True" if ready else "False"
+        conditions = [{"type": t, "status": s, "lastProbeTime": None} for t, s in (
+            ("PodScheduled", "True"), ("Initialized", "True"), ("ContainersReady", ready_text), ("Ready", ready_text))]
+        container_status = {
+            "name": self.container["name"], "image": self.container.get("image", ""), "imageID": "",
+            "ready": ready, "started": running, "restartCount": self.restart_count, "state": self.state,
+            "lastState": self.last_state,
+        }
+        if self.process is not None and running:
+            container_status["containerID"] = f"process://{self.process.pid}"
+        return {"phase": "Running" if running or self.restart_count else "Pending", "podIP": self.ip,
+                "podIPs": [{"ip": self.ip}], "hostIP": "127.0.0.1", "startTime": self.started_at,
+                "conditions": conditions, "containerStatuses": [container_status]}
