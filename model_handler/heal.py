@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -80,7 +81,12 @@ def run(args: argparse.Namespace) -> dict:
     registry = AdapterRegistry(args.storage_uri, args.namespace, args.model)
     load_adapter_version(model, registry, args.parent)
     store = TrafficStore(args.storage_uri, args.namespace, args.model)
-    x, _ = store.read_recent(window_rows)
+    since = datetime.fromisoformat(args.since.replace("Z", "+00:00")) if args.since else None
+    x, _ = store.read_recent(window_rows, since=since)
+    deadline = time.monotonic() + args.wait_for_rows
+    while len(x) < window_rows and time.monotonic() < deadline:
+        time.sleep(2)  # pods flush sampled traffic every few seconds; a fresh drift has little yet
+        x, _ = store.read_recent(window_rows, since=since)
     started = datetime.now(timezone.utc)
     if len(x) < heal_config.min_rows:
         return {"version": args.version, "parent": args.parent, "state": "none", "promotable": False,
@@ -97,7 +103,8 @@ def run(args: argparse.Namespace) -> dict:
     data = adapter_to_bytes(result.candidate.adapter_state(), {"version": args.version, "parent": args.parent})
     meta = registry.put(args.version, data, {
         "parent": args.parent, "base_model_hash": model_hash(model_dir), "rules_hash": rules.hash(),
-        "training_window": {"end": started.isoformat(), "rows": int(len(x))}, "creator": args.job_name,
+        "training_window": {"start": since.isoformat() if since else None, "end": started.isoformat(),
+                            "rows": int(len(x))}, "creator": args.job_name,
         "labels_used": result.labels_used, "state": state, "reason": result.reason[:2000],
         "gate": {"report": result.gate.to_dict() if result.gate else None, "diagnosis": result.diagnosis}})
     return {**summary, "state": state, "sha256": meta.sha256}
@@ -127,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="JSON/YAML config file rendered from the spec")
     parser.add_argument("--config-json", help="the same config inline (what the operator passes)")
     parser.add_argument("--job-name", default="")
+    parser.add_argument("--since", help="ISO time: train only on traffic sampled after it (the drift's onset)")
+    parser.add_argument("--wait-for-rows", type=float, default=30.0,
+                        help="seconds to wait for a full training window of rows after --since (default 30)")
     parser.add_argument("--termination-log", default=os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log"),
                         help="where the result JSON goes (default $TERMINATION_MESSAGE_PATH or /dev/termination-log)")
     args = parser.parse_args(argv)

@@ -90,7 +90,9 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor, config: HealConfig) 
     """Per feature j: (shift, scale, r2) where recent z-quantiles ~= shift + scale * reference ones.
 
     Quantiles are taken of the recalibrated inputs as served now, so a second unit change on top
-    of a first one composes correctly. Features with few distinct values are skipped.
+    of a first one composes correctly. Features with few distinct values are skipped. The fit uses
+    the central quantiles (20%..80%) only, so a few rows from before the change (a window's edge)
+    or a minority class cannot bend it.
     """
     ref = np.asarray(model.spec.reference_quantiles)
     if ref.size == 0:
@@ -98,9 +100,10 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor, config: HealConfig) 
     with torch.no_grad():
         z = model.adapter.recalibrate(model.transform(x)).numpy()
     now = np.quantile(z, QUANTILES, axis=0).T
+    central = (QUANTILES >= 0.2 - 1e-9) & (QUANTILES <= 0.8 + 1e-9)
     found = {}
     for j in range(z.shape[1]):
-        r, c = ref[j], now[j]
+        r, c = ref[j][central], now[j][central]
         if len(np.unique(r)) < 10 or np.std(r) < 1e-6:
             continue
         scale, shift = np.polyfit(r, c, 1)
@@ -269,6 +272,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
     if found:
         apply_recalibration(candidate, found)
         steps.append("recalibrate")
+    stages = [(list(steps), candidate.copy())]  # each fix on top of the previous: cheapest first
 
     assumed = _implied_prior(candidate)
     estimated = estimate_prior_em(candidate.predict_proba(x_fit), assumed, config.em_iterations)
@@ -279,6 +283,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
             candidate.adapter.logit_bias += torch.as_tensor(np.log(estimated / assumed), dtype=torch.float32)
         steps.append("prior")
         expected_prior = estimated
+        stages.append((list(steps), candidate.copy()))
     cheap_fixed = candidate.copy()
 
     trusted = trust >= config.min_trust
@@ -310,11 +315,15 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
                              ref_fire_rates, expected_prior, steps_, config.gate)
 
     report = judge(candidate, steps)
-    cheap_steps = [s for s in steps if s != "adapter"]
-    if not report.passed and "adapter" in steps and cheap_steps:
-        # Cheapest fix first: if the trained adapter is refused, the analytic fixes may still stand.
-        cheap_report = judge(cheap_fixed, cheap_steps)
-        diagnosis["refused_adapter"] = report.to_dict()
-        if cheap_report.passed:
-            return HealResult(cheap_fixed, cheap_steps, diagnosis, cheap_report, labels_used)
+    if not report.passed:
+        # If the full candidate is refused, the cheaper fixes under it may still stand on their own:
+        # try them from the most to the least complete; the first the gate accepts wins.
+        diagnosis["refused"] = {"+".join(steps): report.failed}
+        for stage_steps, stage_model in reversed(stages):
+            if not stage_steps or stage_steps == steps:
+                continue
+            stage_report = judge(stage_model, stage_steps)
+            if stage_report.passed:
+                return HealResult(stage_model, stage_steps, diagnosis, stage_report, labels_used)
+            diagnosis["refused"]["+".join(stage_steps)] = stage_report.failed
     return HealResult(candidate, steps, diagnosis, report, labels_used)

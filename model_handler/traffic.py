@@ -105,14 +105,18 @@ class TrafficStore:
             sequence = next(self._sequence)
         return f"{created:%Y%m%dT%H%M%S%fZ}-{self.writer_id}-{sequence:08d}{SHARD_SUFFIX}"
 
-    def write_shard(self, x, probs) -> list[str]:
-        """Write the rows now, as one shard per `shard_rows` rows; returns the shard names."""
+    def write_shard(self, x, probs, oldest: float | None = None) -> list[str]:
+        """Write the rows now, as one shard per `shard_rows` rows; returns the shard names.
+
+        Shards are named by `oldest` (epoch seconds when the oldest row was sampled; default now),
+        so `read_recent(since=...)` can take only shards whose every row came after a moment.
+        """
         x, probs = _as_batch(x, probs)
         names = []
         for start in range(0, x.shape[0], self.shard_rows):
             stop = start + self.shard_rows
             created = datetime.now(timezone.utc)
-            name = self._shard_name(created)
+            name = self._shard_name(created if oldest is None else datetime.fromtimestamp(oldest, timezone.utc))
             data = save_tensors({"x": x[start:stop], "probs": probs[start:stop]},
                                 metadata={"created": created.isoformat(), "writer": self.writer_id,
                                           "rows": str(min(stop, x.shape[0]) - start)})
@@ -154,8 +158,10 @@ class TrafficStore:
         for name in names[:max(0, len(names) - self.max_shards)]:
             self.storage.remove(f"{self.directory}/{name}", f"delete old traffic shard {name}")
 
-    def read_recent(self, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to `max_rows` of the newest rows, returned oldest first.
+    def read_recent(self, max_rows: int, since: datetime | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `max_rows` of the newest rows, returned oldest first; with `since`, only shards
+        whose rows were all sampled after that time (a heal trains on traffic from after the
+        drift began, never on a mix).
 
         Unusable shards (truncated, corrupt, or with a feature/class count different from the newest
         good shard) are skipped, counted in `skipped` and explained in `skip_reasons`.
@@ -165,8 +171,9 @@ class TrafficStore:
         chunks: list[tuple[np.ndarray, np.ndarray]] = []
         reasons: dict[str, str] = {}
         needed, width = max_rows, None
+        cutoff = None if since is None else f"{since.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}"
         for name in reversed(self.shards()):
-            if needed == 0:
+            if needed == 0 or (cutoff is not None and name[:len(cutoff)] < cutoff):
                 break
             data = self.storage.read(f"{self.directory}/{name}", f"read traffic shard {name}")
             if data is None:
@@ -211,7 +218,7 @@ class TrafficSampler:
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
         self._rng = np.random.default_rng(seed)
-        self._queue: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self._queue: deque[tuple[np.ndarray, np.ndarray, float]] = deque()  # rows, outputs, sampled at
         self._queued_rows = 0
         self._width: tuple[int, int] | None = None
         self._lock = threading.Lock()
@@ -244,28 +251,28 @@ class TrafficSampler:
             kept = chosen[:room]
             self.dropped += chosen.size - kept.size
             if kept.size:
-                self._queue.append((x[kept].astype(np.float32), probs[kept].astype(np.float32)))
+                self._queue.append((x[kept].astype(np.float32), probs[kept].astype(np.float32), time.time()))
                 self._queued_rows += kept.size
                 if self._queued_rows >= self.flush_rows:
                     self._wake.notify()
         return int(kept.size)
 
-    def _take(self, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Pop up to `limit` queued rows (oldest first)."""
+    def _take(self, limit: int) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """Pop up to `limit` queued rows (oldest first), with when the oldest was sampled."""
         with self._lock:
             parts, rows = [], 0
             while self._queue and rows < limit:
-                x, probs = self._queue.popleft()
+                x, probs, at = self._queue.popleft()
                 if rows + x.shape[0] > limit:
                     cut = limit - rows
-                    self._queue.appendleft((x[cut:], probs[cut:]))
+                    self._queue.appendleft((x[cut:], probs[cut:], at))
                     x, probs = x[:cut], probs[:cut]
-                parts.append((x, probs))
+                parts.append((x, probs, at))
                 rows += x.shape[0]
             self._queued_rows -= rows
         if not parts:
             return None
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), parts[0][2]
 
     def _drain(self, everything: bool) -> None:
         with self._write_lock:
@@ -274,7 +281,7 @@ class TrafficSampler:
                 if batch is None:
                     return
                 try:
-                    self.store.write_shard(*batch)
+                    self.store.write_shard(batch[0], batch[1], oldest=batch[2])
                 except RegistryError as exc:
                     with self._lock:
                         self.write_errors += 1

@@ -158,7 +158,7 @@ def container_port(pod: dict, port_name: str) -> int | None:
 
 
 def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, version: str,
-             config: dict) -> dict:
+             config: dict, since: str | None = None) -> dict:
     """The healing Job (ARCHITECTURE.md §4). It reads the model directory the pods serve, so the
     backbone it heals is exactly the one in production."""
     model = spec.get("model") or {}
@@ -167,7 +167,7 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
             "--namespace", namespace, "--model", name, "--model-dir", model["archive"].rstrip("/"),
             "--parent", parent, "--version", version, "--job-name", job_name,
             "--config-json", json.dumps(config, sort_keys=True, separators=(",", ":")),
-            "--termination-log", "/dev/termination-log"]
+            "--termination-log", "/dev/termination-log", *(["--since", since] if since else [])]
     container = {"name": "heal", "image": model.get("image") or DEFAULT_IMAGE, "command": ["python"],
                  "args": args, "terminationMessagePath": "/dev/termination-log",
                  "terminationMessagePolicy": "File",

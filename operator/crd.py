@@ -425,6 +425,8 @@ class DriftStatus(Described):
     top_features: list[str] = Field(default_factory=list, description="Features that moved most.")
     samples: schema.Optional[int] = Field(None, description="Rows in the window.")
     since: schema.Optional[datetime.datetime] = Field(None, description="When drift was declared.")
+    onset: schema.Optional[datetime.datetime] = Field(
+        None, description="When the first window of this drift counted: heals train only on traffic sampled after it.")
     last_check: schema.Optional[datetime.datetime] = Field(None, description="When the pods were last polled.")
     unreachable_pods: list[str] = Field(
         default_factory=list, description="Ready pods whose status could not be read.")
@@ -485,6 +487,8 @@ class RolloutBaseline(Described):
     samples: int = Field(0, description="Rows in the window the baseline comes from.")
     rule_conflict: float = Field(0.0, description="Rule conflict before the rollout.")
     class_rates: dict[str, float] = Field(default_factory=dict, description="Predicted class shares before.")
+    reference_class_rates: dict[str, float] = Field(
+        default_factory=dict, description="Predicted class shares on the training data.")
 
 
 class RolloutStatus(Described):
@@ -496,14 +500,7 @@ class RolloutStatus(Described):
     started: schema.Optional[datetime.datetime] = Field(None, description="When the rollout began.")
     complete: schema.Optional[datetime.datetime] = Field(None, description="When every pod served it; the watch starts.")
     baseline: schema.Optional[RolloutBaseline] = Field(None)
-
-
-class PendingPromotion(Described):
-    """A version the operator itself wrote into spec.adapter.version, and why (for the history)."""
-
-    version: str = Field(..., description="The version written.")
-    reason: str = Field("", description="Heal result or rollback cause.")
-    by: str = Field("operator", description="operator or rollback.")
+    watch: bool = Field(True, description="Whether harm is watched for (not after an automatic rollback).")
 
 
 class SelfHealingModelStatus(Described):
@@ -524,7 +521,6 @@ class SelfHealingModelStatus(Described):
         default_factory=list, description=f"The last {MAX_HISTORY} adapter changes, oldest first.")
     candidate: schema.Optional[Candidate] = Field(None)
     rollout: schema.Optional[RolloutStatus] = Field(None)
-    pending_promotion: schema.Optional[PendingPromotion] = Field(None)
     heal_count: schema.Optional[int] = Field(None, description="Heal Jobs launched so far (names the next one).")
     refused_adapters: dict[str, str] = Field(
         default_factory=dict, description="Adapter versions the pods refused to load, and why.")

@@ -69,11 +69,16 @@ async def read(kind: str, namespace: str, name: str) -> dict | None:
     api = getattr(client, api_name)(await api_client())
     try:
         result = await getattr(api, f"read_{suffix}")(name, namespace, _preload_content=False)
-        return await result.json()
     except ApiException as err:
         if err.status == 404:
             return None
         raise _retry(f"read {kind} {namespace}/{name}", err) from err
+    body = await result.json()
+    if body.get("kind") == "Status":  # raw responses do not raise: a 404 arrives as a Status body
+        if body.get("code") == 404:
+            return None
+        raise kopf.TemporaryError(f"read {kind} {namespace}/{name}: {body.get('message')}", delay=5)
+    return body
 
 
 async def patch(kind: str, namespace: str, name: str, body: dict) -> None:

@@ -10,6 +10,7 @@ restart resumes where it was and a Job already launched is found again by its de
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import aiohttp
@@ -20,7 +21,7 @@ from model_handler.rules import RuleSet
 from shm_operator import decisions, k8s, metrics
 from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchserve_model_name
 from shm_operator.crd import SelfHealingModelSpec
-from shm_operator.rollout import registry_for
+from shm_operator.rollout import CHANGE_ANNOTATION, registry_for
 from shm_operator.signals import (PodUnreachable, WindowState, class_rates, drift_summary, fetch_pod_status,
                                   ingest, score_window, trigger_from)
 from shm_operator.status import full_spec, iso, now, parse_time, phase_of, set_condition_in, update
@@ -90,7 +91,10 @@ async def observe_pods(name, namespace, spec, status, memo, rules, patch, t) -> 
         drifting = trigger.update(scores)
         since = drift.get("since") if was and drifting else (iso(t) if drifting else None)
         summary = drift_summary(scores, trigger, since, class_rates(window))
+        memo["reference_class_rates"] = class_rates(state.reference.counts)
         drift.update(summary)
+        if trigger.consecutive == 1 and not was:
+            drift["onset"] = iso(t)  # this window already saw the drift: every row after it is drifted
         metrics.observe_drift(namespace, name, summary)
         if drifting != was:
             set_condition_in(patch, status, "DriftDetected", drifting, "BothSignals" if drifting else "Cleared",
@@ -107,7 +111,7 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
     decision = decisions.should_heal(
         now=t, drifting=bool(((status.get("drift") or {}).get("trigger") or {}).get("drifting")),
         mode=spec["healing"]["mode"], healing_job=last.get("job") if last.get("result") == "Running" else None,
-        phase=status.get("phase") if status.get("rollout") or status.get("pendingPromotion") else None,
+        phase=status.get("phase") if status.get("rollout") else None,
         candidate=(status.get("candidate") or {}).get("version"), last_heal_finished=last.get("finished"),
         cooldown_seconds=spec["healing"]["cooldownSeconds"], recent_heal_starts=recent,
         max_heals_per_day=spec["healing"]["maxHealsPerDay"])
@@ -124,7 +128,8 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
     job_name = decisions.heal_job_name(name, count)
     parent = (status.get("adapter") or {}).get("lastGood") or "base"
     config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
-    job = heal_job(name, namespace, spec, job_name, parent, version, config)
+    job = heal_job(name, namespace, spec, job_name, parent, version, config,
+                   since=(status.get("drift") or {}).get("onset"))
     kopf.adopt(job, owner=body)
     await k8s.ensure(job, namespace)  # the same name again after a crash is a no-op, never a duplicate
     update(patch, status, healCount=count, recentHealStarts=[*recent, iso(t)], healsToday=len(recent) + 1,
@@ -161,9 +166,7 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
     last["reason"] = action.reason[:1000]
     if action.action == "promote":
         last["result"] = "Promoted"
-        patch.spec["adapter"] = {"version": result.version}
-        update(patch, status, pendingPromotion={"version": result.version, "by": "operator",
-                                                "reason": f"healed by {last['job']}: {result.reason}"[:300]})
+        change_version(patch, result.version, "operator", f"healed by {last['job']}: {result.reason}")
         kopf.info(body, reason="Promoting", message=f"{result.version} passed the gate; rolling out")
     elif action.action == "await-approval":
         last["result"] = "AwaitingApproval"
@@ -199,14 +202,25 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
             rollout["complete"] = iso(t)
             memo["window"] = WindowState()  # from now on, windows hold only new-adapter traffic
             update(patch, status, rollout=rollout)
+            if not rollout.get("watch", True):  # back on the last good adapter: nothing to watch
+                update(patch, status, rollout=None)
         return
     limits = decisions.RollbackLimits.from_spec(SelfHealingModelSpec.model_validate(spec).promotion.rollback)
     elapsed = (t - parse_time(rollout["complete"])).total_seconds()
     base = rollout.get("baseline") or {}
     pre = decisions.RolloutSignals(base.get("samples", 0), base.get("ruleConflict", 0.0), base.get("classRates") or {})
     if fresh is not None:
-        live = decisions.RolloutSignals(fresh["samples"], fresh["ruleConflict"], fresh.get("classRates") or {})
+        # Harm must show against both the window before the rollout and the training data: a
+        # heal that ends a collapse changes class rates a lot, but back towards the training ones.
+        rates = (fresh.get("classRates") or {}) if pre.class_rates else {}
+        live = decisions.RolloutSignals(fresh["samples"], fresh["ruleConflict"], rates)
         decision = decisions.rollback_check(pre, live, limits, elapsed)
+        reference = base.get("referenceClassRates") or {}
+        if decision.act and reference and rates:
+            versus_training = decisions.rollback_check(
+                decisions.RolloutSignals(pre.samples, pre.rule_conflict, reference), live, limits, elapsed)
+            if not versus_training.act:
+                decision = versus_training
         if decision.act and rollout.get("from"):
             return await roll_back(name, namespace, spec, status, body, patch, rollout, decision.reason, t)
         if decision.code == "HarmNotRolledBack":
@@ -216,12 +230,18 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
         kopf.info(body, reason="RolloutHealthy", message=f"adapter {rollout['to']} watched for {elapsed:.0f}s: no harm")
 
 
+def change_version(patch, version: str, by: str, reason: str) -> None:
+    """Write spec.adapter.version, with who and why in an annotation of the same PATCH (status
+    is a separate subresource, patched separately, so it cannot carry this atomically)."""
+    patch.spec["adapter"] = {"version": version}
+    patch.metadata.annotations[CHANGE_ANNOTATION] = json.dumps({"version": version, "by": by,
+                                                                "reason": reason[:300]})
+
+
 async def roll_back(name, namespace, spec, status, body, patch, rollout, reason, t) -> None:
-    target = rollout["from"]
-    patch.spec["adapter"] = {"version": target}
-    update(patch, status, pendingPromotion={"version": target, "by": "rollback",
-                                            "reason": f"automatic rollback of {rollout['to']}: {reason}"[:300]},
-           rollout=None)
+    target = (status.get("adapter") or {}).get("lastGood") or rollout["from"]
+    change_version(patch, target, "rollback", f"automatic rollback of {rollout['to']}: {reason}")
+    update(patch, status, rollout=None)
     set_condition_in(patch, status, "RolledBack", True, "HarmDetected", f"{rollout['to']} -> {target}: {reason}", t)
     kopf.warn(body, reason="RolledBack", message=f"adapter {rollout['to']} harmed live signals ({reason}); "
                                                  f"rolled back to {target}"[:1000])

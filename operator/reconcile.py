@@ -18,7 +18,7 @@ from shm_operator.status import full_spec, now, phase_of, set_condition_in, upda
 @kopf.on.resume("selfheal.io", "v1alpha1", "selfhealingmodels")
 @kopf.on.create("selfheal.io", "v1alpha1", "selfhealingmodels")
 @kopf.on.update("selfheal.io", "v1alpha1", "selfhealingmodels", field="spec")
-async def reconcile(name, namespace, spec, status, body, meta, patch, **_) -> None:
+async def reconcile(name, namespace, spec, status, body, meta, patch, memo, **_) -> None:
     t = now()
     status = dict(status or {})
     generation = meta.get("generation")
@@ -31,7 +31,8 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, **_) -> No
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
         return  # nothing to retry until the spec changes
     spec = full_spec(spec)
-    version = await accept_version(name, namespace, spec, status, body, patch, t)
+    version = await accept_version(name, namespace, spec, status, body, patch, t,
+                                   memo.get("reference_class_rates"))
     served = version
     if spec["promotion"]["strategy"] == "HotSwap":
         existing = await k8s.read("Deployment", namespace, serving_name(name))
@@ -48,5 +49,5 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, **_) -> No
     update(patch, status, adapter=adapter, observedGeneration=generation)
     set_condition_in(patch, status, "Ready", True, "ChildrenReconciled",
                      f"Deployment {serving_name(name)}, its Service and ConfigMaps "
-                     f"({adapter_config_name(name)}, rules) match the spec", t, generation)
+                     f"({adapter_config_name(name)}, rules) match the spec", t)
     update(patch, status, phase=phase_of(status))

@@ -10,6 +10,7 @@ ConfigMap the handler watches, and pods swap between batches without restarting.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import kopf
@@ -19,13 +20,15 @@ from shm_operator import decisions, metrics
 from shm_operator.status import iso, set_condition_in, update
 
 log = logging.getLogger(__name__)
+CHANGE_ANNOTATION = "selfheal.io/adapter-change"   # {"version", "by", "reason"} of an operator's own change
 
 
 def registry_for(name: str, namespace: str, spec: dict) -> AdapterRegistry:
     return AdapterRegistry(spec["storage"]["uri"], namespace, name)
 
 
-async def accept_version(name: str, namespace: str, spec: dict, status: dict, body, patch, t) -> str:
+async def accept_version(name: str, namespace: str, spec: dict, status: dict, body, patch, t,
+                         reference_class_rates: dict | None = None) -> str:
     """Return the version the pods must serve now; record the change (or the refusal) in status."""
     requested = spec["adapter"]["version"]
     accepted = (status.get("adapter") or {}).get("desired")
@@ -50,18 +53,24 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
                               f"because spec.adapter.version says so")
     if accepted is None:  # first reconcile of this resource: nothing to roll from
         return requested
-    pending = status.get("pendingPromotion") or {}
-    if pending.get("version") == requested:
-        by, reason = pending.get("by", "operator"), pending.get("reason", "")
+    try:
+        change = json.loads((body.get("metadata", {}).get("annotations") or {}).get(CHANGE_ANNOTATION) or "{}")
+    except ValueError:
+        change = {}
+    if change.get("version") == requested:
+        by, reason = change.get("by", "operator"), change.get("reason", "")
     else:
         by, reason = "user", "spec.adapter.version changed by a person"
+    if change:
+        patch.metadata.annotations[CHANGE_ANNOTATION] = None  # consumed: a later change is someone else's
     strategy = spec["promotion"]["strategy"]
     update(patch, status,
            history=decisions.append_history(status.get("history") or [], requested, accepted, t, reason[:300], by),
-           pendingPromotion=None,
            candidate=None if (status.get("candidate") or {}).get("version") == requested else status.get("candidate"),
            rollout={"from": accepted, "to": requested, "strategy": strategy, "started": iso(t), "complete": None,
-                    "baseline": baseline(status.get("drift") or {})})
+                    "baseline": {**baseline(status.get("drift") or {}),
+                                 "referenceClassRates": reference_class_rates or {}},
+                    "watch": by != "rollback"})
     if any(c.get("type") == "Degraded" and c.get("reason") == "AdapterNotFound" for c in status.get("conditions") or []):
         set_condition_in(patch, status, "Degraded", False, "AdapterAccepted", f"serving {requested}", t)
     kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")

@@ -26,8 +26,14 @@ def full_spec(spec: dict) -> dict:
 
 def set_condition_in(patch, status: dict, type_: str, ok: bool, reason: str, message: str,
                      t: dt.datetime, generation: int | None = None) -> None:
-    conditions = decisions.set_condition(status.get("conditions") or [],
-                                         decisions.condition(type_, ok, reason, message, t, generation))
+    """Set one condition. An unchanged condition is not written: status is patched by several
+    handlers, and a merge patch replaces the whole list, so writing only real changes keeps one
+    handler from erasing a condition another just set."""
+    new = decisions.condition(type_, ok, reason, message, t, generation)
+    old = next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+    if old is not None and all(old.get(k) == new.get(k) for k in ("status", "reason", "message", "observedGeneration")):
+        return
+    conditions = decisions.set_condition(status.get("conditions") or [], new)
     status["conditions"] = conditions
     patch.status["conditions"] = conditions
 
@@ -51,7 +57,7 @@ def phase_of(status: dict) -> str:
         return Phase.FAILED.value
     if (status.get("lastHeal") or {}).get("result") == "Running":
         return Phase.HEALING.value
-    if status.get("pendingPromotion") or status.get("candidate"):
+    if status.get("candidate"):
         return Phase.PROMOTING.value
     if status.get("rollout"):
         return Phase.ROLLING_OUT.value

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,11 +20,11 @@ def model_dir(tmp_path_factory):
     return out
 
 
-def run_job(model_dir, storage, tmp_path, version="v1", parent="base", config=None):
+def run_job(model_dir, storage, tmp_path, version="v1", parent="base", config=None, wait=0.0):
     log = tmp_path / f"termination-{version}"
     args = [sys.executable, "-m", "model_handler.heal", "--storage-uri", storage.as_uri(), "--namespace", "ns",
             "--model", "fraud", "--model-dir", str(model_dir), "--parent", parent, "--version", version,
-            "--job-name", f"fraud-heal-{version}", "--termination-log", str(log)]
+            "--job-name", f"fraud-heal-{version}", "--termination-log", str(log), "--wait-for-rows", str(wait)]
     if config is not None:
         path = tmp_path / f"config-{version}.json"
         path.write_text(json.dumps(config))
@@ -59,7 +60,9 @@ def test_job_heals_a_unit_change_and_registers_a_candidate(model_dir, tmp_path):
 def test_job_reports_too_little_traffic_without_failing(model_dir, tmp_path):
     storage = tmp_path / "store"
     write_traffic(storage, World(), rows=50)
-    code, result, _ = run_job(model_dir, storage, tmp_path)
+    began = time.monotonic()
+    code, result, _ = run_job(model_dir, storage, tmp_path, wait=3)
+    assert time.monotonic() - began >= 3  # it waited for more traffic before giving up
     assert code == 0 and result["state"] == "none"
     assert "not enough sampled traffic: 50 rows" in result["reason"]
 

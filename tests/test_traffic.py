@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
@@ -257,10 +258,10 @@ class BlockedStore(TrafficStore):
         self.release = threading.Event()
         self.calls = 0
 
-    def write_shard(self, x, probs):
+    def write_shard(self, x, probs, oldest=None):
         self.calls += 1
         self.release.wait(timeout=30)
-        return super().write_shard(x, probs)
+        return super().write_shard(x, probs, oldest)
 
 
 def test_sampler_never_blocks_on_slow_storage(tmp_path, samplers):
@@ -366,3 +367,27 @@ def test_seeded_samplers_choose_the_same_rows(tmp_path, samplers):
         sampler.close()
         chosen.append(store.read_recent(1000)[0][:, 0])
     np.testing.assert_array_equal(chosen[0], chosen[1])
+
+
+def test_read_since_takes_only_shards_sampled_entirely_after(tmp_path):
+    store = TrafficStore(str(tmp_path), "default", "fraud", writer_id="pod-a")
+    t0 = time.time()
+    store.write_shard(*rows(0, 10), oldest=t0 - 60)       # sampled a minute ago: before the drift
+    store.write_shard(*rows(100, 10), oldest=t0 + 1)      # sampled after it
+    since = datetime.fromtimestamp(t0, timezone.utc)
+    x, _ = store.read_recent(1000, since=since)
+    assert x.shape[0] == 10 and np.array_equal(x, rows(100, 10)[0])
+    assert store.read_recent(1000)[0].shape[0] == 20
+
+
+def test_sampler_names_shards_by_their_oldest_row(tmp_path):
+    store = TrafficStore(str(tmp_path), "default", "fraud", writer_id="pod-b")
+    sampler = TrafficSampler(store, fraction=1.0, flush_rows=10_000, flush_interval_s=60, seed=0)
+    before = datetime.now(timezone.utc)
+    sampler.sample(*rows(0, 5))
+    time.sleep(0.05)
+    sampler.sample(*rows(5, 5))
+    sampler.close()
+    (name,) = store.shards()
+    named = datetime.strptime(name[:22], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
+    assert before <= named < before + timedelta(seconds=0.05)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from examples.fraud.train import build
+from examples.fraud.train import build_served
 from sandbox import env as sandbox_env
 from sandbox import server as sandbox_server
 from sandbox import tools
@@ -62,10 +62,8 @@ def namespace(sandbox: Sandbox) -> str:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    """The example fraud model directory, as `examples.fraud.train` writes it."""
-    out = tmp_path_factory.mktemp("models") / "fraud"
-    build(out, rows=16000, seed=0)
-    return out
+    """The example fraud model as a TorchServe model directory (handler + model files)."""
+    return build_served(tmp_path_factory.mktemp("models") / "store", rows=16000, seed=0)
 
 
 def free_port() -> int:
