@@ -419,3 +419,11 @@ def test_unsupported_pod_specs_are_reported_on_the_pod(sandbox: Sandbox, namespa
     deployment = sandbox.get("deployment", "nodename", "-n", namespace)
     assert deployment["status"]["readyReplicas"] == 0
     assert deployment["status"]["conditions"][0]["status"] == "False"
+
+
+def test_launcher_refuses_a_bind_address_that_is_not_ipv4(tmp_path: Path):
+    (tmp_path / "plain.mar").write_bytes(b"")  # only its existence is checked before the address
+    done = subprocess.run([sys.executable, "-m", "model_handler.launcher", "serve", "--model-store", str(tmp_path),
+                           "--model", "plain=plain.mar", "--bind", "$(POD_IP)"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "bind address must be an IPv4 address, got '$(POD_IP)'" in done.stderr
