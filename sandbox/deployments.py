@@ -366,6 +366,10 @@ class DeploymentKubelet:
                 continue
             path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
             process = self.running.get(uid)
+            if meta.get("deletionTimestamp") and uid not in self.stopping:  # held by a finalizer: stop it
+                if process is not None:
+                    self.stopping[uid] = asyncio.create_task(self._stop_pod(api, uid, pod, None))
+                continue
             if uid in self.stopping:  # draining: its not-Ready status must show
                 if process is not None:
                     await self._report(api, pod, path, process.status())
