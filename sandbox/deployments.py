@@ -110,6 +110,7 @@ class DeploymentKubelet:
         self.proxies: dict[tuple[str, str, int], ServicePort] = {}  # (service uid, ip, port) -> listener
         self.inflight: collections.Counter = collections.Counter()  # pod IP -> requests being proxied
         self.services: dict[str, dict[str, Any]] = {}               # service uid -> latest object
+        self.warned: dict[Any, str] = {}                            # what was logged, to log it once
         self.dirty = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
         self.upstream: aiohttp.ClientSession | None = None
@@ -129,6 +130,9 @@ class DeploymentKubelet:
             await proxy.close()
         await asyncio.gather(*(p.stop(0, SHUTDOWN_GRACE_S) for p in self.running.values()), return_exceptions=True)
         await asyncio.gather(*self.stopping.values(), return_exceptions=True)
+        for pool in (self.pod_ips, self.service_ips):
+            for address in list(pool.claims):
+                pool.release(address)
         for session in (self.session, self.upstream):
             if session is not None:
                 await session.close()
@@ -310,7 +314,8 @@ class DeploymentKubelet:
             pods.append(pod)
             live.append(pod)
         if len(live) > want:
-            victims = sorted(live, key=lambda p: (self._is_ready(p), p["metadata"].get("creationTimestamp", "")))
+            newest_first = sorted(live, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
+            victims = sorted(newest_first, key=self._is_ready)  # unready first, then the newest
             for pod in victims[:len(live) - want]:
                 self._delete_pod(api, pod)
         ready = sum(self._is_ready(p) for p in live)
@@ -361,6 +366,10 @@ class DeploymentKubelet:
                 continue
             path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
             process = self.running.get(uid)
+            if meta.get("deletionTimestamp") and uid not in self.stopping:  # held by a finalizer: stop it
+                if process is not None:
+                    self.stopping[uid] = asyncio.create_task(self._stop_pod(api, uid, pod, None))
+                continue
             if uid in self.stopping:  # draining: its not-Ready status must show
                 if process is not None:
                     await self._report(api, pod, path, process.status())
@@ -378,7 +387,11 @@ class DeploymentKubelet:
 
     def _start_pod(self, pod: dict, config_maps: dict[str, dict]) -> PodProcess | None:
         meta = pod["metadata"]
-        ip = self.pod_ips.take()
+        try:
+            ip = self.pod_ips.take(declared_ports(pod))
+        except PodSpecError as exc:
+            self.failed[meta["uid"]] = str(exc)
+            return None
         try:
             process = PodProcess(pod, ip, self.pods_dir / meta["namespace"] / meta["name"], self.dirty.set,
                                  lambda address: self.inflight[address])
@@ -402,8 +415,13 @@ class DeploymentKubelet:
             if not spec.get("selector"):
                 continue
             address = spec.get("clusterIP")
+            tcp_ports = [int(p["port"]) for p in spec.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]
             if not address:
-                address = self.service_ips.take()
+                try:
+                    address = self.service_ips.take(tcp_ports)
+                except PodSpecError as exc:
+                    self._warn_once(meta["uid"], f"service {meta['name']}: {exc}")
+                    continue
                 try:
                     await api.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/services/{meta['name']}",
                                       {"spec": {"clusterIP": address, "clusterIPs": [address]}},
@@ -412,8 +430,12 @@ class DeploymentKubelet:
                     self.service_ips.release(address)
                     continue
             elif ipaddress.IPv4Address(address) not in SERVICE_NETWORK:
-                log.warning("service %s: clusterIP %s is outside %s; not proxied", meta["name"], address,
-                            SERVICE_NETWORK)
+                self._warn_once(meta["uid"], f"service {meta['name']}: clusterIP {address} is outside "
+                                             f"{SERVICE_NETWORK}; not proxied")
+                continue
+            elif not self.service_ips.claim(address):
+                self._warn_once(meta["uid"], f"service {meta['name']}: clusterIP {address} is held by another "
+                                             "sandbox on this machine; not proxied")
                 continue
             for port in spec.get("ports") or []:
                 if port.get("protocol", "TCP") != "TCP":
@@ -421,20 +443,25 @@ class DeploymentKubelet:
                 key = (meta["uid"], address, int(port["port"]))
                 wanted.add(key)
                 if key not in self.proxies:
-                    self.service_ips.used.add(ipaddress.IPv4Address(address))
                     proxy = ServicePort(f"{meta['namespace']}/{meta['name']}:{port['port']}", address,
                                         int(port["port"]), self._endpoints_for(service, port), self.inflight,
                                         self.upstream)
                     try:
                         await proxy.start()
                     except OSError as exc:
-                        log.warning("service %s: cannot listen on %s:%s: %s", meta["name"], address, port["port"], exc)
+                        await proxy.close()
+                        self._warn_once(key, f"service {meta['name']}: cannot listen on {address}:{port['port']}: {exc}")
                         continue
                     self.proxies[key] = proxy
         for key in set(self.proxies) - wanted:
             await self.proxies.pop(key).close()
             if not any(k[1] == key[1] for k in self.proxies):
                 self.service_ips.release(key[1])
+
+    def _warn_once(self, key: Any, message: str) -> None:
+        if self.warned.get(key) != message:
+            self.warned[key] = message
+            log.warning("%s", message)
 
     def _endpoints_for(self, service: dict, port: dict):
         """The Ready endpoints of one Service port, from the Service's latest spec (selector and
@@ -457,6 +484,13 @@ class DeploymentKubelet:
                         found.append((process.ip, _target_port(target, process.container)))
             return sorted(found)
         return endpoints
+
+
+def declared_ports(pod: dict) -> list[int]:
+    """The TCP container ports of a pod's first container (what its process will bind on its IP)."""
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return [int(p["containerPort"]) for p in containers[0].get("ports") or []
+            if p.get("protocol", "TCP") == "TCP" and "containerPort" in p]
 
 
 def _target_port(target: Any, container: dict) -> int:

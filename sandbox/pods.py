@@ -20,21 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
+import fcntl
 import ipaddress
 import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import aiohttp
 
 log = logging.getLogger("sandbox.pods")
 
-POD_NETWORK = ipaddress.IPv4Network("127.0.0.0/16")   # pod IPs: 127.0.0.2 upward
+POD_NETWORK = ipaddress.IPv4Network("127.0.0.0/24")   # pod IPs: 127.0.0.2 upward (Services: 127.0.1.0/24)
 MAX_BACKOFF_S = 10.0
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 DOWNWARD_FIELDS = ("status.podIP", "metadata.name", "metadata.namespace", "metadata.uid")
@@ -48,30 +52,62 @@ def now() -> str:
     return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def ports_free(address: str, ports: Iterable[int]) -> bool:
+    """Whether each TCP port can be bound on `address` right now (nothing else listens there)."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return False  # other errors (e.g. a privileged port) are not about this address
+    return True
+
+
 class AddressPool:
-    """Hands out loopback addresses, lowest free first, from `first` up within `network`."""
+    """Hands out loopback addresses, lowest free first, from `first` up within `network`.
 
-    def __init__(self, network: ipaddress.IPv4Network, first: str):
+    Several sandboxes may run on one machine (parallel test sessions): each address taken is also
+    claimed with an exclusive lock on `<lock_dir>/<address>` (released when the sandbox exits, even
+    by SIGKILL), and an address where the given ports cannot be bound is skipped."""
+
+    def __init__(self, network: ipaddress.IPv4Network, first: str, lock_dir: Path | None = None):
         self.network, self.first = network, ipaddress.IPv4Address(first)
-        self.used: set[ipaddress.IPv4Address] = set()
+        self.lock_dir = lock_dir or Path(tempfile.gettempdir()) / f"selfheal-sandbox-addresses-{os.getuid()}"
+        self.claims: dict[str, int] = {}  # address -> fd of its lock file
 
-    def take(self, wanted: str | None = None) -> str:
-        if wanted is not None:
-            address = ipaddress.IPv4Address(wanted)
-            if address in self.used:
-                raise PodSpecError(f"address {wanted} is already in use")
-            self.used.add(address)
-            return wanted
+    def take(self, ports: Iterable[int] = ()) -> str:
+        ports = list(ports)
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
         address = self.first
-        while address in self.used:
+        while address in self.network:
+            text = str(address)
+            if text not in self.claims and self._claim(text):
+                if ports_free(text, ports):
+                    return text
+                self.release(text)
             address += 1
-        if address not in self.network:
-            raise PodSpecError(f"no free address left in {self.network}")
-        self.used.add(address)
-        return str(address)
+        raise PodSpecError(f"no free address left in {self.network}")
+
+    def claim(self, address: str) -> bool:
+        """Claim a given address (e.g. a Service's existing clusterIP); False if another sandbox has it."""
+        return address in self.claims or self._claim(address)
+
+    def _claim(self, address: str) -> bool:
+        fd = os.open(self.lock_dir / address, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.claims[address] = fd
+        return True
 
     def release(self, address: str) -> None:
-        self.used.discard(ipaddress.IPv4Address(address))
+        fd = self.claims.pop(address, None)
+        if fd is not None:
+            os.close(fd)  # closing drops the lock
 
 
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
