@@ -29,7 +29,6 @@ import numpy as np
 ENTROPY_BINS = 10
 FORMAT = 1
 COUNTERS = ("n", "bins", "predicted", "entropy", "rule_fires", "rule_conflicts")
-BIN_CHUNK_ROWS = 4096
 SMALLEST_PROBABILITY = float(np.finfo(np.float64).tiny)
 
 
@@ -103,12 +102,7 @@ class ReferenceProfile:
         # one slot per bin (len(edges) + 1 of them) plus the nonfinite slot, features concatenated
         sizes = [len(e) + 2 for e in self.edges]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        # All features binned in one broadcast comparison: edges padded with +inf to one width
-        # (no finite value reaches a pad), and each feature's nonfinite slot is its last one.
-        self._padded_edges = np.full((len(self.edges), max((len(e) for e in self.edges), default=0)), np.inf)
-        for column, e in enumerate(self.edges):
-            self._padded_edges[column, :len(e)] = e
-        self._nonfinite_slots = self.offsets[1:] - 1
+        self._nonfinite_slots = self.offsets[1:] - 1   # each feature's last slot
         layout = {"features": self.features, "classes": self.classes, "entropy_bins": ENTROPY_BINS,
                   "edges": [[float(v) for v in e] for e in self.edges]}
         self.fingerprint = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()
@@ -169,19 +163,17 @@ class ReferenceProfile:
     def bin_counts(self, x: np.ndarray) -> np.ndarray:
         """Counts of x's rows per feature bin, all features concatenated (see `offsets`).
 
-        A value's bin is the number of edges <= it (`searchsorted(edges, value, side="right")`),
-        counted for every feature at once; rows go in chunks to bound the [rows, F, edges] temporary.
+        A value's bin is the number of edges <= it; every feature's slots go into one bincount.
         """
-        counts = np.zeros(self.offsets[-1], dtype=np.int64)
-        for start in range(0, len(x), BIN_CHUNK_ROWS):
-            part = x[start:start + BIN_CHUNK_ROWS]
-            slots = (part[:, :, None] >= self._padded_edges).sum(axis=2)
-            slots += self.offsets[:-1]
-            finite = np.isfinite(part)
-            if not finite.all():
-                slots = np.where(finite, slots, self._nonfinite_slots)
-            counts += np.bincount(slots.ravel(), minlength=len(counts))
-        return counts
+        columns = np.ascontiguousarray(np.asarray(x).T)
+        slots = np.empty(columns.shape, dtype=np.intp)
+        for column, edges in enumerate(self.edges):
+            slots[column] = np.searchsorted(edges, columns[column], side="right")
+        slots += self.offsets[:-1, None]
+        finite = np.isfinite(columns)
+        if not finite.all():
+            slots = np.where(finite, slots, self._nonfinite_slots[:, None])
+        return np.bincount(slots.ravel(), minlength=int(self.offsets[-1])).astype(np.int64, copy=False)
 
     def to_dict(self) -> dict:
         def floats(values):
