@@ -8,10 +8,11 @@ other runtime could host it unchanged. One `ModelService` lives in each worker p
   - a `traffic.TrafficSampler` that queues a fraction of rows (features + outputs) for the
     TrafficStore; its own thread writes them, so sampling never slows or fails a prediction.
 
-Drift counting is deferred: a prediction only queues its rows and probabilities, and the rules and
-the sketch run over everything queued in one vectorised pass whenever the sketch is read (status,
-publish) or `COUNT_BATCH_ROWS` rows are waiting. The counters are exactly those of counting each
-request on its own (they add), and about twenty numpy calls stop costing every single request.
+Drift counting and traffic sampling are deferred: a prediction only queues its rows and
+probabilities, and the rules, the sketch and the sampler run over everything queued in one
+vectorised pass whenever the status is read or published (at least every `publish_interval_s`) or
+`COUNT_BATCH_ROWS` rows are waiting. The counters are exactly those of counting each request on its
+own (they add), and some thirty numpy calls stop costing every single request.
 
 Adapters change only between batches (`predict_many` checks the desired version first), so a batch
 is always served by one adapter. A refused adapter (missing, corrupt, for another backbone,
@@ -52,7 +53,7 @@ REFERENCE_FILE = "reference.json"
 RULES_FILE = "rules.yaml"
 BASE_VERSION = "base"
 STATUS_FORMAT = 1
-COUNT_BATCH_ROWS = 4096                   # queued rows that trigger counting before the next read
+COUNT_BATCH_ROWS = 1024                   # queued rows that trigger counting before the next read
 
 __all__ = ["ModelService", "ServiceConfig", "ServiceError", "merge_statuses"]
 
@@ -222,8 +223,6 @@ class ModelService:
         self._uncounted_rows += len(x)
         if self._uncounted_rows >= COUNT_BATCH_ROWS:
             self.count_uncounted()
-        if self.sampler is not None:
-            self.sampler.sample(x, probs)  # copies the chosen rows onto a queue and returns
         self.rows += len(x)
         results: list[dict | RequestError] = []
         start, classes, version = 0, self.model.spec.classes, self.adapter.version
@@ -249,7 +248,7 @@ class ModelService:
         return self._sketch
 
     def count_uncounted(self) -> None:
-        """Evaluate the rules and update the sketch for every row served since the last count."""
+        """Rules, sketch and traffic sampling for every row served since the last count."""
         if not self._uncounted:
             return
         pending, self._uncounted, self._uncounted_rows = self._uncounted, [], 0
@@ -258,6 +257,8 @@ class ModelService:
         else:
             x, probs = np.concatenate([p[0] for p in pending]), np.concatenate([p[1] for p in pending])
         self._sketch.update(x, probs, self.rules.fires_array(x), self.rule_labels)
+        if self.sampler is not None:
+            self.sampler.sample(x, probs)  # copies the chosen rows onto its writer's queue and returns
 
     # -- adapters -----------------------------------------------------------------------------------
     def load_adapter(self, version: str, *, initial: bool = False) -> bool:
@@ -313,12 +314,14 @@ class ModelService:
 
     def close(self) -> None:
         """Write queued traffic and a last status file (a runtime's shutdown hook; tests)."""
+        self.count_uncounted()
         if self.sampler is not None:
             self.sampler.close()
         self.publish()
 
     # -- status -------------------------------------------------------------------------------------
     def worker_status(self) -> dict:
+        self.count_uncounted()
         return {
             "format": STATUS_FORMAT,
             "worker": self.worker_id,
@@ -348,6 +351,7 @@ class ModelService:
 
     def maybe_publish(self) -> None:
         if time.monotonic() - self._last_publish >= self.config.publish_interval_s:
+            self.count_uncounted()   # also without a status_dir: sampled rows must reach the store
             self.publish()
 
     def pod_status(self) -> dict:

@@ -1,7 +1,7 @@
 """The serving fast paths give the reference paths' answers: the numpy FoldedPredictor against
 `SelfHealingNet.forward` (identity and loaded adapters), numpy rule evaluation against the torch one,
-the broadcast bin counting against per-feature searchsorted, and deferred drift counting against
-counting every request on its own."""
+bin counting in one bincount against one per feature, and deferred drift counting and sampling
+against doing both for every request on its own."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,8 @@ from model_handler import service as service_module
 from model_handler.model import FoldedPredictor, load_model
 from model_handler.rules import RuleSet
 from model_handler.service import ModelService, ServiceConfig
-from model_handler.sketches import BIN_CHUNK_ROWS, ENTROPY_BINS, DriftSketch, ReferenceProfile, _prediction_counts
+from model_handler.sketches import ENTROPY_BINS, DriftSketch, ReferenceProfile, _prediction_counts
+from model_handler.traffic import TrafficStore
 from model_handler.training import train_backbone
 
 NAN, INF = math.nan, math.inf
@@ -187,7 +188,7 @@ def test_large_batches_still_go_through_torch_and_agree():
 # ------------------------------------------------------------------------------------------ sketches
 
 def searchsorted_bin_counts(profile: ReferenceProfile, x: np.ndarray) -> np.ndarray:
-    """The obvious per-feature definition of the bins (what the broadcast version must equal)."""
+    """The bins feature by feature, one bincount each (what the single bincount must equal)."""
     counts = []
     for column, edges in enumerate(profile.edges):
         values = x[:, column]
@@ -197,7 +198,7 @@ def searchsorted_bin_counts(profile: ReferenceProfile, x: np.ndarray) -> np.ndar
     return np.concatenate(counts)
 
 
-def test_broadcast_bin_counts_equal_per_feature_searchsorted():
+def test_one_bincount_over_all_features_equals_one_per_feature():
     rng = np.random.default_rng(4)
     fit_x = np.column_stack([rng.normal(size=400), rng.integers(0, 3, 400), np.full(400, 7.0),
                              rng.exponential(size=400)])
@@ -205,9 +206,9 @@ def test_broadcast_bin_counts_equal_per_feature_searchsorted():
     profile = ReferenceProfile.fit(fit_x, probs, np.zeros((400, 0), bool), np.zeros(0, np.int64),
                                    ["n", "discrete", "constant", "skewed"], ["a", "b"])
     edges = profile.edges
-    x = rng.normal(size=(BIN_CHUNK_ROWS * 2 + 5, 4)) * 3   # several chunks
-    x[:20, 0] = edges[0][:20] if len(edges[0]) >= 20 else x[:20, 0]
-    x[:3, 1] = [0, 1, 2]                                   # exactly on edges
+    x = rng.normal(size=(5000, 4)) * 3
+    x[:len(edges[0]), 0] = edges[0]                        # exactly on edges
+    x[:3, 1] = [0, 1, 2]
     x[5] = [NAN, INF, -INF, NAN]
     x[6, 2] = 7.0
     np.testing.assert_array_equal(profile.bin_counts(x), searchsorted_bin_counts(profile, x))
@@ -268,3 +269,17 @@ def test_deferred_counting_equals_counting_every_request(model_dir, tmp_path):
     service.predict(x[:5].tolist())
     published = json.loads(service.publish().read_text())
     assert published["sketch"]["n"] == 65 == published["rows"]
+
+
+def test_deferred_sampling_reaches_the_store_without_a_status_dir(model_dir, tmp_path):
+    (tmp_path / "store").mkdir()
+    uri = f"file://{tmp_path / 'store'}"
+    config = ServiceConfig(model_name="fraud", storage_uri=uri, sample_fraction=1.0, seed=0, publish_interval_s=0)
+    service = ModelService.from_model_dir(model_dir, config)
+    x = sample(np.random.default_rng(5), 9).x.astype(np.float32)
+    for start in range(0, 9, 3):
+        service.predict(x[start:start + 3].tolist())
+    assert service.sampler.counters()["sampled"] == 9        # the publish interval (0 s) counts and samples
+    service.close()
+    stored, _ = TrafficStore(uri, "default", "fraud").read_recent(100)
+    np.testing.assert_array_equal(np.sort(stored, axis=0), np.sort(x, axis=0))
