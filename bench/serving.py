@@ -47,6 +47,7 @@ NAMESPACE = "default"
 SAMPLE_FRACTION = 0.2        # the operator's default spec.serving.sampleFraction
 SWAP_EVERY_S = 0.75          # flips of the watched adapter file (workers look every 0.5 s)
 SWAPS = 4
+WARMUP_ROUNDS, WARMUP_REQUESTS = 4, 250
 
 
 class _Context:
@@ -166,10 +167,14 @@ def over_http(store: Path, rows: np.ndarray, python_path: Path, requests: int, c
     env = {"PYTHONPATH": str(python_path), **env}
     runs: dict[str, list[dict]] = {"selfheal": [], "plain": []}
     with TorchServeProcess(store, models, env=env) as ts:
-        for name in runs:  # warm-up: first requests pay for lazy imports and allocations
-            _load(f"{ts.inference_url}/predictions/{name}", bodies, 50, concurrency)
-        for _ in range(rounds):  # alternate, so drift in machine load hits both alike
+        # Warm-up, alternating: the first requests pay for lazy imports and allocations, and the
+        # frontend's JVM takes a few thousand requests to compile its hot paths; whichever handler
+        # ran first on a cold frontend would look slower.
+        for _ in range(WARMUP_ROUNDS):
             for name in runs:
+                _load(f"{ts.inference_url}/predictions/{name}", bodies, WARMUP_REQUESTS, concurrency)
+        for round_ in range(rounds):  # alternate, so drift in machine load hits both alike
+            for name in (list(runs) if round_ % 2 == 0 else list(runs)[::-1]):
                 runs[name].append(_load(f"{ts.inference_url}/predictions/{name}", bodies, requests, concurrency))
         swap = hot_swap(f"{ts.inference_url}/predictions/selfheal", bodies, concurrency, adapter_file, expected)
     best = {name: max(results, key=lambda r: r["throughput_rps"]) | {"rounds": len(results)}
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.rounds = 300, 1
+        args.requests, args.rounds = 300, 2  # two rounds, so each handler is measured first once
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = Path(tmp)
