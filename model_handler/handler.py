@@ -24,7 +24,8 @@ from model_handler.requests import RequestError, body_of
 from model_handler.service import ModelService, ServiceConfig
 
 log = logging.getLogger(__name__)
-METRICS_EVERY_S = 5.0
+METRICS_EVERY_S = 5.0    # drift-score gauges (merging every worker's status costs milliseconds)
+COUNTERS_EVERY_S = 1.0   # row/rejection counters, summed in between: each emission is a log line
 
 
 class SelfHealHandler:
@@ -32,6 +33,7 @@ class SelfHealHandler:
         self.service: ModelService | None = None
         self._metrics_at = 0.0
         self._counted = (0, 0)
+        self._counters_at = 0.0
         self._info_version: str | None = None
 
     def initialize(self, context) -> None:
@@ -60,7 +62,15 @@ class SelfHealHandler:
         return out
 
     def _emit_metrics(self, context) -> None:
-        service = self.service
+        """Counters at most every COUNTERS_EVERY_S (with all rows since), gauges every METRICS_EVERY_S.
+
+        TorchServe turns every metric update into a log line the frontend parses, so emitting per
+        request would cost more than the prediction itself.
+        """
+        service, now = self.service, time.monotonic()
+        if now - self._counters_at < COUNTERS_EVERY_S:
+            return
+        self._counters_at = now
         rows, rejected = service.rows - self._counted[0], service.rejected - self._counted[1]
         self._counted = (service.rows, service.rejected)
         metrics = context.metrics
@@ -68,7 +78,6 @@ class SelfHealHandler:
             metrics.add_counter("selfheal_rows_total", rows)
         if rejected:
             metrics.add_counter("selfheal_rejected_requests_total", rejected)
-        now = time.monotonic()
         if now - self._metrics_at < METRICS_EVERY_S:
             return
         self._metrics_at = now

@@ -3,9 +3,11 @@
 Rules come from the custom resource, i.e. from people, so they are parsed by a small hand-written
 recursive-descent parser and never `eval`-ed. Type errors (`amount and 3`) and unknown names are
 caught at parse time with the character position, because the operator reports them in the CR status
-where nobody can attach a debugger. Each rule compiles once into vectorised torch ops, so
+where nobody can attach a debugger. Each rule compiles once into vectorised ops, so
 `RuleSet.fires(x)` is one pass over a batch with no Python loop over rows: the handler calls it on
-every request batch and the healing Job on every training step.
+every request batch and the healing Job on every training step. There are two compiled forms with
+the same float32 semantics: torch ops (large batches, any device) and numpy ops (CPU batches up to
+`NUMPY_MAX_ROWS` rows, where a numpy ufunc costs about a microsecond and a torch op ten).
 
 Grammar, lowest precedence first (comparisons do not chain):
     or  <  and  <  not  <  (< <= > >= == !=)  <  (+ -)  <  (* /)  <  unary -  <  atom
@@ -32,6 +34,7 @@ import yaml
 MAX_EXPRESSION_CHARS = 2000
 MAX_NESTING = 50          # parentheses, `not`, unary minus and function calls, nested
 MAX_TREE_DEPTH = 200      # height of the parsed tree (long `a + b + c ...` chains)
+NUMPY_MAX_ROWS = 4096     # `fires` evaluates CPU batches up to this size with numpy, larger ones with torch
 RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 RULE_KEYS = ("name", "when", "label", "weight")
 KEYWORDS = {"and", "or", "not", "true", "false"}
@@ -351,6 +354,56 @@ def compile_node(node: Node) -> Compiled:
     return comparison
 
 
+NumpyCompiled = Callable[[np.ndarray], "np.ndarray | np.generic"]
+NUMPY_ARITHMETIC = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}
+NUMPY_COMPARISONS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
+                     "==": np.equal}
+NAN32 = np.float32(math.nan)
+
+
+def compile_node_numpy(node: Node) -> NumpyCompiled:
+    """`compile_node` with numpy: x [N, F] float32 -> [N] array, or a numpy scalar for a constant
+    subtree (broadcast by the caller). Call under `np.errstate(all="ignore")`: IEEE results, no warnings."""
+    kind = node.kind
+    if kind == "number":
+        with np.errstate(over="ignore"):
+            constant = np.float32(node.value)
+        return lambda x: constant
+    if kind == "bool":
+        flag = np.bool_(node.value)
+        return lambda x: flag
+    if kind == "feature":
+        column = node.value
+        return lambda x: x[:, column]
+    children = [compile_node_numpy(c) for c in node.children]
+    if kind == "neg":
+        return lambda x: np.negative(children[0](x))
+    if kind == "abs":
+        return lambda x: np.abs(children[0](x))
+    if kind == "log":
+        def log(x: np.ndarray):
+            value = children[0](x)
+            return np.where(value > 0, np.log(value), NAN32)
+        return log
+    if kind == "not":
+        return lambda x: np.logical_not(children[0](x))
+    left, right = children
+    if kind == "arith":
+        op = NUMPY_ARITHMETIC[node.value]
+        return lambda x: op(left(x), right(x))
+    if kind == "logic":
+        op = np.logical_and if node.value == "and" else np.logical_or
+        return lambda x: op(left(x), right(x))
+    if node.value == "!=":
+        # numpy, like torch, says nan != 1; `<` or `>` is the language's != (false for any NaN)
+        def not_equal(x: np.ndarray):
+            a, b = left(x), right(x)
+            return np.logical_or(np.less(a, b), np.greater(a, b))
+        return not_equal
+    compare = NUMPY_COMPARISONS[node.value]
+    return lambda x: compare(left(x), right(x))
+
+
 def _features_read(node: Node) -> set[int]:
     found = {node.value} if node.kind == "feature" else set()
     for child in node.children:
@@ -379,6 +432,7 @@ class RuleSet:
         self.features, self.classes = list(features), list(classes)
         self._trees = tuple(trees)
         self._compiled = [compile_node(tree) for tree in trees]
+        self._compiled_numpy = [compile_node_numpy(tree) for tree in trees]
         self.labels = torch.tensor([self.classes.index(r.label) for r in self.rules], dtype=torch.long)
         self.weights = torch.tensor([r.weight for r in self.rules], dtype=torch.float32)
         self.feature_index = [sorted(_features_read(tree)) for tree in trees]
@@ -417,12 +471,25 @@ class RuleSet:
         return len(self.rules)
 
     def fires(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """[N, R] bool: which rules fire on which rows."""
+        """[N, R] bool: which rules fire on which rows (on x's device)."""
+        if isinstance(x, np.ndarray) and len(x) <= NUMPY_MAX_ROWS:
+            return torch.from_numpy(self.fires_array(x))
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.ndim > 0 and len(x) <= NUMPY_MAX_ROWS:
+            return torch.from_numpy(self.fires_array(x.detach().to(torch.float32).numpy()))
         x = self._as_matrix(x)
         with torch.no_grad():
             if not self._compiled:
                 return torch.zeros((x.shape[0], 0), dtype=torch.bool, device=x.device)
             return torch.stack([rule(x) for rule in self._compiled], dim=1)
+
+    def fires_array(self, x: np.ndarray) -> np.ndarray:
+        """[N, R] bool numpy array: `fires` evaluated with numpy (the serving path: no torch at all)."""
+        x = self._as_array(x)
+        fired = np.empty((x.shape[0], len(self._compiled_numpy)), dtype=np.bool_)
+        with np.errstate(all="ignore"):
+            for column, rule in enumerate(self._compiled_numpy):
+                fired[:, column] = rule(x)   # a constant rule's scalar broadcasts down the column
+        return fired
 
     def to_dicts(self) -> list[dict]:
         return [{"name": r.name, "when": r.when, "label": r.label, "weight": r.weight} for r in self.rules]
@@ -433,6 +500,16 @@ class RuleSet:
                       "weight": r.weight} for r, tree in zip(self.rules, self._trees)]
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def _as_array(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"rule input must be a numpy array here, got {type(x).__name__}")
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise ValueError(f"rule input must be numeric, got dtype {x.dtype}")
+        if x.ndim != 2 or x.shape[1] != len(self.features):
+            raise ValueError(f"rule input must have shape [N, {len(self.features)}] "
+                             f"(features: {', '.join(self.features)}), got {list(x.shape)}")
+        return x.astype(np.float32, copy=False)
 
     def _as_matrix(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         if isinstance(x, np.ndarray):

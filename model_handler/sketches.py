@@ -29,6 +29,7 @@ import numpy as np
 ENTROPY_BINS = 10
 FORMAT = 1
 COUNTERS = ("n", "bins", "predicted", "entropy", "rule_fires", "rule_conflicts")
+SMALLEST_PROBABILITY = float(np.finfo(np.float64).tiny)
 
 
 class SketchError(ValueError):
@@ -75,15 +76,15 @@ def _check_rows(x, probs, rule_fires, rule_labels, n_features: int, n_classes: i
 def _prediction_counts(probs: np.ndarray, rule_fires: np.ndarray, rule_labels: np.ndarray) -> dict:
     n, n_classes = probs.shape
     predicted = probs.argmax(axis=1)
-    p = np.clip(probs, 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1) / math.log(n_classes)
-    entropy_bin = np.clip(np.floor(entropy * ENTROPY_BINS), 0, ENTROPY_BINS - 1).astype(np.int64)
+    p = np.minimum(np.maximum(probs, SMALLEST_PROBABILITY), 1.0)  # p log p -> 0 as p -> 0, no log(0)
+    entropy = (p * np.log(p)).sum(axis=1) * (-1.0 / math.log(n_classes))
+    # entropy >= 0 up to rounding, so truncation is the floor (a rounded -0.0... lands in bin 0 too)
+    entropy_bin = np.minimum((entropy * ENTROPY_BINS).astype(np.int64), ENTROPY_BINS - 1)
     conflicts = rule_fires & (predicted[:, None] != rule_labels[None, :])
     return {
         "n": np.array(n, dtype=np.int64),
-        "predicted": np.bincount(predicted, minlength=n_classes).astype(np.int64),
-        "entropy": np.bincount(entropy_bin, minlength=ENTROPY_BINS).astype(np.int64),
+        "predicted": np.bincount(predicted, minlength=n_classes),
+        "entropy": np.bincount(entropy_bin, minlength=ENTROPY_BINS),
         "rule_fires": rule_fires.sum(axis=0, dtype=np.int64),
         "rule_conflicts": conflicts.sum(axis=0, dtype=np.int64),
     }
@@ -101,6 +102,7 @@ class ReferenceProfile:
         # one slot per bin (len(edges) + 1 of them) plus the nonfinite slot, features concatenated
         sizes = [len(e) + 2 for e in self.edges]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._nonfinite_slots = self.offsets[1:] - 1   # each feature's last slot
         layout = {"features": self.features, "classes": self.classes, "entropy_bins": ENTROPY_BINS,
                   "edges": [[float(v) for v in e] for e in self.edges]}
         self.fingerprint = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()
@@ -159,14 +161,19 @@ class ReferenceProfile:
         return np.where(fires > 0, self.counts.counters["rule_conflicts"] / np.maximum(fires, 1), 0.0)
 
     def bin_counts(self, x: np.ndarray) -> np.ndarray:
-        """Counts of x's rows per feature bin, all features concatenated (see `offsets`)."""
-        counts = np.zeros(self.offsets[-1], dtype=np.int64)
+        """Counts of x's rows per feature bin, all features concatenated (see `offsets`).
+
+        A value's bin is the number of edges <= it; every feature's slots go into one bincount.
+        """
+        columns = np.ascontiguousarray(np.asarray(x).T)
+        slots = np.empty(columns.shape, dtype=np.intp)
         for column, edges in enumerate(self.edges):
-            values = x[:, column]
-            slot = np.searchsorted(edges, values, side="right")
-            slot[~np.isfinite(values)] = len(edges) + 1
-            counts[self.offsets[column]:self.offsets[column + 1]] = np.bincount(slot, minlength=len(edges) + 2)
-        return counts
+            slots[column] = np.searchsorted(edges, columns[column], side="right")
+        slots += self.offsets[:-1, None]
+        finite = np.isfinite(columns)
+        if not finite.all():
+            slots = np.where(finite, slots, self._nonfinite_slots[:, None])
+        return np.bincount(slots.ravel(), minlength=int(self.offsets[-1])).astype(np.int64, copy=False)
 
     def to_dict(self) -> dict:
         def floats(values):
