@@ -361,8 +361,11 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
                 if remaining is not None and remaining <= 0:
                     break
                 try:
-                    await asyncio.wait_for(tick.wait(), remaining)
-                except asyncio.TimeoutError:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
+                    # sent when the watch client disconnects, keeping the server from shutting down.
+                    async with asyncio.timeout(remaining):
+                        await tick.wait()
+                except TimeoutError:
                     break
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
