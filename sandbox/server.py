@@ -10,6 +10,9 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import AsyncContextManager, Callable, Sequence
 
@@ -106,3 +109,52 @@ def run_foreground(workdir: Path, port: int = 0, on_ready: Callable[[dict], None
             loop.add_signal_handler(sig, stop.set)
         await serve(workdir, port, stop=stop, on_ready=on_ready, persist=persist)
     asyncio.run(main())
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    """Ask a child process to stop, then kill it if it has not after `timeout` seconds."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class SandboxProcess:
+    """`python -m sandbox up --foreground` as a child process, for tests and the demo:
+
+        with SandboxProcess(workdir) as state:   # state: {"pid", "url", "kubeconfig", ...}
+            ...
+    """
+
+    def __init__(self, workdir: Path, timeout: float = 30.0):
+        self.workdir, self.timeout = Path(workdir), timeout
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> dict:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "api.log", "wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "sandbox", "up", "--foreground",
+                                         "--workdir", str(self.workdir)], stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        log.close()  # the child holds its own descriptor
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            state = read_state(self.workdir)
+            if state and state.get("pid") == self.process.pid:
+                return state
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the sandbox did not start: {(self.workdir / 'api.log').read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+    def __enter__(self) -> dict:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -378,27 +378,8 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory, helm: str):
     """`python -m sandbox up --foreground` for this module; helm/kubectl env kept inside its work dir."""
     workdir = tmp_path_factory.mktemp("sandbox")
-    log = open(workdir / "api.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir)],
-                               cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            state = sandbox_server.read_state(workdir)
-            if state and state.get("pid") == process.pid:
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"the sandbox did not start: {(workdir / 'api.log').read_text()[-3000:]}")
+    with sandbox_server.SandboxProcess(workdir):
         yield Cluster(env=sandbox_env.client_env(workdir), helm=helm, kubectl=str(tools.find_tool("kubectl")))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def new_namespace(cluster: Cluster) -> str:

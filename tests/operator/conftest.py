@@ -2,12 +2,10 @@
 a trained example model on disk, and the real operator process (`python -m shm_operator`)."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from sandbox import server as sandbox_server
 from sandbox import tools
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
-from sandbox_helpers import REPO_ROOT, Sandbox, wait_until  # noqa: E402
+from sandbox_helpers import REPO_ROOT, Sandbox  # noqa: E402
 
 CRD = REPO_ROOT / "crds" / "selfhealingmodels.yaml"
 
@@ -32,24 +30,12 @@ def sandbox(tmp_path_factory) -> Sandbox:
     except tools.ToolsError as exc:
         pytest.skip(f"kubectl could not be provided: {exc}")
     workdir = tmp_path_factory.mktemp("sandbox")
-    log = open(workdir / "api.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir)],
-                               stdout=log, stderr=subprocess.STDOUT)
-    try:
-        state = wait_until(lambda: (s := sandbox_server.read_state(workdir)) and s.get("pid") == process.pid and s,
-                           timeout=30, what="the sandbox to start")
+    with sandbox_server.SandboxProcess(workdir) as state:
         box = Sandbox(url=state["url"], workdir=workdir, env=sandbox_env.client_env(workdir),
                       kubectl_bin=str(paths["kubectl"]), helm_bin=str(paths["helm"]))
         box.kubectl("apply", "-f", str(CRD))
         box.kubectl("wait", "--for=condition=Established", "crd/selfhealingmodels.selfheal.io", "--timeout=30s")
         yield box
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture
@@ -89,13 +75,8 @@ class OperatorProcess:
         return self
 
     def stop(self, kill: bool = False) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process:
+            sandbox_server.stop_process(self.process, signal.SIGKILL if kill else signal.SIGTERM)
         self.log.close()
 
     def tail(self, chars: int = 4000) -> str:

@@ -3,10 +3,6 @@ per-test namespaces. Every client runs with `client_env`, so nothing reads or wr
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -16,7 +12,7 @@ from sandbox import env as sandbox_env
 from sandbox import server as sandbox_server
 from sandbox import tools
 
-from sandbox_helpers import FIXTURES, REPO_ROOT, Sandbox
+from sandbox_helpers import FIXTURES, Sandbox
 
 
 @pytest.fixture(scope="session")
@@ -37,31 +33,9 @@ def tool_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def sandbox(tmp_path_factory: pytest.TempPathFactory, tool_paths: dict[str, Path]) -> Sandbox:
     """`python -m sandbox up --foreground` in a subprocess for the whole session."""
     workdir = tmp_path_factory.mktemp("sandbox")
-    log = open(workdir / "api.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir)],
-        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    state = None
-    while time.monotonic() < deadline and process.poll() is None:
-        state = sandbox_server.read_state(workdir)
-        if state and state.get("pid") == process.pid:
-            break
-        time.sleep(0.1)
-    if not state or process.poll() is not None:
-        process.kill()
-        log.close()
-        raise RuntimeError(f"the sandbox did not start: {(workdir / 'api.log').read_text()[-3000:]}")
-    box = Sandbox(url=state["url"], workdir=workdir, env=sandbox_env.client_env(workdir),
-                  kubectl_bin=str(tool_paths["kubectl"]), helm_bin=str(tool_paths["helm"]))
-    yield box
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+    with sandbox_server.SandboxProcess(workdir) as state:
+        yield Sandbox(url=state["url"], workdir=workdir, env=sandbox_env.client_env(workdir),
+                      kubectl_bin=str(tool_paths["kubectl"]), helm_bin=str(tool_paths["helm"]))
     assert not sandbox_server.state_path(workdir).exists(), "the sandbox left its state file behind"
 
 
