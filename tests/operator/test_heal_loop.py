@@ -140,3 +140,60 @@ def test_a_harmful_adapter_is_rolled_back_automatically(sandbox, namespace, oper
     assert message.startswith("v9 -> base") and ("rule conflict rose" in message or "class fraud rate" in message)
     assert AdapterRegistry(storage.as_uri(), namespace, "fraud").meta("v9").state == "rolled-back"
     assert loop.summary()["failed"] == 0
+
+
+def drift_until(sandbox, namespace, operator, storage, predicate, what, spec_overrides, model_dir):
+    """Apply the CR, wait for 2 pods, send drifted traffic until `predicate(status)` holds."""
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=example_cr(model_dir, storage, **spec_overrides))
+    wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("ready") == "2/2", 180,
+                "2 ready pods", operator)
+    loop = LoadLoop(service_url(sandbox, namespace), rows_of(World(amount_unit=100.0, distance_unit=1000.0), 4),
+                    clients=2, max_seconds=300).start()
+    try:
+        return wait_status(sandbox, namespace, predicate, 180, what, operator), loop
+    finally:
+        loop.stop()
+
+
+def test_manual_mode_waits_for_a_person(sandbox, namespace, operator, model_dir, tmp_path):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    spec = dict(FAST, healing={**FAST["healing"], "mode": "Manual"})
+    status, loop = drift_until(sandbox, namespace, operator, storage, lambda s: s.get("candidate"),
+                               "a candidate awaiting approval", spec, model_dir)
+    version = status["candidate"]["version"]
+    assert status["lastHeal"]["result"] == "AwaitingApproval"
+    assert sandbox.get("shm", "fraud", "-n", namespace)["spec"]["adapter"]["version"] == "base"
+    messages = [e.get("message", "") for e in sandbox.get("events", "-n", namespace)["items"]]
+    command = f'kubectl patch shm fraud -n {namespace} --type merge -p \'{{"spec":{{"adapter":{{"version":"{version}"}}}}}}\''
+    assert any(command in m for m in messages), messages
+    sandbox.kubectl("patch", "shm", "fraud", "-n", namespace, "--type", "merge",
+                    "-p", json.dumps({"spec": {"adapter": {"version": version}}}))
+    status = wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("current") == version, 180,
+                         f"pods on the approved {version}", operator)
+    assert status["history"][-1]["by"] == "user" and not status.get("candidate")
+    assert loop.summary()["failed"] == 0
+
+
+def test_a_failing_heal_job_is_a_state_not_a_crash(sandbox, namespace, operator, model_dir, tmp_path):
+    import shutil
+    archive = tmp_path / "store" / "fraud"
+    shutil.copytree(model_dir, archive)
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=example_cr(archive, storage, **FAST))
+    wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("ready") == "2/2", 180,
+                "2 ready pods", operator)
+    (archive / "reference.json").unlink()  # a broken model volume: the pods have it in memory, the Job not
+    loop = LoadLoop(service_url(sandbox, namespace), rows_of(World(amount_unit=100.0, distance_unit=1000.0), 5),
+                    clients=2, max_seconds=300).start()
+    try:
+        status = wait_status(sandbox, namespace, lambda s: (s.get("lastHeal") or {}).get("result")
+                             not in (None, "Running"), 180, "the failed heal", operator)
+    finally:
+        loop.stop()
+    assert status["lastHeal"]["result"] == "Failed" and "reference.json" in status["lastHeal"]["reason"]
+    assert condition(status, "Healing")["status"] == "False"
+    assert any(e.get("reason") == "HealFailed" for e in sandbox.get("events", "-n", namespace)["items"])
+    assert status["adapter"]["current"] == "base" and loop.summary()["failed"] == 0  # still serving
+    assert len(sandbox.get("jobs", "-n", namespace)["items"]) == 1  # cooldown: no retry loop
