@@ -21,3 +21,5 @@ def test_quick_serving_benchmark_reports_both_handlers(tmp_path, capsys):
     for case in ("1_row", "64_row"):
         assert report["in_process"][case]["selfheal_us"] > 0 and report["in_process"][case]["plain_us"] > 0
     assert "over HTTP" in capsys.readouterr().out
+    assert report["hotswap_failed"] == 0 and report["hotswap_requests"] > 0
+    assert report["p50_ratio"] > 0 and report["throughput_ratio"] > 0 and report["http"]["hot_swap"]["wrong_answers"] == 0
