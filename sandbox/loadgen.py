@@ -100,6 +100,11 @@ class LoadLoop:
         with self._lock:
             return [a for a in self.answers if a.at >= horizon]
 
+    def between(self, start: float, end: float) -> list[Answer]:
+        """Answers sent between two `time.monotonic()` moments."""
+        with self._lock:
+            return [a for a in self.answers if start - self._started <= a.at <= end - self._started]
+
     def summary(self, answers: list[Answer] | None = None) -> dict:
         answers = self.answers if answers is None else answers
         done = [a for a in answers if a.ok]

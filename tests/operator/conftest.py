@@ -67,12 +67,19 @@ class OperatorProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "OperatorProcess":
-        env = {**self.sandbox.env, "SELFHEAL_METRICS_PORT": str(free_port()), "PYTHONSAFEPATH": "1"}
+        self.metrics_port, self.liveness_port = free_port(), free_port()
+        env = {**self.sandbox.env, "SELFHEAL_METRICS_PORT": str(self.metrics_port),
+               "SELFHEAL_METRICS_ADDR": "127.0.0.1", "PYTHONSAFEPATH": "1"}
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "shm_operator", "--namespace", self.namespace,
-                                         "--verbose"], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                         f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz", "--verbose"],
+                                        env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
+
+    def get(self, port: int, path: str) -> tuple[int, str]:
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
 
     def stop(self, kill: bool = False) -> None:
         if self.process:

@@ -74,7 +74,7 @@ def test_drift_heal_rollout_rollback(sandbox, namespace, operator, model_dir, tm
         status = wait_status(sandbox, namespace, lambda s: (s.get("lastHeal") or {}).get("result") == "Running",
                              120, "a heal Job", operator)
         timeline["job_started"] = time.monotonic()
-        drifted = loop.summary(loop.window(8))
+        drifted = loop.summary(loop.between(timeline["drift"] + 1, timeline["job_started"]))
         # The operator dies mid-heal; a new one resumes and never launches a second Job.
         operator.stop(kill=True)
         operator.start()
@@ -112,6 +112,11 @@ def test_drift_heal_rollout_rollback(sandbox, namespace, operator, model_dir, tm
     assert [(h["version"], h["by"]) for h in history[-3:]] == [(healed_version, "operator"), ("base", "user"),
                                                                  (healed_version, "user")]
     assert AdapterRegistry(storage.as_uri(), namespace, "fraud").meta(healed_version).labels_used == 0
+    # the (restarted) operator's own probes and metrics
+    assert operator.get(operator.liveness_port, "/healthz")[0] == 200
+    metrics = operator.get(operator.metrics_port, "/metrics")[1]
+    assert f'selfheal_heals_finished_total{{model="fraud",namespace="{namespace}",result="Promoted"}} 1.0' in metrics
+    assert f'selfheal_drift_score{{model="fraud",namespace="{namespace}"}}' in metrics
 
 
 def test_a_harmful_adapter_is_rolled_back_automatically(sandbox, namespace, operator, model_dir, tmp_path):
