@@ -267,14 +267,21 @@ class Display:
             self._thread.join(10)
 
 
+MARKER = ".selfheal-demo"   # only a directory holding this file is ever emptied by the demo
+
+
 def prepare_workdir(workdir: Path) -> None:
-    """Remove a previous run's leftovers: stop its sandbox if one still runs, then delete the dir."""
+    """Remove a previous run's leftovers: stop its sandbox if one still runs, then empty the dir."""
+    ours = workdir == WORKDIR or (workdir / MARKER).exists()
+    if workdir.exists() and any(workdir.iterdir()) and not ours:
+        raise DemoFailed(f"{workdir} is not empty and was not made by the demo; pick another --workdir")
     state = sandbox_server.read_state(workdir / "sandbox") if (workdir / "sandbox").exists() else None
     if state and state.get("pid"):
         subprocess.run([sys.executable, "-m", "sandbox", "down", "--workdir", str(workdir / "sandbox")],
                        capture_output=True, timeout=60)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    (workdir / MARKER).touch()
 
 
 def run_scenario(cluster: Cluster, watch: StatusWatch, loop_box: dict, display_box: dict, live: bool) -> dict:
@@ -377,13 +384,14 @@ def plot(loop: LoadLoop, marks: dict, path: Path) -> None:
     colors = {"drift onset": "tab:red", "drift detected": "tab:orange", "Job start": "tab:purple",
               "Job end": "tab:blue", "rollout done": "tab:green", "rollback": "tab:brown",
               "roll-forward": "tab:olive"}
-    for name, at in marks.items():
-        ax.axvline(at, color=colors.get(name, "grey"), ls="--", lw=1, label=name)
+    for row, (name, at) in enumerate(sorted(marks.items(), key=lambda item: item[1])):
+        ax.axvline(at, color=colors.get(name, "grey"), ls="--", lw=1, label=f"{name} (+{at:.0f}s)")
+        ax.text(at + 0.4, 0.62 - 0.08 * (row % 4), name, color=colors.get(name, "grey"), fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("seconds since traffic began")
     ax.set_ylabel("accuracy (generator labels)")
     ax.set_title("selfheal demo: drift -> label-free heal -> rollout -> kubectl rollback / roll-forward")
-    ax.legend(loc="lower left", fontsize=8, ncol=2)
+    ax.legend(loc="lower right", fontsize=8, ncol=2, framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -407,6 +415,8 @@ def report(result: dict, out: Path) -> int:
     console.print(table)
     console.print(f"time to heal (drift detected -> all pods on {result['healed_version']}): "
                   f"{result['time_to_heal_s']:.1f}s; rollback ok: {result['rollback_ok']}")
+    console.print("adapter history: " + " -> ".join(f"{h.get('version')} (by {h.get('by')})"
+                                                      for h in result["history"]))
     from model_handler.registry import AdapterRegistry
     labels_used = AdapterRegistry(result["storage"].as_uri(), NAMESPACE, "fraud").meta(result["healed_version"]).labels_used
     summary = {"clean_accuracy": figures["clean"]["accuracy"], "drifted_accuracy": figures["drifted"]["accuracy"],
@@ -432,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out"), help="where demo.json and demo.png go")
     parser.add_argument("--no-live", action="store_true", help="plain progress lines instead of a live table")
+    parser.add_argument("--workdir", type=Path, default=WORKDIR,
+                        help="model, storage, sandbox and logs; emptied first (default: .work/demo)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     live = not args.no_live and sys.stdout.isatty()
@@ -441,15 +453,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
 
     began = time.monotonic()
-    prepare_workdir(WORKDIR)
-    cluster = Cluster(WORKDIR)
+    workdir = args.workdir.resolve()
+    try:
+        prepare_workdir(workdir)
+    except DemoFailed as err:
+        print(f"demo FAILED: {err}", file=sys.stderr)
+        return 1
+    cluster = Cluster(workdir)
     watch = StatusWatch(cluster)
     loop_box: dict = {}
     display_box: dict = {}
     try:
         result = run_scenario(cluster, watch, loop_box, display_box, live)
     except DemoFailed as err:
-        print(f"demo FAILED: {err}\nlogs: {WORKDIR}/operator.log, {WORKDIR}/sandbox.log", file=sys.stderr)
+        print(f"demo FAILED: {err}\nlogs: {workdir}/operator.log, {workdir}/sandbox.log", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; stopping everything", file=sys.stderr)
