@@ -379,7 +379,7 @@ def plot(loop: LoadLoop, marks: dict, path: Path) -> None:
     bins = np.arange(0, int(seconds.max()) + 2) if len(seconds) else np.arange(2)
     index = np.digitize(seconds, bins) - 1
     per_second = [correct[index == i].mean() if np.any(index == i) else np.nan for i in range(len(bins) - 1)]
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    fig, ax = plt.subplots(figsize=(12, 4.5))
     ax.plot(bins[:-1], per_second, color="black", lw=1.2, label="live accuracy (per second)")
     colors = {"drift onset": "tab:red", "drift detected": "tab:orange", "Job start": "tab:purple",
               "Job end": "tab:blue", "rollout done": "tab:green", "rollback": "tab:brown",
@@ -391,7 +391,7 @@ def plot(loop: LoadLoop, marks: dict, path: Path) -> None:
     ax.set_xlabel("seconds since traffic began")
     ax.set_ylabel("accuracy (generator labels)")
     ax.set_title("selfheal demo: drift -> label-free heal -> rollout -> kubectl rollback / roll-forward")
-    ax.legend(loc="lower right", fontsize=8, ncol=2, framealpha=0.9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
