@@ -451,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     def interrupted(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)   # also where a background shell started us with SIGINT ignored
 
     began = time.monotonic()
     workdir = args.workdir.resolve()
@@ -471,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; stopping everything", file=sys.stderr)
         return 130
-    finally:
+    finally:   # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if "display" in display_box:
             display_box["display"].stop()
         if "loop" in loop_box:
