@@ -22,7 +22,7 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m bench.healing --quick --json out/healing-quick.json
+	$(PY) -m sandbox.demo --out out
 
 bench: install
 	$(PY) -m bench.healing --json out/healing-full.json
