@@ -371,25 +371,35 @@ def phase_figures(loop: LoadLoop, windows: dict) -> dict:
 
 
 def plot(loop: LoadLoop, marks: dict, path: Path) -> None:
+    """Accuracy per second (top) and requests answered per second (bottom), with the story's markers."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    seconds = np.array([a.at for a in loop.answers if a.ok and a.correct is not None])
-    correct = np.array([a.correct for a in loop.answers if a.ok and a.correct is not None], dtype=float)
-    bins = np.arange(0, int(seconds.max()) + 2) if len(seconds) else np.arange(2)
-    index = np.digitize(seconds, bins) - 1
-    per_second = [correct[index == i].mean() if np.any(index == i) else np.nan for i in range(len(bins) - 1)]
-    fig, ax = plt.subplots(figsize=(12, 4.5))
-    ax.plot(bins[:-1], per_second, color="black", lw=1.2, label="live accuracy (per second)")
+    answers = list(loop.answers)
+    scored = [a for a in answers if a.ok and a.correct is not None]
+    seconds = np.array([int(a.at) for a in scored], dtype=int)
+    correct = np.array([a.correct for a in scored], dtype=float)
+    span = int(max((a.at for a in answers), default=0)) + 1
+    counts = np.bincount(seconds, minlength=span)
+    hits = np.bincount(seconds, weights=correct, minlength=span)
+    served = counts > 0
+    fig, (ax, rate) = plt.subplots(2, 1, figsize=(12, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot(np.arange(span)[served], hits[served] / counts[served], color="black", lw=1.2,
+            label="live accuracy (per second)")
+    rate.fill_between(np.arange(span), np.bincount([int(a.at) for a in answers], minlength=span)[:span],
+                      step="post", color="tab:gray", alpha=0.6)
     colors = {"drift onset": "tab:red", "drift detected": "tab:orange", "Job start": "tab:purple",
               "Job end": "tab:blue", "rollout done": "tab:green", "rollback": "tab:brown",
               "roll-forward": "tab:olive"}
     for row, (name, at) in enumerate(sorted(marks.items(), key=lambda item: item[1])):
-        ax.axvline(at, color=colors.get(name, "grey"), ls="--", lw=1, label=f"{name} (+{at:.0f}s)")
+        for axes in (ax, rate):
+            axes.axvline(at, color=colors.get(name, "grey"), ls="--", lw=1,
+                         label=f"{name} (+{at:.0f}s)" if axes is ax else None)
         ax.text(at + 0.4, 0.62 - 0.08 * (row % 4), name, color=colors.get(name, "grey"), fontsize=8)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("seconds since traffic began")
-    ax.set_ylabel("accuracy (generator labels)")
+    ax.set_ylabel("accuracy\n(generator labels)")
+    rate.set_ylabel("requests/s")
+    rate.set_xlabel("seconds since traffic began")
     ax.set_title("selfheal demo: drift -> label-free heal -> rollout -> kubectl rollback / roll-forward")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
