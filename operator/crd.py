@@ -500,7 +500,8 @@ class RolloutStatus(Described):
     started: schema.Optional[datetime.datetime] = Field(None, description="When the rollout began.")
     complete: schema.Optional[datetime.datetime] = Field(None, description="When every pod served it; the watch starts.")
     baseline: schema.Optional[RolloutBaseline] = Field(None)
-    watch: bool = Field(True, description="Whether harm is watched for (not after an automatic rollback).")
+    watch: bool = Field(True, description="Whether harm is watched for: not for a rollback, nor a move to base "
+                                          "or to the last good version.")
 
 
 class SelfHealingModelStatus(Described):

@@ -70,7 +70,7 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
            rollout={"from": accepted, "to": requested, "strategy": strategy, "started": iso(t), "complete": None,
                     "baseline": {**baseline(status.get("drift") or {}),
                                  "referenceClassRates": reference_class_rates or {}},
-                    "watch": by != "rollback"})
+                    "watch": watched(by, requested, status)})
     if any(c.get("type") == "Degraded" and c.get("reason") == "AdapterNotFound" for c in status.get("conditions") or []):
         set_condition_in(patch, status, "Degraded", False, "AdapterAccepted", f"serving {requested}", t)
     kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
@@ -82,6 +82,14 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
         except RegistryError as err:
             log.warning("could not mark %s promoted in the registry: %s", requested, err)
     return requested
+
+
+def watched(by: str, version: str, status: dict) -> bool:
+    """Is this rollout watched for harm (and rolled back on it)? Not a rollback itself, and not a
+    move to `base` or to the last good version: those are the safe harbours a person (or the
+    operator) retreats to, and the operator must never fight such a retreat."""
+    last_good = (status.get("adapter") or {}).get("lastGood")
+    return by != "rollback" and version not in (BASE_VERSION, last_good)
 
 
 def baseline(drift: dict) -> dict:

@@ -109,3 +109,12 @@ def test_children_status_versions_and_bad_specs(sandbox, namespace, operator, mo
     sandbox.kubectl("delete", "shm", "fraud", "-n", namespace, "--timeout=30s")
     wait_until(lambda: sandbox.kubectl("get", "deployment", "fraud-serving", "-n", namespace,
                                        check=False).returncode != 0, timeout=30, what="Deployment deleted")
+
+
+def test_which_rollouts_are_watched_for_harm():
+    from shm_operator.rollout import watched
+    status = {"adapter": {"lastGood": "v2"}}
+    assert watched("operator", "v3", status) and watched("user", "v9", status)
+    assert not watched("rollback", "v2", status)        # an automatic rollback is never rolled back
+    assert not watched("user", "base", status)          # a person's retreat to base is honoured
+    assert not watched("user", "v2", status)            # ... and to the last good version
