@@ -308,100 +308,76 @@ def parse(text: str, features: Sequence[str]) -> Node:
 # ---------------------------------------------------------------------------------------------
 # Compilation: a tree of closures, each mapping x [N, F] float32 to a [N] tensor.
 
-Compiled = Callable[[torch.Tensor], torch.Tensor]
-ARITHMETIC = {"+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div}
-COMPARISONS = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq, "!=": torch.ne}
+@dataclass(frozen=True)
+class Backend:
+    """The array operations one compiler needs, for torch or numpy: the same tree of closures
+    evaluates rules either way (numpy is far cheaper for the handful of rows of one request)."""
+
+    constant: Callable            # (value, x) -> a [N] array, or a scalar the ops broadcast
+    log: Callable                 # natural log, NaN for values <= 0
+    neg: Callable
+    abs: Callable
+    logical_not: Callable
+    logical_and: Callable
+    logical_or: Callable
+    arithmetic: dict
+    comparisons: dict             # all but "!=", which is built from < and > (false for any NaN)
 
 
-def compile_node(node: Node) -> Compiled:
+def _torch_log(value: torch.Tensor) -> torch.Tensor:
+    return torch.where(value > 0, torch.log(value), torch.full_like(value, math.nan))
+
+
+def _numpy_constant(value, x):
+    if isinstance(value, bool):
+        return np.bool_(value)
+    with np.errstate(over="ignore"):
+        return np.float32(value)
+
+
+TORCH = Backend(
+    constant=lambda value, x: torch.full((x.shape[0],), value,
+                                         dtype=torch.bool if isinstance(value, bool) else x.dtype, device=x.device),
+    log=_torch_log, neg=torch.neg, abs=torch.abs, logical_not=torch.logical_not,
+    logical_and=torch.logical_and, logical_or=torch.logical_or,
+    arithmetic={"+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div},
+    comparisons={"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq})
+NUMPY = Backend(
+    constant=_numpy_constant,
+    log=lambda value: np.where(value > 0, np.log(value), np.float32(math.nan)),
+    neg=np.negative, abs=np.abs, logical_not=np.logical_not,
+    logical_and=np.logical_and, logical_or=np.logical_or,
+    arithmetic={"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide},
+    comparisons={"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal})
+
+
+def compile_node(node: Node, ops: Backend = TORCH) -> Callable:
+    """A closure mapping x [N, F] float32 to the node's [N] value (numpy may return a scalar for a
+    constant subtree; the caller broadcasts). Under numpy, call it inside
+    `np.errstate(all="ignore")`: IEEE results (inf, NaN), no warnings."""
     kind = node.kind
-    if kind == "number":
-        value = node.value
-        return lambda x: torch.full((x.shape[0],), value, dtype=x.dtype, device=x.device)
-    if kind == "bool":
-        flag = bool(node.value)
-        return lambda x: torch.full((x.shape[0],), flag, dtype=torch.bool, device=x.device)
+    if kind in ("number", "bool"):
+        value = bool(node.value) if kind == "bool" else node.value
+        return lambda x: ops.constant(value, x)
     if kind == "feature":
         column = node.value
         return lambda x: x[:, column]
-    children = [compile_node(c) for c in node.children]
-    if kind == "neg":
-        return lambda x: torch.neg(children[0](x))
-    if kind == "abs":
-        return lambda x: torch.abs(children[0](x))
-    if kind == "log":
-        def log(x: torch.Tensor) -> torch.Tensor:
-            value = children[0](x)
-            return torch.where(value > 0, torch.log(value), torch.full_like(value, math.nan))
-        return log
-    if kind == "not":
-        return lambda x: torch.logical_not(children[0](x))
+    children = [compile_node(c, ops) for c in node.children]
+    if kind in ("neg", "abs", "log", "not"):
+        unary = {"neg": ops.neg, "abs": ops.abs, "log": ops.log, "not": ops.logical_not}[kind]
+        return lambda x: unary(children[0](x))
     left, right = children
     if kind == "arith":
-        op = ARITHMETIC[node.value]
-        return lambda x: op(left(x), right(x))
-    if kind == "logic":
-        op = torch.logical_and if node.value == "and" else torch.logical_or
-        return lambda x: op(left(x), right(x))
-    compare = COMPARISONS[node.value]
-
-    def comparison(x: torch.Tensor) -> torch.Tensor:
-        a, b = left(x), right(x)
-        result = compare(a, b)
-        if node.value == "!=":     # torch says nan != 1 is true; the language says NaN never fires
-            result = result & ~torch.isnan(a) & ~torch.isnan(b)
-        return result
-    return comparison
-
-
-NumpyCompiled = Callable[[np.ndarray], "np.ndarray | np.generic"]
-NUMPY_ARITHMETIC = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}
-NUMPY_COMPARISONS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
-                     "==": np.equal}
-NAN32 = np.float32(math.nan)
-
-
-def compile_node_numpy(node: Node) -> NumpyCompiled:
-    """`compile_node` with numpy: x [N, F] float32 -> [N] array, or a numpy scalar for a constant
-    subtree (broadcast by the caller). Call under `np.errstate(all="ignore")`: IEEE results, no warnings."""
-    kind = node.kind
-    if kind == "number":
-        with np.errstate(over="ignore"):
-            constant = np.float32(node.value)
-        return lambda x: constant
-    if kind == "bool":
-        flag = np.bool_(node.value)
-        return lambda x: flag
-    if kind == "feature":
-        column = node.value
-        return lambda x: x[:, column]
-    children = [compile_node_numpy(c) for c in node.children]
-    if kind == "neg":
-        return lambda x: np.negative(children[0](x))
-    if kind == "abs":
-        return lambda x: np.abs(children[0](x))
-    if kind == "log":
-        def log(x: np.ndarray):
-            value = children[0](x)
-            return np.where(value > 0, np.log(value), NAN32)
-        return log
-    if kind == "not":
-        return lambda x: np.logical_not(children[0](x))
-    left, right = children
-    if kind == "arith":
-        op = NUMPY_ARITHMETIC[node.value]
-        return lambda x: op(left(x), right(x))
-    if kind == "logic":
-        op = np.logical_and if node.value == "and" else np.logical_or
-        return lambda x: op(left(x), right(x))
-    if node.value == "!=":
-        # numpy, like torch, says nan != 1; `<` or `>` is the language's != (false for any NaN)
-        def not_equal(x: np.ndarray):
-            a, b = left(x), right(x)
-            return np.logical_or(np.less(a, b), np.greater(a, b))
-        return not_equal
-    compare = NUMPY_COMPARISONS[node.value]
-    return lambda x: compare(left(x), right(x))
+        op = ops.arithmetic[node.value]
+    elif kind == "logic":
+        op = ops.logical_and if node.value == "and" else ops.logical_or
+    elif node.value == "!=":
+        # both libraries say nan != 1; the language says a comparison with NaN never fires
+        def op(a, b):
+            return ops.logical_or(ops.comparisons["<"](a, b), ops.comparisons[">"](a, b))
+    else:
+        op = ops.comparisons[node.value]
+    return lambda x: op(left(x), right(x))
 
 
 def _features_read(node: Node) -> set[int]:
@@ -432,7 +408,7 @@ class RuleSet:
         self.features, self.classes = list(features), list(classes)
         self._trees = tuple(trees)
         self._compiled = [compile_node(tree) for tree in trees]
-        self._compiled_numpy = [compile_node_numpy(tree) for tree in trees]
+        self._compiled_numpy = [compile_node(tree, NUMPY) for tree in trees]
         self.labels = torch.tensor([self.classes.index(r.label) for r in self.rules], dtype=torch.long)
         self.weights = torch.tensor([r.weight for r in self.rules], dtype=torch.float32)
         self.feature_index = [sorted(_features_read(tree)) for tree in trees]
