@@ -30,12 +30,26 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 2.0
 
 
+def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, RuleSet] | None:
+    """The defaulted spec and compiled rules, validated once per generation (the timer ticks every
+    few seconds; re-parsing unchanged rules each time would be wasted work). None if invalid."""
+    generation = meta.get("generation")
+    if memo.get("prepared_generation") != generation:
+        prepared = None
+        if not decisions.validate_spec_semantics(spec):
+            full = full_spec(spec)
+            prepared = full, RuleSet.from_dicts(full["rules"], full["features"], full["classes"])
+        memo["prepared"], memo["prepared_generation"] = prepared, generation
+    return memo["prepared"]
+
+
 @kopf.timer("selfheal.io", "v1alpha1", "selfhealingmodels", interval=TICK_SECONDS, idle=None)
-async def tick(name, namespace, spec, status, body, memo: kopf.Memo, patch, **_) -> None:
+async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch, **_) -> None:
     t = now()
-    if decisions.validate_spec_semantics(spec):
+    prepared = prepared_spec(spec, meta, memo)
+    if prepared is None:
         return  # reported by the reconcile handler; nothing here may act on an invalid spec
-    spec = full_spec(spec)
+    spec, rules = prepared
     last = memo.get("last_check")
     if last is not None and (t - last).total_seconds() < spec["drift"]["checkIntervalSeconds"]:
         return
@@ -43,7 +57,6 @@ async def tick(name, namespace, spec, status, body, memo: kopf.Memo, patch, **_)
     status = dict(status or {})
     if not (status.get("adapter") or {}).get("desired"):
         return  # not reconciled yet
-    rules = RuleSet.from_dicts(spec["rules"], spec["features"], spec["classes"])
     fresh = await observe_pods(name, namespace, spec, status, memo, rules, patch, t)
     await follow_heal(name, namespace, spec, status, body, patch, t)
     await maybe_heal(name, namespace, spec, status, body, patch, t)
