@@ -219,6 +219,24 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+POD_MARKER = "SANDBOX_POD_UID"
+
+
+def marked(uid: str) -> set[int]:
+    """Live processes whose environment carries this pod's marker (orphans included)."""
+    needle = f"{POD_MARKER}={uid}".encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        found.add(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -344,6 +362,9 @@ class PodProcess:
 
     async def _run(self, argv: list[str], env: dict[str, str]) -> None:
         log_path = self.pod_dir / f"{self.container['name']}.log"
+        # Every process of this pod inherits the marker, so one orphaned by a dying parent (a
+        # TorchServe worker whose JVM was killed mid-restart) is still found and stopped.
+        env = {**env, POD_MARKER: self.uid}
         while not self.terminating:
             with open(log_path, "ab") as out:
                 try:
@@ -446,7 +467,9 @@ class PodProcess:
             os.killpg(self.process.pid, sig)
 
     def _kill_leftovers(self) -> None:
-        """SIGKILL whatever the pod started that outlived its main process (its group, descendants)."""
+        """SIGKILL whatever the pod started that outlived its main process (its group, descendants,
+        and anything else carrying its marker)."""
+        self.known_descendants |= marked(self.uid) - {os.getpid()}
         for pid in list(self.known_descendants):
             if alive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -458,7 +481,7 @@ class PodProcess:
 
     def pids(self) -> set[int]:
         """The live processes of this pod (main process and known descendants)."""
-        found = set(self.known_descendants)
+        found = set(self.known_descendants) | (marked(self.uid) - {os.getpid()})
         if self.process is not None and self.process.returncode is None:
             found |= {self.process.pid} | descendants(self.process.pid)
         return {p for p in found if alive(p)}
