@@ -3,6 +3,8 @@
     python -m sandbox up                 # background; prints `export KUBECONFIG=...`
     python -m sandbox up --foreground    # serve in this process until Ctrl-C / SIGTERM
     python -m sandbox down               # stop what `up` started
+    python -m sandbox up --foreground --no-node --persist --port P   # the API alone, restartable
+    python -m sandbox node               # its node agents (pods, Jobs, Services), in the foreground
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def cmd_up(args: argparse.Namespace) -> int:
               f"run `python -m sandbox down --workdir {workdir}` first", file=sys.stderr)
         return 1
     if args.foreground:
-        server.run_foreground(workdir, args.port, on_ready=_print_ready, persist=args.persist)
+        server.run_foreground(workdir, args.port, on_ready=_print_ready, persist=args.persist, node=not args.no_node)
         return 0
     workdir.mkdir(parents=True, exist_ok=True)
     server.state_path(workdir).unlink(missing_ok=True)
@@ -51,7 +53,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             [sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir),
-             "--port", str(args.port), *(["--persist"] if args.persist else [])],
+             "--port", str(args.port), *(["--persist"] if args.persist else []),
+             *(["--no-node"] if args.no_node else [])],
             stdout=subprocess.DEVNULL, stderr=log_file, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -96,11 +99,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    workdir = args.workdir.resolve()
+    state = server.read_state(workdir)
+    if not state or not _alive(state["pid"]):
+        print(f"error: no sandbox API runs for {workdir}; start one with `up --no-node` first", file=sys.stderr)
+        return 1
+    server.run_node_foreground(workdir, state["url"],
+                               on_ready=lambda s: print(f"node agents for {s['url']} (pid {s['pid']})",
+                                                        file=sys.stderr))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description="The local Kubernetes sandbox.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (("up", cmd_up, "start the sandbox"), ("down", cmd_down, "stop it"),
-                             ("status", cmd_status, "print its KUBECONFIG if it runs")):
+                             ("status", cmd_status, "print its KUBECONFIG if it runs"),
+                             ("node", cmd_node, "run only the node agents (pods, Jobs, Services) in the "
+                                                "foreground, for an API started with --no-node")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                          help=f"state, kubeconfig and logs (default: {DEFAULT_WORKDIR})")
@@ -110,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--foreground", action="store_true", help="serve in this process")
             cmd.add_argument("--persist", action="store_true",
                              help="keep objects across restarts in <workdir>/state.json (default: in memory)")
+            cmd.add_argument("--no-node", action="store_true",
+                             help="serve only the API; run `python -m sandbox node` beside it, so the API "
+                                  "can restart while pods keep serving")
     args = parser.parse_args(argv)
     return args.func(args)
 

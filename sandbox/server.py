@@ -25,6 +25,7 @@ from sandbox.kubelet import job_kubelet
 
 STATE_NAME = "sandbox.json"
 STATE_FILE_NAME = "state.json"
+NODE_STATE_NAME = "node.json"
 
 # A node agent runs beside the API for the sandbox's lifetime: `agent(api_url, workdir)` returns an
 # async context manager. The process kubelet plugs in here: its Job part (Jobs -> subprocesses) and
@@ -100,15 +101,46 @@ async def serve(workdir: Path, port: int = 0, agents: Sequence[NodeAgent] = DEFA
                         state_path(workdir).unlink()
 
 
-def run_foreground(workdir: Path, port: int = 0, on_ready: Callable[[dict], None] | None = None,
-                   persist: bool = False) -> None:
+async def serve_node(workdir: Path, api_url: str, agents: Sequence[NodeAgent] = DEFAULT_AGENTS,
+                     stop: asyncio.Event | None = None, on_ready: Callable[[dict], None] | None = None) -> None:
+    """Only the node agents (pods, Jobs, Service proxies), against an API served by another process.
+
+    Like a real node, the agents outlive an API restart: pods keep serving and the agents re-list
+    once the API answers again. `<workdir>/node.json` names the running node process.
+    """
+    workdir = Path(workdir).resolve()
+    stop = stop or asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        for agent in agents:
+            await stack.enter_async_context(agent(api_url, workdir))
+        state = {"pid": os.getpid(), "url": api_url}
+        (workdir / NODE_STATE_NAME).write_text(json.dumps(state))
+        if on_ready:
+            on_ready(state)
+        try:
+            await stop.wait()
+        finally:
+            (workdir / NODE_STATE_NAME).unlink(missing_ok=True)
+
+
+def _until_signalled(serving: Callable[[asyncio.Event], "asyncio.Future | object"]) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(workdir, port, stop=stop, on_ready=on_ready, persist=persist)
+        await serving(stop)
     asyncio.run(main())
+
+
+def run_foreground(workdir: Path, port: int = 0, on_ready: Callable[[dict], None] | None = None,
+                   persist: bool = False, node: bool = True) -> None:
+    agents = DEFAULT_AGENTS if node else ()
+    _until_signalled(lambda stop: serve(workdir, port, agents=agents, stop=stop, on_ready=on_ready, persist=persist))
+
+
+def run_node_foreground(workdir: Path, api_url: str, on_ready: Callable[[dict], None] | None = None) -> None:
+    _until_signalled(lambda stop: serve_node(workdir, api_url, stop=stop, on_ready=on_ready))
 
 
 def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
@@ -127,27 +159,43 @@ class SandboxProcess:
 
         with SandboxProcess(workdir) as state:   # state: {"pid", "url", "kubeconfig", ...}
             ...
+
+    With `node=False` the API runs without node agents (start a `NodeProcess` beside it), so the API
+    can be restarted (`persist=True`, a fixed `port`) while pods keep serving.
     """
 
-    def __init__(self, workdir: Path, timeout: float = 30.0):
+    LOG_NAME = "api.log"
+
+    def __init__(self, workdir: Path, timeout: float = 30.0, *, port: int = 0, persist: bool = False,
+                 node: bool = True):
         self.workdir, self.timeout = Path(workdir), timeout
+        self.port, self.persist, self.node = port, persist, node
         self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(self.workdir),
+                *(["--port", str(self.port)] if self.port else []), *(["--persist"] if self.persist else []),
+                *([] if self.node else ["--no-node"])]
+
+    def ready(self) -> dict | None:
+        state = read_state(self.workdir)
+        return state if state and state.get("pid") == self.process.pid else None
 
     def start(self) -> dict:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "api.log", "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "sandbox", "up", "--foreground",
-                                         "--workdir", str(self.workdir)], stdout=log, stderr=subprocess.STDOUT,
+        log_path = self.workdir / self.LOG_NAME
+        log = open(log_path, "ab")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
         log.close()  # the child holds its own descriptor
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline and self.process.poll() is None:
-            state = read_state(self.workdir)
-            if state and state.get("pid") == self.process.pid:
+            state = self.ready()
+            if state:
                 return state
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"the sandbox did not start: {(self.workdir / 'api.log').read_text()[-3000:]}")
+        raise RuntimeError(f"the sandbox did not start: {log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -158,3 +206,22 @@ class SandboxProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class NodeProcess(SandboxProcess):
+    """`python -m sandbox node`: the node agents for an API started with `node=False`."""
+
+    LOG_NAME = "node.log"
+
+    def __init__(self, workdir: Path, timeout: float = 30.0):
+        super().__init__(workdir, timeout)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "sandbox", "node", "--workdir", str(self.workdir)]
+
+    def ready(self) -> dict | None:
+        try:
+            state = json.loads((self.workdir / NODE_STATE_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        return state if state.get("pid") == self.process.pid else None
