@@ -58,6 +58,7 @@ async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch
     if not (status.get("adapter") or {}).get("desired"):
         return  # not reconciled yet
     fresh = await observe_pods(name, namespace, spec, status, memo, rules, patch, t)
+    await recheck_registry(name, namespace, spec, status, patch, t)
     await follow_heal(name, namespace, spec, status, body, patch, t)
     await maybe_heal(name, namespace, spec, status, body, patch, t)
     await watch_rollout(name, namespace, spec, status, body, memo, patch, fresh, t)
@@ -90,8 +91,9 @@ async def observe_pods(name, namespace, spec, status, memo, rules, patch, t) -> 
     at_desired = sum(1 for a in served if a.get("version") == adapter.get("desired"))
     adapter.update(podsAtDesired=at_desired, podsTotal=spec["replicas"], ready=f"{at_desired}/{spec['replicas']}",
                    current=next(iter(versions)) if len(versions) == 1 else None)
-    update(patch, status, adapter=adapter,
-           refusedAdapters={v: why[:300] for a in served for v, why in (a.get("refused") or {}).items()})
+    refused = {v: why[:300] for a in served for v, why in (a.get("refused") or {}).items()}
+    update(patch, status, adapter=adapter, refusedAdapters=refused)
+    report_pod_health(name, namespace, spec, status, body, patch, unreachable, refused, t)
 
     drift = dict(status.get("drift") or {})
     drift.update(lastCheck=iso(t), unreachablePods=unreachable)
@@ -117,6 +119,48 @@ async def observe_pods(name, namespace, spec, status, memo, rules, patch, t) -> 
     return summary
 
 
+POD_PROBLEMS = ("PodsUnreachable", "AdapterRefused")
+
+
+def degraded_reason(status: dict) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or []
+                 if c.get("type") == "Degraded" and c.get("status") == "True"), None)
+
+
+def report_pod_health(name, namespace, spec, status, body, patch, unreachable, refused, t) -> None:
+    """Pods that do not answer, or that refuse the desired adapter, make the model Degraded (one
+    Event when it starts, one when it ends). Degraded reasons that need a person (a version not in
+    the registry, a corrupt adapter) are left for the spec change that resolves them."""
+    desired = (status.get("adapter") or {}).get("desired")
+    problem = None
+    if unreachable:
+        problem = ("PodsUnreachable", f"{len(unreachable)} of {spec['replicas']} pods do not answer the drift "
+                                      f"status (they may still serve): {'; '.join(unreachable)[:600]}")
+    elif desired in refused:
+        problem = ("AdapterRefused", f"pods refused adapter {desired} and keep serving their previous one: "
+                                     f"{refused[desired]}")
+    current = degraded_reason(status)
+    if problem is not None and current in (None, *POD_PROBLEMS):
+        if current != problem[0]:
+            kopf.warn(body, reason=problem[0], message=problem[1][:1000])
+        set_condition_in(patch, status, "Degraded", True, problem[0], problem[1][:1000], t)
+    elif problem is None and current in POD_PROBLEMS:
+        set_condition_in(patch, status, "Degraded", False, "PodsHealthy", "every ready pod answers and serves "
+                                                                          f"{desired}", t)
+        kopf.info(body, reason="PodsHealthy", message=f"every ready pod answers again and serves {desired}")
+
+
+async def recheck_registry(name, namespace, spec, status, patch, t) -> None:
+    """RegistryUnreachable ends when the registry answers again (checked once per drift check)."""
+    if degraded_reason(status) != "RegistryUnreachable":
+        return
+    try:
+        await asyncio.to_thread(registry_for(name, namespace, spec).versions)
+    except RegistryError:
+        return
+    set_condition_in(patch, status, "Degraded", False, "RegistryReachable", "the registry answers again", t)
+
+
 async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
     """Both signals + persistence (the trigger), cooldown, daily budget, mode, nothing under way."""
     last = status.get("lastHeal") or {}
@@ -133,8 +177,9 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
     try:
         versions = await asyncio.to_thread(registry_for(name, namespace, spec).versions)
     except RegistryError as err:
-        set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err), t)
-        kopf.warn(body, reason="RegistryUnreachable", message=str(err)[:500])
+        if degraded_reason(status) != "RegistryUnreachable":  # one Event per outage, not one per check
+            kopf.warn(body, reason="RegistryUnreachable", message=f"cannot start a heal: {str(err)[:500]}")
+        set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err)[:1000], t)
         return
     count = (status.get("healCount") or 0) + 1
     version = decisions.next_version(versions)
@@ -211,6 +256,10 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
     if not rollout:
         return
     if not rollout.get("complete"):
+        why = (status.get("refusedAdapters") or {}).get(rollout["to"])
+        if why and rollout.get("from") and rollout["from"] != rollout["to"]:
+            return await roll_back(name, namespace, spec, status, body, patch, rollout,
+                                   f"pods refused {rollout['to']}: {why}", t, code="AdapterRefused")
         if adapter.get("podsAtDesired", 0) >= spec["replicas"] and adapter.get("current") == rollout["to"]:
             rollout["complete"] = iso(t)
             memo["window"] = WindowState()  # from now on, windows hold only new-adapter traffic
@@ -251,12 +300,13 @@ def change_version(patch, version: str, by: str, reason: str) -> None:
                                                                 "reason": reason[:300]})
 
 
-async def roll_back(name, namespace, spec, status, body, patch, rollout, reason, t) -> None:
+async def roll_back(name, namespace, spec, status, body, patch, rollout, reason, t, code="HarmDetected") -> None:
     target = (status.get("adapter") or {}).get("lastGood") or rollout["from"]
     change_version(patch, target, "rollback", f"automatic rollback of {rollout['to']}: {reason}")
     update(patch, status, rollout=None)
-    set_condition_in(patch, status, "RolledBack", True, "HarmDetected", f"{rollout['to']} -> {target}: {reason}", t)
-    kopf.warn(body, reason="RolledBack", message=f"adapter {rollout['to']} harmed live signals ({reason}); "
+    set_condition_in(patch, status, "RolledBack", True, code, f"{rollout['to']} -> {target}: {reason}", t)
+    what = "harmed live signals" if code == "HarmDetected" else "could not be served"
+    kopf.warn(body, reason="RolledBack", message=f"adapter {rollout['to']} {what} ({reason}); "
                                                  f"rolled back to {target}"[:1000])
     metrics.ROLLBACKS.labels(namespace, name, "automatic").inc()
     if rollout["to"] != "base":

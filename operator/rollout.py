@@ -15,12 +15,16 @@ import logging
 
 import kopf
 
-from model_handler.registry import BASE_VERSION, AdapterNotFoundError, AdapterRegistry, RegistryError
+from model_handler.model import AdapterError, adapter_from_bytes
+from model_handler.registry import (BASE_VERSION, AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
+                                    RegistryError)
 from shm_operator import decisions, metrics
 from shm_operator.status import iso, set_condition_in, update
 
 log = logging.getLogger(__name__)
 CHANGE_ANNOTATION = "selfheal.io/adapter-change"   # {"version", "by", "reason"} of an operator's own change
+# Degraded reasons that a newly accepted version ends (the refused request is no longer asked for)
+REFUSAL_REASONS = ("AdapterNotFound", "AdapterCorrupt", "RegistryUnreachable")
 
 
 def registry_for(name: str, namespace: str, spec: dict) -> AdapterRegistry:
@@ -38,14 +42,25 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     if requested != BASE_VERSION:
         registry = registry_for(name, namespace, spec)
         try:
-            meta = await asyncio.to_thread(registry.meta, requested)
+            meta = await asyncio.to_thread(verified_meta, registry, requested)
         except AdapterNotFoundError as err:
             set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", str(err), t)
             kopf.warn(body, reason="AdapterNotFound",
                       message=f"spec.adapter.version {requested!r} is not in the registry; pods keep "
                               f"serving {fallback!r}")
             return fallback
+        except (CorruptAdapterError, AdapterError) as err:
+            set_condition_in(patch, status, "Degraded", True, "AdapterCorrupt", str(err)[:1000], t)
+            kopf.warn(body, reason="AdapterCorrupt",
+                      message=f"spec.adapter.version {requested!r} is corrupt in the registry ({str(err)[:300]}); "
+                              f"pods keep serving {fallback!r}")
+            return fallback
         except RegistryError as err:
+            # The condition and Event are written with this pass's patch even though the handler
+            # is retried: Kopf applies the patch whatever the handler's outcome.
+            set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err)[:1000], t)
+            kopf.warn(body, reason="RegistryUnreachable",
+                      message=f"cannot check {requested!r}: {str(err)[:300]}; pods keep serving {fallback!r}")
             raise kopf.TemporaryError(f"registry unreachable while checking {requested}: {err}", delay=10) from err
         if meta.state == "rejected":
             kopf.warn(body, reason="RejectedAdapter",
@@ -71,7 +86,8 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
                     "baseline": {**baseline(status.get("drift") or {}),
                                  "referenceClassRates": reference_class_rates or {}},
                     "watch": watched(by, requested, status)})
-    if any(c.get("type") == "Degraded" and c.get("reason") == "AdapterNotFound" for c in status.get("conditions") or []):
+    if any(c.get("type") == "Degraded" and c.get("status") == "True" and c.get("reason") in REFUSAL_REASONS
+           for c in status.get("conditions") or []):
         set_condition_in(patch, status, "Degraded", False, "AdapterAccepted", f"serving {requested}", t)
     kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
     metrics.ADAPTER_CHANGES.labels(namespace, name, by).inc()
@@ -82,6 +98,17 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
         except RegistryError as err:
             log.warning("could not mark %s promoted in the registry: %s", requested, err)
     return requested
+
+
+def verified_meta(registry: AdapterRegistry, version: str):
+    """The version's meta, after reading its bytes: the sha256 must match and the file must parse as
+    safetensors with finite values. Adapters are kilobytes, so a corrupt or truncated candidate is
+    refused here, before any pod is asked to load it (the pods check again)."""
+    data, meta = registry.get(version)
+    for key, tensor in adapter_from_bytes(data).items():
+        if not bool(tensor.isfinite().all()):
+            raise AdapterError(f"adapter {version}: tensor {key!r} has non-finite values")
+    return meta
 
 
 def watched(by: str, version: str, status: dict) -> bool:
