@@ -95,3 +95,6 @@ def operator(sandbox, namespace, tmp_path):
     running = OperatorProcess(sandbox, namespace, tmp_path).start()
     yield running
     running.stop()
+    # A handler that crashes is only logged by Kopf (and retried), so a test could pass over it.
+    log = running.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, f"the operator logged a crash:\n{log[log.index('Traceback') - 500:][:4000]}"
