@@ -328,6 +328,7 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
             return json.dumps({"type": event["type"], "object": obj}, separators=(",", ":")).encode() + b"\n"
 
         initial: list[dict[str, Any]] = []
+        expired = None
         if send_initial or requested in ("", "0"):
             initial = [{"type": "ADDED", "object": o} for o in self._matching(path, params)]
             cursor = self._rv
@@ -337,9 +338,15 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
             except ValueError:
                 raise apierrors.bad_request(f"resourceVersion {requested!r} is not a number") from None
             if cursor < self._compacted_rv.get(history_key, 0):
-                raise apierrors.expired(f"too old resource version: {cursor} ({self._rv})")
+                expired = apierrors.expired(f"too old resource version: {cursor} ({self._rv})")
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request._raw_request)
+        if expired is not None:
+            # Like the apiserver's watch cache: a 200 stream with one ERROR event (code 410), which
+            # clients (client-go, Kopf) answer with a fresh list; an HTTP 410 would be fatal to Kopf.
+            await response.write(json.dumps({"type": "ERROR", "object": expired.to_status()}).encode() + b"\n")
+            await response.write_eof()
+            return response
         try:
             for event in initial:
                 await response.write(render(event))
