@@ -43,7 +43,8 @@ def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, RuleSet] | None:
     return memo["prepared"]
 
 
-@kopf.timer("selfheal.io", "v1alpha1", "selfhealingmodels", interval=TICK_SECONDS, idle=None)
+# backoff: after a failed tick (e.g. the API server restarting) try again in seconds, not Kopf's 60.
+@kopf.timer("selfheal.io", "v1alpha1", "selfhealingmodels", interval=TICK_SECONDS, idle=None, backoff=5)
 async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch, **_) -> None:
     t = now()
     prepared = prepared_spec(spec, meta, memo)
@@ -217,7 +218,9 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
     last.update(finished=iso(t), steps=list(result.steps), failedChecks=list(result.failed_checks))
     if "Failed" in done or result.error:
         failed = done.get("Failed") or {}
-        why = result.error or f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}"
+        # The Job's own reason first (DeadlineExceeded, BackoffLimitExceeded), then what the pod said.
+        why = "; ".join(filter(None, [f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".rstrip(": ")
+                                      if failed else "", result.error]))
         last.update(result="Failed", reason=why[:1000])
         return finish_heal(name, namespace, body, patch, status, last, t)
     action = decisions.promotion_action(spec["healing"]["mode"], result)

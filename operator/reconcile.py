@@ -15,9 +15,9 @@ from shm_operator.rollout import accept_version
 from shm_operator.status import full_spec, now, phase_of, set_condition_in, update
 
 
-@kopf.on.resume("selfheal.io", "v1alpha1", "selfhealingmodels")
-@kopf.on.create("selfheal.io", "v1alpha1", "selfhealingmodels")
-@kopf.on.update("selfheal.io", "v1alpha1", "selfhealingmodels", field="spec")
+@kopf.on.resume("selfheal.io", "v1alpha1", "selfhealingmodels", backoff=10)
+@kopf.on.create("selfheal.io", "v1alpha1", "selfhealingmodels", backoff=10)
+@kopf.on.update("selfheal.io", "v1alpha1", "selfhealingmodels", field="spec", backoff=10)
 async def reconcile(name, namespace, spec, status, body, meta, patch, memo, **_) -> None:
     t = now()
     status = dict(status or {})
