@@ -2,7 +2,8 @@
 attacker. Whatever sits in `adapter.safetensors`, with a `meta.json` whose sha256 matches it or not, the
 healing Job and the serving pods must refuse it with a clear error, never execute it, and keep serving
 the adapter they had. Each case runs through both readers: `heal.load_adapter_version` (the Job) and
-`ModelService.load_adapter` (the pod), on a real trained model and a real file:// registry."""
+`ModelService.load_adapter` (the pod), on a real trained model and a real file:// registry. The last
+test reuses that model for the pod's other bad input: values that overflow the network."""
 from __future__ import annotations
 
 import hashlib
@@ -228,3 +229,20 @@ def test_a_valid_adapter_in_another_float_dtype_still_loads(registry, model_dir,
     model = load_model(model_dir)
     load_adapter_version(model, registry, "v2")
     assert torch.equal(model.adapter.logit_bias.detach(), torch.tensor([-2.0, 2.0]))
+
+
+def test_values_that_overflow_the_network_refuse_only_their_own_request(model_dir, rows):
+    """Regression: a finite float32 input near the limit (3e38) overflows the network; predict_many
+    raised ValueError, failing every other request of the TorchServe batch with a 500."""
+    service = ModelService.from_model_dir(model_dir, ServiceConfig(model_name="fraud"))
+    alone = service.predict(rows[:2].tolist())
+    huge = [rows[0].tolist(), [3e38] * len(FEATURES)]
+    with np.errstate(all="ignore"):
+        results = service.predict_many([rows[:2].tolist(), huge, b"{broken"])
+    assert results[0]["probabilities"] == alone["probabilities"]
+    assert results[1].status == 422 and results[1].message.startswith("row 1: ") and "overflow" in results[1].message
+    assert results[2].status == 400
+    assert service.rows == 4 and service.requests == 4 and service.rejected == 2
+    with np.errstate(all="ignore"), pytest.raises(Exception) as caught:
+        service.predict(huge)
+    assert getattr(caught.value, "status", None) == 422
