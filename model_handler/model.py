@@ -35,6 +35,7 @@ from torch import nn
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 ADAPTER_PREFIX = "adapter."
+ADAPTER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class AdapterError(ValueError):
@@ -156,14 +157,22 @@ class SelfHealingNet(nn.Module):
         if missing or unexpected:
             raise AdapterError(f"adapter tensors do not match the model: missing {sorted(missing)}, "
                                f"unexpected {sorted(unexpected)}")
+        converted = {}
         for name, ref in expected.items():
             value = tensors[name]
+            if not isinstance(value, torch.Tensor) or value.dtype not in ADAPTER_DTYPES:
+                dtype = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise AdapterError(f"adapter tensor {name!r} has dtype {dtype}; adapters hold "
+                                   f"float16, bfloat16, float32 or float64 tensors")
             if tuple(value.shape) != tuple(ref.shape):
                 raise AdapterError(f"adapter tensor {name!r} has shape {tuple(value.shape)}, "
                                    f"the model needs {tuple(ref.shape)}")
-            if not torch.isfinite(value).all():
-                raise AdapterError(f"adapter tensor {name!r} has non-finite values")
-        self.adapter.load_state_dict({k: tensors[k].to(ref.dtype) for k, ref in expected.items()})
+            # checked after the cast: a finite float64 beyond the float32 range would load as inf
+            converted[name] = value.detach().to(ref.dtype)
+            if not torch.isfinite(converted[name]).all():
+                raise AdapterError(f"adapter tensor {name!r} has non-finite values "
+                                   f"(or values beyond the {ref.dtype} range)")
+        self.adapter.load_state_dict(converted)
 
     def reset_adapter(self) -> None:
         self.adapter.reset()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,6 +93,11 @@ class RequestParser:
                 ) from None
             except RecursionError:
                 raise RequestError(400, "invalid JSON: nested too deeply") from None
+            except ValueError:  # an integer literal longer than int() accepts (sys.get_int_max_str_digits)
+                raise RequestError(
+                    422, f"a number in the body has more than {sys.get_int_max_str_digits()} digits, far beyond "
+                         "the float32 range; only finite numbers are accepted"
+                ) from None
         if body is None:
             raise RequestError(400, "empty request body")
         return body
@@ -100,7 +106,7 @@ class RequestParser:
     def _rows(self, doc: Any) -> list:
         if isinstance(doc, dict):
             if "instances" in doc and "instances" not in self._feature_set:
-                extra = sorted(k for k in doc if k != "instances")
+                extra = sorted((k for k in doc if k != "instances"), key=str)
                 if extra:
                     raise RequestError(422, f"unexpected keys beside 'instances': {', '.join(map(str, extra))}")
                 rows = doc["instances"]

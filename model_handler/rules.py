@@ -14,6 +14,8 @@ Grammar, lowest precedence first (comparisons do not chain):
     atom := number | feature | true | false | abs(e) | log(e) | ( e )
 Arithmetic is IEEE float32: division by zero gives inf/nan, `log(e)` is NaN for e <= 0, and any
 comparison with a NaN operand is false (`!=` included), so a missing value never fires a rule.
+A number beyond the float32 range (`1e39`) is inf; `log` is computed in float64 and rounded once,
+so the torch and numpy forms agree bit for bit.
 """
 from __future__ import annotations
 
@@ -325,7 +327,15 @@ class Backend:
 
 
 def _torch_log(value: torch.Tensor) -> torch.Tensor:
-    return torch.where(value > 0, torch.log(value), torch.full_like(value, math.nan))
+    # float32 log is not correctly rounded and torch's differs from numpy's in the last bit for a
+    # few percent of inputs; log in float64, rounded once to float32, is the same in both.
+    logged = torch.log(value.to(torch.float64)).to(value.dtype)
+    return torch.where(value > 0, logged, torch.full_like(value, math.nan))
+
+
+def _numpy_log(value):
+    logged = np.log(np.asarray(value, dtype=np.float64)).astype(np.float32)
+    return np.where(value > 0, logged, np.float32(math.nan))
 
 
 def _numpy_constant(value, x):
@@ -344,11 +354,16 @@ TORCH = Backend(
     comparisons={"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq})
 NUMPY = Backend(
     constant=_numpy_constant,
-    log=lambda value: np.where(value > 0, np.log(value), np.float32(math.nan)),
+    log=_numpy_log,
     neg=np.negative, abs=np.abs, logical_not=np.logical_not,
     logical_and=np.logical_and, logical_or=np.logical_or,
     arithmetic={"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide},
     comparisons={"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal})
+
+
+def _float32(value: float) -> float:
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
 
 
 def compile_node(node: Node, ops: Backend = TORCH) -> Callable:
@@ -357,7 +372,9 @@ def compile_node(node: Node, ops: Backend = TORCH) -> Callable:
     `np.errstate(all="ignore")`: IEEE results (inf, NaN), no warnings."""
     kind = node.kind
     if kind in ("number", "bool"):
-        value = bool(node.value) if kind == "bool" else node.value
+        # a number is rounded to float32 once, here: beyond its range it is +-inf on both backends
+        # (torch.full refuses a Python float it cannot represent, e.g. `amount > 1e39`)
+        value = bool(node.value) if kind == "bool" else _float32(node.value)
         return lambda x: ops.constant(value, x)
     if kind == "feature":
         column = node.value
@@ -434,7 +451,7 @@ class RuleSet:
         text = _read_yaml_source(text_or_path)
         try:
             document = yaml.safe_load(text)
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer too long for int()
             raise RuleError(f"rules file is not valid YAML: {error}") from None
         if not isinstance(document, dict) or "rules" not in document:
             raise RuleError("rules file must be a mapping with a top-level 'rules:' list")
@@ -519,7 +536,7 @@ def _parse_rule(spec: object, index: int, features: list[str], classes: list[str
     name = spec.get("name")
     if not isinstance(name, str) or not RULE_NAME.fullmatch(name):
         raise RuleError(f"rule #{index + 1} needs a 'name' of letters, digits, '_', '.', '-' "
-                        f"(at most 63, starting with a letter or digit), got {name!r}")
+                        f"(at most 63, starting with a letter or digit), got {_shown(name)}")
     unknown = sorted(set(spec) - set(RULE_KEYS), key=str)
     if unknown:
         raise RuleError(f"unknown keys {unknown} (allowed: {', '.join(RULE_KEYS)})", rule=name)
@@ -534,13 +551,26 @@ def _parse_rule(spec: object, index: int, features: list[str], classes: list[str
                         "not a number", rule=name, position=tree.position)
     label = spec.get("label")
     if label not in classes:
-        raise RuleError(f"unknown label {label!r} (classes: {', '.join(classes)})", rule=name)
+        raise RuleError(f"unknown label {_shown(label)} (classes: {', '.join(classes)})", rule=name)
     weight = spec.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-            or weight <= 0:
-        raise RuleError(f"weight must be a finite number > 0, got {weight!r}", rule=name)
+    try:
+        valid = not isinstance(weight, bool) and isinstance(weight, (int, float)) and math.isfinite(weight) \
+            and weight > 0
+    except OverflowError:  # an integer beyond the float range
+        valid = False
+    if not valid:
+        raise RuleError(f"weight must be a finite number > 0, got {_shown(weight)}", rule=name)
     features_read = frozenset(features[i] for i in _features_read(tree))
     return Rule(name, spec["when"], label, float(weight), features_read), tree
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """repr for an error message: cut short, and never failing (repr of a huge int raises)."""
+    try:
+        text = repr(value)
+    except ValueError:  # holds an int with more digits than sys.get_int_max_str_digits()
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _read_yaml_source(text_or_path: str | os.PathLike) -> str:

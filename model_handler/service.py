@@ -217,8 +217,9 @@ class ModelService:
             with torch.inference_mode():
                 probs = self.model.predict_proba(torch.from_numpy(x)).numpy()
         if not np.isfinite(probs).all():  # inputs near the float32 limit can overflow the network
-            raise ValueError(f"the model's probabilities are not finite for "
-                             f"{int((~np.isfinite(probs)).any(axis=1).sum())} of {len(x)} rows in this batch")
+            x, probs = self._refuse_overflowing(parsed, x, probs)
+            if not len(x):
+                return parsed
         self._uncounted.append((x, probs))
         self._uncounted_rows += len(x)
         if self._uncounted_rows >= COUNT_BATCH_ROWS:
@@ -240,6 +241,24 @@ class ModelService:
             start = stop
         self.maybe_publish()
         return results
+
+    def _refuse_overflowing(self, parsed: list, x: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Turn each request with a row whose probabilities are not finite into a 422, in place in
+        `parsed`; return the rows of the others. One request must not fail the whole batch."""
+        finite = np.isfinite(probs).all(axis=1)
+        keep, start = np.ones(len(x), dtype=bool), 0
+        for k, item in enumerate(parsed):
+            if isinstance(item, RequestError):
+                continue
+            stop = start + len(item)
+            bad = np.flatnonzero(~finite[start:stop])
+            if len(bad):
+                keep[start:stop] = False
+                parsed[k] = RequestError(422, f"row {int(bad[0])}: the model's output is not finite for these "
+                                              "values (too large: they overflow float32 inside the network)")
+                self.rejected += 1
+            start = stop
+        return x[keep], probs[keep]
 
     @property
     def sketch(self) -> DriftSketch:

@@ -4,7 +4,9 @@ Three passes over an object, in the apiserver's order: fill `default`s, prune (o
 `fieldValidation=Strict`, report) fields the schema does not know, then validate. Validation returns
 one cause per bad field with the apiserver's wording, e.g.
 `spec.replicas: Invalid value: "two": spec.replicas in body must be of type integer: "two"`.
-Not covered: CEL rules (`x-kubernetes-validations`), `format`, and list-type/map-type semantics.
+List types are checked as the apiserver does: duplicates in an `x-kubernetes-list-type: set` list and
+duplicate keys in a `map` list are refused (`spec.features[1]: Duplicate value: "amount"`).
+Not covered: CEL rules (`x-kubernetes-validations`), `format`, and map-type semantics.
 """
 from __future__ import annotations
 
@@ -159,6 +161,7 @@ def validate(obj: Any, schema: dict[str, Any], path: str = "") -> list[dict[str,
         if isinstance(schema.get("items"), dict):
             for number, item in enumerate(obj):
                 causes += validate(item, schema["items"], f"{path}[{number}]")
+        causes += _list_type_duplicates(obj, schema, path)
     if isinstance(obj, dict):
         properties = schema.get("properties") or {}
         for key in schema.get("required") or []:
@@ -182,4 +185,26 @@ def validate(obj: Any, schema: dict[str, Any], path: str = "") -> list[dict[str,
             if passing == 0 or (key == "oneOf" and passing > 1):
                 causes.append(_cause("FieldValueInvalid", field,
                                      f"Invalid value: {_go(obj)}: {field} in body must match {key} schemas"))
+    return causes
+
+
+def _list_type_duplicates(items: list, schema: dict[str, Any], path: str) -> list[dict[str, str]]:
+    """`x-kubernetes-list-type: set` items, and `map` items' key fields, must be unique (listtype/validation.go)."""
+    list_type = schema.get("x-kubernetes-list-type")
+    if list_type not in ("set", "map"):
+        return []
+    keys = schema.get("x-kubernetes-list-map-keys") or []
+    causes, seen = [], set()
+    for number, item in enumerate(items):
+        if list_type == "map":
+            if not isinstance(item, dict):
+                continue
+            present = {k: item[k] for k in keys if k in item}
+            identity = json.dumps(present, sort_keys=True)
+            shown = "map[string]interface {}{" + ", ".join(f"{json.dumps(k)}:{_go(v)}" for k, v in present.items()) + "}"
+        else:
+            identity, shown = json.dumps(item, sort_keys=True), _go(item)
+        if identity in seen:
+            causes.append(_cause("FieldValueDuplicate", f"{path}[{number}]", f"Duplicate value: {shown}"))
+        seen.add(identity)
     return causes

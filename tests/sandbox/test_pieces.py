@@ -147,3 +147,20 @@ def test_protobuf_garbage_is_a_clear_error():
     with pytest.raises(apierrors.ApiError) as info:
         protobuf.decode_body(b"k8s\x00\x0a\x05ab")
     assert info.value.status == 400 and "claims 5 bytes but only 2 remain" in info.value.message
+
+
+def test_schema_refuses_duplicates_in_set_and_map_lists():
+    """As the apiserver's listtype validation does; found missing by tests/chaos/test_invalid_crs.py."""
+    lists = {"type": "object", "properties": {
+        "names": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+        "rules": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                  "items": {"type": "object", "properties": {"name": {"type": "string"}, "w": {"type": "integer"}}}},
+        "plain": {"type": "array", "items": {"type": "string"}},
+    }}
+    obj = {"names": ["a", "b", "a"], "rules": [{"name": "x", "w": 1}, {"name": "x", "w": 2}], "plain": ["a", "a"]}
+    assert schema.validate(obj, lists) == [
+        {"reason": "FieldValueDuplicate", "field": "names[2]", "message": 'Duplicate value: "a"'},
+        {"reason": "FieldValueDuplicate", "field": "rules[1]",
+         "message": 'Duplicate value: map[string]interface {}{"name":"x"}'},
+    ]
+    assert schema.validate({"names": ["a", "b"], "rules": [{"name": "x"}, {"name": "y"}]}, lists) == []
