@@ -36,7 +36,8 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     """Return the version the pods must serve now; record the change (or the refusal) in status."""
     requested = spec["adapter"]["version"]
     accepted = (status.get("adapter") or {}).get("desired")
-    if requested == accepted:
+    if requested == accepted:   # e.g. a person patched back after a refused version: nothing to roll
+        clear_refusal(patch, status, requested, t)
         return accepted
     fallback = accepted or BASE_VERSION
     if requested != BASE_VERSION:
@@ -86,9 +87,7 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
                     "baseline": {**baseline(status.get("drift") or {}),
                                  "referenceClassRates": reference_class_rates or {}},
                     "watch": watched(by, requested, status)})
-    if any(c.get("type") == "Degraded" and c.get("status") == "True" and c.get("reason") in REFUSAL_REASONS
-           for c in status.get("conditions") or []):
-        set_condition_in(patch, status, "Degraded", False, "AdapterAccepted", f"serving {requested}", t)
+    clear_refusal(patch, status, requested, t)
     kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
     metrics.ADAPTER_CHANGES.labels(namespace, name, by).inc()
     if requested != BASE_VERSION:
@@ -98,6 +97,13 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
         except RegistryError as err:
             log.warning("could not mark %s promoted in the registry: %s", requested, err)
     return requested
+
+
+def clear_refusal(patch, status: dict, version: str, t) -> None:
+    """A refused version (missing, corrupt, registry down) is no longer asked for: not Degraded."""
+    if any(c.get("type") == "Degraded" and c.get("status") == "True" and c.get("reason") in REFUSAL_REASONS
+           for c in status.get("conditions") or []):
+        set_condition_in(patch, status, "Degraded", False, "AdapterAccepted", f"serving {version}", t)
 
 
 def verified_meta(registry: AdapterRegistry, version: str):
