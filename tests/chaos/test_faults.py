@@ -1,0 +1,71 @@
+"""The chaos benchmark's groups as tests: every fault ends in a clear status and Event with the last
+good adapter serving, and the request loop loses nothing, except the requests that were inside a
+TorchServe worker or pod at the moment it was killed (bounded by the number of clients).
+
+One sandbox (API and node as separate processes), one operator and one trained model serve all
+groups; each group deploys its own SelfHealingModel (see bench/chaos.py for what each case does).
+"""
+from __future__ import annotations
+
+import pytest
+
+from bench import chaos
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+CLIENTS = 2   # LoadLoop's default: at most this many requests are in flight at any moment
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    running = chaos.Rig(tmp_path_factory.mktemp("chaos")).start()
+    yield running
+    running.stop()
+
+
+def run_group(rig, group: str) -> dict[str, chaos.Case]:
+    cases = {}
+    for case in chaos.GROUPS[group](rig):
+        print(f"{case.name}: {case.requests} requests, {case.failed} failed, recovered {case.recovered}; {case.detail}")
+        cases[case.name] = case
+    return cases
+
+
+def assert_recovered(cases: dict[str, chaos.Case], may_lose_in_flight: tuple[str, ...] = ()) -> None:
+    for name, case in cases.items():
+        if case.skipped:
+            continue
+        assert case.recovered, f"{name}: {case.detail}"
+        limit = CLIENTS if name in may_lose_in_flight else 0
+        assert case.failed <= limit, f"{name}: {case.failed} of {case.requests} requests failed: {case.detail}"
+        assert case.requests > 0, f"{name}: no traffic measured"
+
+
+def test_load_through_heal_rollouts_and_rollbacks(rig):
+    cases = run_group(rig, "load")
+    assert len(cases) == 4
+    assert_recovered(cases)
+
+
+def test_pod_faults(rig):
+    cases = run_group(rig, "pods")
+    assert len(cases) == 3
+    assert_recovered(cases, may_lose_in_flight=("pods: kill -9 a TorchServe worker during a HotSwap",
+                                                "pods: kill -9 a whole pod during a HotSwap"))
+
+
+def test_operator_and_api_restarts(rig):
+    cases = run_group(rig, "operator")
+    assert len(cases) == 3
+    assert_recovered(cases)
+
+
+def test_job_and_registry_faults(rig):
+    cases = run_group(rig, "jobs")
+    assert len(cases) == 5
+    assert_recovered(cases)
+
+
+def test_storage_faults(rig):
+    cases = run_group(rig, "storage")
+    assert len(cases) == 3
+    assert_recovered(cases)
