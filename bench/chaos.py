@@ -19,7 +19,7 @@ Groups (each deploys one SelfHealingModel with 2 pods, then runs its cases in or
   storage   storage full (small tmpfs volumes filled up: real ENOSPC) for sampled traffic, then for
             a heal's candidate; storage unreachable (the volume gone) during a version change
 
-Writes `{"cases": [{name, requests, failed, recovered, detail, p99_ms, seconds}]}`. A case whose
+Writes `{"cases": [{name, requests, failed, recovered, detail, p99_ms, max_ms, seconds}]}`. A case whose
 setup cannot run here (e.g. no permission to mount tmpfs) says so in `detail` and has
 `skipped: true`. Exit status 0 when every case that ran recovered, else 1.
 """
@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,15 +39,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 import yaml
 
-from examples.fraud.generator import CLASSES, FEATURES, World, sample
+from examples.fraud.generator import CLASSES, FEATURES, World, labelled_rows
 from model_handler.model import adapter_to_bytes, load_model, model_hash
 from model_handler.registry import AdapterRegistry
 from model_handler.rules import RuleSet
 from sandbox import env as sandbox_env
+from sandbox.env import free_port
 from sandbox import pods as sandbox_pods
 from sandbox import tools
 from sandbox.loadgen import Answer, LoadLoop
@@ -74,6 +73,7 @@ class Case:
     recovered: bool
     detail: str
     p99_ms: float | None = None
+    max_ms: float | None = None   # the slowest answered request (e.g. one held by a frozen pod)
     seconds: float = 0.0
     skipped: bool = False
 
@@ -82,20 +82,8 @@ class Timeout(RuntimeError):
     """Something the case waits for did not happen in time; the message says what."""
 
 
-def rows_of(world: World, seed: int) -> Callable[[], tuple[np.ndarray, str]]:
-    data = sample(np.random.default_rng(seed), 20000, world)
-    counter = iter(range(10 ** 12))
-
-    def source():
-        k = next(counter) % len(data.y)
-        return data.x[k], CLASSES[data.y[k]]
-    return source
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def condition(status: dict, type_: str) -> dict:
@@ -255,9 +243,10 @@ def measured(name: str, loop: LoadLoop, began: float, recovered: bool, detail: s
     """A case over the requests sent since `began` (a time.monotonic() moment)."""
     answers = loop.between(began, time.monotonic())
     summary = loop.summary(answers)
+    slowest = max((a.latency_ms for a in answers if a.ok), default=None)
     return Case(name, summary["requests"], summary["failed"], bool(recovered), detail,
                 None if summary["p99_ms"] is None else round(summary["p99_ms"], 1),
-                round(time.monotonic() - began, 1))
+                None if slowest is None else round(slowest, 1), round(time.monotonic() - began, 1))
 
 
 def failures(answers: list[Answer], limit: int = 3) -> str:
@@ -316,11 +305,11 @@ def event_reasons(rig: Rig, name: str) -> set[str]:
 def group_load(rig: Rig) -> Iterator[Case]:
     name, storage = "load", rig.storage("load")
     url = rig.deploy(name, storage)
-    loop = LoadLoop(url, rows_of(World(), 1), clients=2, max_seconds=900).start()
+    loop = LoadLoop(url, labelled_rows(World(), 1), clients=2, max_seconds=900).start()
     try:
         time.sleep(10)
         began = time.monotonic()
-        loop.retarget(rows_of(DRIFTED, 2))
+        loop.retarget(labelled_rows(DRIFTED, 2))
         status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"), 240,
                           "heal result")
         heal = status["lastHeal"]
@@ -376,7 +365,7 @@ def group_pods(rig: Rig) -> Iterator[Case]:
                      promotion={"strategy": "HotSwap", "rollback": {"watchSeconds": 0, "minSamples": 200}})
     for version, bias in (("v1", [0.0, 0.0]), ("v2", [0.2, -0.2])):
         rig.put_adapter(storage, name, version, bias)
-    loop = LoadLoop(url, rows_of(World(), 3), clients=2, max_seconds=900).start()
+    loop = LoadLoop(url, labelled_rows(World(), 3), clients=2, max_seconds=900).start()
     try:
         time.sleep(5)
         pod = rig.pods(name)[0]
@@ -432,11 +421,11 @@ def group_pods(rig: Rig) -> Iterator[Case]:
 def group_operator(rig: Rig) -> Iterator[Case]:
     name, storage = "ops", rig.storage("ops")
     url = rig.deploy(name, storage)
-    loop = LoadLoop(url, rows_of(World(), 4), clients=2, max_seconds=900).start()
+    loop = LoadLoop(url, labelled_rows(World(), 4), clients=2, max_seconds=900).start()
     try:
         time.sleep(5)
         began = time.monotonic()
-        loop.retarget(rows_of(DRIFTED, 5))
+        loop.retarget(labelled_rows(DRIFTED, 5))
         rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
         rig.kill_operator()
         time.sleep(2)
@@ -491,7 +480,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
     url = rig.deploy(name, storage, archive=archive,
                      healing={"cooldownSeconds": 20, "maxHealsPerDay": 2, "trainingWindowRows": 1500, "minRows": 300,
                               "activeDeadlineSeconds": 30})
-    loop = LoadLoop(url, rows_of(DRIFTED, 6), clients=2, max_seconds=900).start()
+    loop = LoadLoop(url, labelled_rows(DRIFTED, 6), clients=2, max_seconds=900).start()
     try:
         began = time.monotonic()
         status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
@@ -607,12 +596,12 @@ def group_storage(rig: Rig) -> Iterator[Case]:
         storage.symlink_to(volume)
         url = rig.deploy(name, storage, healing={"cooldownSeconds": 20, "maxHealsPerDay": 4,
                                                  "trainingWindowRows": 1500, "minRows": 300})
-        loop = LoadLoop(url, rows_of(World(), 7), clients=2, max_seconds=900).start()
+        loop = LoadLoop(url, labelled_rows(World(), 7), clients=2, max_seconds=900).start()
         try:
             if mounted:
                 began = time.monotonic()
                 filler = fill(volume)
-                loop.retarget(rows_of(DRIFTED, 8))
+                loop.retarget(labelled_rows(DRIFTED, 8))
                 status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"),
                                   240, "a heal with no room for sampled traffic")
                 heal = status["lastHeal"]
@@ -685,7 +674,7 @@ def run(groups: list[str], workdir: Path) -> list[Case]:
                 for case in GROUPS[group](rig):
                     cases.append(case)
                     print(f"  {'ok  ' if case.recovered else ('skip' if case.skipped else 'FAIL')} {case.name}: "
-                          f"{case.requests} requests, {case.failed} failed, p99 {case.p99_ms} ms, "
+                          f"{case.requests} requests, {case.failed} failed, p99 {case.p99_ms} ms, max {case.max_ms} ms, "
                           f"{case.seconds:.0f}s; {case.detail}", flush=True)
             except Exception as err:   # a step timed out: record it, go on with the next group
                 cases.append(Case(f"{group}: (group stopped)", 0, 0, False,

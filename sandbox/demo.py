@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from examples.fraud.generator import CLASSES, World, sample
+from examples.fraud.generator import World, labelled_rows
 from sandbox import env as sandbox_env
+from sandbox.env import free_port
 from sandbox import server as sandbox_server
 from sandbox import tools
 from sandbox.loadgen import LoadLoop
@@ -59,21 +59,8 @@ class DemoFailed(RuntimeError):
     """A step of the demo did not happen in time; the message says which."""
 
 
-def rows_of(world: World, seed: int):
-    """An endless source of (row, true label) from the generator, cycling over 20 000 rows."""
-    data = sample(np.random.default_rng(seed), 20000, world)
-    counter = iter(range(10 ** 12))
-
-    def source():
-        k = next(counter) % len(data.y)
-        return data.x[k], CLASSES[data.y[k]]
-    return source
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse_time(value: str | None) -> float | None:
@@ -305,7 +292,7 @@ def run_scenario(cluster: Cluster, watch: StatusWatch, loop_box: dict, display_b
     service = cluster.get("service", "fraud-serving")
     url = f"http://{service['spec']['clusterIP']}:8080/predictions/fraud"
 
-    loop = LoadLoop(url, rows_of(World(), 1), clients=2, max_seconds=400)
+    loop = LoadLoop(url, labelled_rows(World(), 1), clients=2, max_seconds=400)
     loop_box["loop"] = loop
     t0_wall = time.time()
     loop.start()
@@ -319,7 +306,7 @@ def run_scenario(cluster: Cluster, watch: StatusWatch, loop_box: dict, display_b
     time.sleep(20)
     windows["clean"] = (now() - 15, now())
     display.stage = "drifted traffic (amounts in cents, distances in metres)"
-    loop.retarget(rows_of(COLLAPSE, 2))
+    loop.retarget(labelled_rows(COLLAPSE, 2))
     marks["drift onset"] = now()
     status = watch.wait(lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 150, "a heal Job")
     display.stage = "healing Job running"

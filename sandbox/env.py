@@ -6,6 +6,7 @@ real `kubectl`, `helm` or `kopf` against the sandbox.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import yaml
@@ -53,3 +54,10 @@ def client_env(workdir: str | os.PathLike[str], base: dict[str, str] | None = No
     for key in ("KUBECACHEDIR", "HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     return env
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for an operator's metrics, a sandbox API, ...)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

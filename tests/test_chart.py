@@ -11,7 +11,6 @@ import copy
 import importlib.util
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 from sandbox import env as sandbox_env
+from sandbox.env import free_port
 from sandbox import schema as crd_schema
 from sandbox import server as sandbox_server
 from sandbox import tools
@@ -512,10 +512,6 @@ def seen(namespace, name, **_):
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("mode", MODES)

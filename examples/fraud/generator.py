@@ -9,6 +9,7 @@ rule stale (the negative control, where the right answer is to change nothing).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,18 @@ def sample(rng: np.random.Generator, n: int, world: World = World()) -> Split:
     x[:, 0] *= world.amount_unit * world.inflation
     x[:, 3] *= world.distance_unit
     return Split(x.astype(np.float32), y)
+
+
+def labelled_rows(world: World, seed: int, n: int = 20000) -> Callable[[], tuple[np.ndarray, str]]:
+    """An endless source of (row, true class name) for request loops, cycling over `n` rows of `world`.
+    The labels are for measuring accuracy; they never reach selfheal."""
+    data = sample(np.random.default_rng(seed), n, world)
+    counter = iter(range(10 ** 12))
+
+    def source() -> tuple[np.ndarray, str]:
+        k = next(counter) % n
+        return data.x[k], CLASSES[data.y[k]]
+    return source
 
 
 def sample_gradual(rng: np.random.Generator, n: int, start: World, end: World) -> Split:

@@ -3,7 +3,6 @@ a trained example model on disk, and the real operator process (`python -m shm_o
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -13,6 +12,7 @@ import pytest
 
 from examples.fraud.train import build_served
 from sandbox import env as sandbox_env
+from sandbox.env import free_port
 from sandbox import server as sandbox_server
 from sandbox import tools
 
@@ -52,10 +52,6 @@ def model_dir(tmp_path_factory) -> Path:
     return build_served(tmp_path_factory.mktemp("models") / "store", rows=16000, seed=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OperatorProcess:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
-import torch
 
-from examples.fraud.generator import CLASSES, World, sample
+from examples.fraud.generator import World, labelled_rows
 from model_handler.registry import AdapterRegistry
 from sandbox.loadgen import LoadLoop
 from sandbox_helpers import wait_until
@@ -30,14 +28,6 @@ FAST = {"replicas": 2,
         "promotion": {"strategy": "RollingRestart", "rollback": {"watchSeconds": 20, "minSamples": 200}}}
 
 
-def rows_of(world: World, seed: int):
-    data = sample(np.random.default_rng(seed), 20000, world)
-    i = iter(range(10 ** 9))
-
-    def source():
-        k = next(i) % len(data.y)
-        return data.x[k], CLASSES[data.y[k]]
-    return source
 
 
 def service_url(sandbox, namespace) -> str:
@@ -60,7 +50,7 @@ def test_drift_heal_rollout_rollback(sandbox, namespace, operator, model_dir, tm
     sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=example_cr(model_dir, storage, **FAST))
     wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("ready") == "2/2", 180,
                 "2 ready pods serving base", operator)
-    loop = LoadLoop(service_url(sandbox, namespace), rows_of(World(), 1), clients=2, max_seconds=500).start()
+    loop = LoadLoop(service_url(sandbox, namespace), labelled_rows(World(), 1), clients=2, max_seconds=500).start()
     timeline = {"start": time.monotonic()}
     try:
         time.sleep(20)
@@ -69,7 +59,7 @@ def test_drift_heal_rollout_rollback(sandbox, namespace, operator, model_dir, tm
         assert not status.get("lastHeal"), "healed on clean traffic"
         assert condition(status, "DriftDetected").get("status") != "True"
 
-        loop.retarget(rows_of(World(amount_unit=100.0, distance_unit=1000.0), 2))
+        loop.retarget(labelled_rows(World(amount_unit=100.0, distance_unit=1000.0), 2))
         timeline["drift"] = time.monotonic()
         status = wait_status(sandbox, namespace, lambda s: (s.get("lastHeal") or {}).get("result") == "Running",
                              120, "a heal Job", operator)
@@ -127,7 +117,7 @@ def test_a_harmful_adapter_is_rolled_back_automatically(sandbox, namespace, oper
     wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("ready") == "2/2", 180,
                 "2 ready pods", operator)
     put_adapter(model_dir, storage, namespace, "v9", [-3.0, 3.0])  # flags nearly every transaction
-    loop = LoadLoop(service_url(sandbox, namespace), rows_of(World(), 3), clients=2, max_seconds=300).start()
+    loop = LoadLoop(service_url(sandbox, namespace), labelled_rows(World(), 3), clients=2, max_seconds=300).start()
     try:
         wait_status(sandbox, namespace, lambda s: (s.get("drift") or {}).get("samples"), 60, "a drift window",
                     operator)
@@ -152,7 +142,7 @@ def drift_until(sandbox, namespace, operator, storage, predicate, what, spec_ove
     sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=example_cr(model_dir, storage, **spec_overrides))
     wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("ready") == "2/2", 180,
                 "2 ready pods", operator)
-    loop = LoadLoop(service_url(sandbox, namespace), rows_of(World(amount_unit=100.0, distance_unit=1000.0), 4),
+    loop = LoadLoop(service_url(sandbox, namespace), labelled_rows(World(amount_unit=100.0, distance_unit=1000.0), 4),
                     clients=2, max_seconds=300).start()
     try:
         return wait_status(sandbox, namespace, predicate, 180, what, operator), loop
@@ -190,7 +180,7 @@ def test_a_failing_heal_job_is_a_state_not_a_crash(sandbox, namespace, operator,
     wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("ready") == "2/2", 180,
                 "2 ready pods", operator)
     (archive / "reference.json").unlink()  # a broken model volume: the pods have it in memory, the Job not
-    loop = LoadLoop(service_url(sandbox, namespace), rows_of(World(amount_unit=100.0, distance_unit=1000.0), 5),
+    loop = LoadLoop(service_url(sandbox, namespace), labelled_rows(World(amount_unit=100.0, distance_unit=1000.0), 5),
                     clients=2, max_seconds=300).start()
     try:
         status = wait_status(sandbox, namespace, lambda s: (s.get("lastHeal") or {}).get("result")

@@ -16,16 +16,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 
-import numpy as np
 import pytest
 import yaml
 
-from examples.fraud.generator import CLASSES, World, sample
+from examples.fraud.generator import World, labelled_rows
+from sandbox.env import free_port
 from sandbox.loadgen import LoadLoop
 from sandbox_helpers import REPO_ROOT, wait_until
 
@@ -43,10 +42,6 @@ def status(namespace: str) -> dict:
     return json.loads(run("kubectl", "get", "shm", "fraud", "-n", namespace, "-o", "json")).get("status") or {}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_heal_on_a_real_cluster():
@@ -72,13 +67,7 @@ def test_heal_on_a_real_cluster():
         forward = subprocess.Popen(["kubectl", "port-forward", "-n", namespace, "svc/fraud-serving",
                                     f"{port}:8080"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)
-        data = sample(np.random.default_rng(0), 20000, World(amount_unit=100.0, distance_unit=1000.0))
-        counter = iter(range(10 ** 9))
-
-        def drifted():
-            k = next(counter) % len(data.y)
-            return data.x[k], CLASSES[data.y[k]]
-
+        drifted = labelled_rows(World(amount_unit=100.0, distance_unit=1000.0), 0)
         loop = LoadLoop(f"http://127.0.0.1:{port}/predictions/fraud", drifted, clients=2, max_seconds=900).start()
         try:
             healed = wait_until(lambda: (s := status(namespace)).get("lastHeal", {}).get("result")
