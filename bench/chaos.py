@@ -15,7 +15,7 @@ Groups (each deploys one SelfHealingModel with 2 pods, then runs its cases in or
             (SIGSTOP) so it stops answering
   operator  kill -9 the operator mid-heal and mid-rollout; restart the API server under load
   jobs      a heal Job that hangs past its deadline, one that fails, corrupt/truncated/unfinished
-            adapters in the registry
+            adapters in the registry, an adapter for another backbone (refused by the pods)
   storage   storage full (small tmpfs volumes filled up: real ENOSPC) for sampled traffic, then for
             a heal's candidate; storage unreachable (the volume gone) during a version change
 
@@ -221,15 +221,16 @@ class Rig:
         while self.pods(name) and time.monotonic() < deadline:
             time.sleep(1)
 
-    def put_adapter(self, storage: Path, name: str, version: str, bias: list[float]) -> Path:
+    def put_adapter(self, storage: Path, name: str, version: str, bias: list[float],
+                    base_model_hash: str | None = None) -> Path:
         """Register an adapter whose only change is a logit bias; returns its safetensors file."""
         model = load_model(self.model_dir)
         state = model.adapter_state()
         state["logit_bias"] = torch.tensor(bias)
         rules = RuleSet.from_yaml(self.model_dir / "rules.yaml", FEATURES, CLASSES)
         registry = AdapterRegistry(storage.as_uri(), NAMESPACE, name)
-        registry.put(version, adapter_to_bytes(state), {"base_model_hash": model_hash(self.model_dir),
-                                                        "rules_hash": rules.hash()})
+        registry.put(version, adapter_to_bytes(state),
+                     {"base_model_hash": base_model_hash or model_hash(self.model_dir), "rules_hash": rules.hash()})
         return storage / NAMESPACE / name / "adapters" / version / "adapter.safetensors"
 
     def storage(self, name: str) -> Path:
@@ -511,6 +512,8 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
                        f"{heal['job']}: {(heal.get('reason') or '')[:120]}; daily budget then stopped healing "
                        f"(Jobs: {jobs}){failures(loop.between(began, time.monotonic()))}")
 
+        shutil.copy(rig.model_dir / "reference.json", archive / "reference.json")   # repaired for new pods
+
         # Adapters broken in the registry: what a Job killed mid-write or a bad disk leaves behind.
         good = rig.put_adapter(storage, name, "v1", [0.0, 0.0])
         truncated = rig.put_adapter(storage, name, "v2", [0.0, 0.0])
@@ -540,8 +543,22 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
                            kept and expect in event_reasons(rig, name),
                            f"{version} refused ({expect}: {condition(status, 'Degraded').get('message', '')[:100]}); "
                            f"pods kept serving base{failures(loop.between(began, time.monotonic()))}")
+
+        # An adapter that passes every registry check but was trained for another backbone: only
+        # the pods can tell, and the operator rolls back what they refuse.
+        rig.put_adapter(storage, name, "v5", [0.0, 0.0], base_model_hash="0" * 64)
+        began = time.monotonic()
+        rig.patch_version(name, "v5")
+        status = rig.wait(name, lambda s: condition(s, "RolledBack").get("reason") == "AdapterRefused", 180,
+                          "a rollback of the refused adapter")
+        status = rig.wait(name, lambda s: serving("base")(s) and not s.get("rollout"), 180, "pods on base")
+        spec_version = rig.get("shm", name)["spec"]["adapter"]["version"]
+        yield measured("jobs: an adapter for another backbone (pods refuse it)", loop, began,
+                       spec_version == "base" and "RolledBack" in event_reasons(rig, name),
+                       f"{condition(status, 'RolledBack').get('message', '')[:160]}; spec back to {spec_version}"
+                       f"{failures(loop.between(began, time.monotonic()))}")
         rig.patch_version(name, "base")
-        rig.wait(name, lambda s: condition(s, "Degraded").get("status") == "False", 60, "Degraded cleared")
+        rig.wait(name, lambda s: condition(s, "Degraded").get("status") != "True", 60, "Degraded cleared")
     finally:
         loop.stop()
         rig.delete(name)
