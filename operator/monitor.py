@@ -57,7 +57,7 @@ async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch
     status = dict(status or {})
     if not (status.get("adapter") or {}).get("desired"):
         return  # not reconciled yet
-    fresh = await observe_pods(name, namespace, spec, status, memo, rules, patch, t)
+    fresh = await observe_pods(name, namespace, spec, status, body, memo, rules, patch, t)
     await recheck_registry(name, namespace, spec, status, patch, t)
     await follow_heal(name, namespace, spec, status, body, patch, t)
     await maybe_heal(name, namespace, spec, status, body, patch, t)
@@ -67,7 +67,7 @@ async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch
         update(patch, status, phase=phase)
 
 
-async def observe_pods(name, namespace, spec, status, memo, rules, patch, t) -> dict | None:
+async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, t) -> dict | None:
     """Poll every ready pod; update status.adapter and, when a window fills, status.drift.
     Returns the drift summary of a window completed now, if any."""
     pods = [p for p in await k8s.list_pods(namespace, {MODEL_LABEL: name, COMPONENT_LABEL: "serving"})
