@@ -21,8 +21,11 @@ Protocol, for each N (models are added, the sandbox and operator keep running):
 2. over --window seconds: API requests by client/verb/resource (the emulator's counter,
    `GET /debug/requests`), the operator's RSS and CPU seconds (/proc/<pid>), errors in its log;
 3. switch one model's pods to `drifted` and time (a) `DriftDetected=True` in its status and (b) its
-   heal Job's creation, polling every 0.5 s; then switch it back. Healing mode stays `Auto` (the
-   example's): the Job is what is timed; it then fails for want of sampled traffic, which is fine.
+   heal Job's creation, polling every 0.5 s; then switch it back. Both include waiting for the
+   checks (`persistence` drifted windows, one per check), so (c) "lag" is the operator's own
+   delay: from the pod's describe answer that completed the deciding window to DriftDetected.
+   Healing mode stays `Auto` (the example's): the Job is what is timed; it then fails for want of
+   sampled traffic, which is fine.
 
 The sandbox (API + kubelets + fake pods) shares the machine's cores with the operator: the load
 average is recorded with every window, and the sandbox's own CPU is reported beside the operator's.
@@ -52,9 +55,11 @@ CRD_FILE = REPO / "crds" / "selfhealingmodels.yaml"
 EXAMPLE = REPO / "examples" / "fraud" / "selfhealingmodel.yaml"
 STATUS_FILE = "fake-pods.json"
 MODES_DIR = Path("fake-pods") / "modes"
+SERVED_DIR = Path("fake-pods") / "drifted-answers"   # when each drifted describe answer went out
 OPERATOR_CLIENTS = ("kopf", "OpenAPI-Generator")   # Kopf's own session, kubernetes_asyncio (k8s.py)
 BENCH_AGENT = "selfheal-bench"
 CLEAN_BATCHES = 4
+PERSISTENCE = 2      # spec.drift.persistence of the example: drifted windows before DriftDetected
 
 
 # ---- fake pods: statuses built with the real ML core ---------------------------------------------
@@ -92,6 +97,7 @@ class FraudPods:
                            for mode, sketches in data["increments"].items()}
         self.empty = self.increments["clean"][0] - self.increments["clean"][0]
         self.modes = workdir / MODES_DIR
+        self.served = workdir / SERVED_DIR
         self.state: dict[str, list] = {}   # pod uid -> [cumulative sketch, answers]
 
     def mode(self, pod) -> str:
@@ -109,6 +115,11 @@ class FraudPods:
             return 404, {"code": 404, "message": f"fake pod: nothing at {path}"}
         state = self.state.setdefault(pod.uid, [self.empty, 0])
         mode = self.mode(pod)
+        if mode == "drifted":
+            record = self.served / pod.pod["metadata"]["namespace"] / pod.env.get("SELFHEAL_MODEL_NAME", "")
+            record.parent.mkdir(parents=True, exist_ok=True)
+            with open(record, "a") as f:
+                f.write(f"{time.time()}\n")
         if mode != "idle":
             batches = self.increments[mode]
             state[0] = state[0] + batches[state[1] % len(batches)]
@@ -166,7 +177,7 @@ def model_cr(name: str, model_dir: Path, storage: Path, interval: int, window_ro
     spec["replicas"] = 1
     spec["serving"] = {"workers": 1}
     spec["drift"].update(checkIntervalSeconds=interval, windowRows=window_rows,
-                         minSamples=min(200, window_rows))
+                         minSamples=min(200, window_rows), persistence=PERSISTENCE)
     spec["promotion"]["rollback"]["watchSeconds"] = max(spec["promotion"]["rollback"]["watchSeconds"], interval)
     return body
 
@@ -337,17 +348,28 @@ class Bench:
         jobs = f"/apis/batch/v1/namespaces/{self.namespace}/jobs?labelSelector=selfheal.io/model%3D{name}"
         set_mode(self.box_dir, self.namespace, name, "drifted")
         t0 = time.monotonic()
-        result: dict[str, Any] = {"model": name, "drift_detected_s": None, "job_created_s": None}
+        result: dict[str, Any] = {"model": name, "drift_detected_s": None, "job_created_s": None,
+                                  "after_deciding_answer_s": None}
         deadline = t0 + 6 * self.args.interval + 60
+        detected_at = None
         while time.monotonic() < deadline and None in (result["drift_detected_s"], result["job_created_s"]):
             if result["drift_detected_s"] is None:
                 obj = self.api.request("GET", f"{SHM.format(ns=self.namespace)}/{name}")
                 if condition(obj, "DriftDetected").get("status") == "True":
                     result["drift_detected_s"] = round(time.monotonic() - t0, 1)
+                    detected_at = time.time()
             if result["job_created_s"] is None and self.api.request("GET", jobs)["items"]:
                 result["job_created_s"] = round(time.monotonic() - t0, 1)
             time.sleep(0.5)
         set_mode(self.box_dir, self.namespace, name, self.args.background)
+        # The check phase is luck (0..interval); the operator's own delay is from the pod's answer that
+        # completed `persistence` drifted windows to DriftDetected (0.5 s polling included).
+        try:
+            answers = [float(x) for x in (self.box_dir / SERVED_DIR / self.namespace / name).read_text().split()]
+        except OSError:
+            answers = []
+        if detected_at is not None and len(answers) >= PERSISTENCE:
+            result["after_deciding_answer_s"] = round(detected_at - answers[PERSISTENCE - 1], 2)
         return result
 
     def jobs_by_model(self) -> dict[str, int]:
@@ -370,7 +392,7 @@ class Bench:
             "config": {"sizes": self.args.sizes, "check_interval_s": self.args.interval,
                        "window_s": self.args.window, "window_rows": self.args.window_rows,
                        "background": self.args.background, "replicas": 1, "healing_mode": "Auto",
-                       "persistence": 2, "cpus": os.cpu_count()},
+                       "persistence": PERSISTENCE, "cpus": os.cpu_count()},
             "runs": runs,
             "jobs_by_model": jobs,
             "drifted_models": list(self.drifted),
@@ -396,7 +418,7 @@ def row(r: dict) -> str:
 
 def table(result: dict) -> str:
     head = (f"{'N':>4} {'API/min':>8} {'/model':>7} {'RSS MiB':>8} {'CPU %':>6} {'box CPU %':>9} {'errors':>6} "
-            f"{'drift s':>7} {'job s':>6} {'load avg':>16}  top operator requests/min")
+            f"{'drift s':>7} {'job s':>6} {'lag s':>5} {'load avg':>16}  top operator requests/min")
     lines = [head]
     for r in result["runs"]:
         top = ", ".join(f"{k} {v:g}" for k, v in list(r["api"]["operator_by_kind_per_min"].items())[:4])
@@ -406,7 +428,8 @@ def table(result: dict) -> str:
         lines.append(f"{r['models']:>4} {r['api']['operator_per_min']:>8.1f} {r['api']['operator_per_model_per_min']:>7.2f} "
                      f"{r['operator']['rss_mib']:>8.1f} {r['operator']['cpu_percent_of_one_core']:>6.1f} "
                      f"{r['sandbox']['cpu_percent_of_one_core']:>9.1f} {r['operator']['log_errors']:>6} "
-                     f"{fmt(rx['drift_detected_s']):>7} {fmt(rx['job_created_s']):>6} {load:>16}  {top}")
+                     f"{fmt(rx['drift_detected_s']):>7} {fmt(rx['job_created_s']):>6} "
+                     f"{fmt(rx.get('after_deciding_answer_s')):>5} {load:>16}  {top}")
     g = result["growth_per_model"]
     fmt = lambda v, unit: "n/a" if v is None else f"{v:+.3f} {unit}"
     lines.append(f"growth per added model: API {fmt(g['api_calls_per_min'], 'calls/min')}, RSS {fmt(g['rss_mib'], 'MiB')}, "
