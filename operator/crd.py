@@ -427,7 +427,9 @@ class DriftStatus(Described):
     since: schema.Optional[datetime.datetime] = Field(None, description="When drift was declared.")
     onset: schema.Optional[datetime.datetime] = Field(
         None, description="When the first window of this drift counted: heals train only on traffic sampled after it.")
-    last_check: schema.Optional[datetime.datetime] = Field(None, description="When the pods were last polled.")
+    last_check: schema.Optional[datetime.datetime] = Field(
+        None, description="When the pods were last polled with a result that changed the status (at least every "
+                          "5 minutes while nothing changes: a check that changes nothing writes nothing).")
     unreachable_pods: list[str] = Field(
         default_factory=list, description="Ready pods whose status could not be read.")
     trigger: schema.Optional[TriggerState] = Field(None)

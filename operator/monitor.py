@@ -28,6 +28,9 @@ from shm_operator.status import full_spec, iso, now, parse_time, phase_of, set_c
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 2.0
+# status.drift.lastCheck alone is rewritten at most this often: a check that changes nothing else
+# writes nothing (one status PATCH per model per check was most of the API load of idle models).
+LAST_CHECK_REFRESH_SECONDS = 300.0
 
 
 def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, RuleSet] | None:
@@ -93,11 +96,13 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
     adapter.update(podsAtDesired=at_desired, podsTotal=spec["replicas"], ready=f"{at_desired}/{spec['replicas']}",
                    current=next(iter(versions)) if len(versions) == 1 else None)
     refused = {v: why[:300] for a in served for v, why in (a.get("refused") or {}).items()}
-    update(patch, status, adapter=adapter, refusedAdapters=refused)
+    changed = not same(adapter, status.get("adapter")) or not same(refused, status.get("refusedAdapters"))
+    if changed:
+        update(patch, status, adapter=adapter, refusedAdapters=refused)
     report_pod_health(name, namespace, spec, status, body, patch, unreachable, refused, t)
 
-    drift = dict(status.get("drift") or {})
-    drift.update(lastCheck=iso(t), unreachablePods=unreachable)
+    before = dict(status.get("drift") or {})
+    drift = {**before, "unreachablePods": unreachable}
     window = state.take_window(spec["drift"]["windowRows"])
     summary = None
     if window is not None:
@@ -116,8 +121,23 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
             set_condition_in(patch, status, "DriftDetected", drifting, "BothSignals" if drifting else "Cleared",
                              f"input shift {scores.input_shift:.3f}, rule conflict {scores.rule_conflict:.3f}, "
                              f"top features {scores.top_features}", t)
-    update(patch, status, drift=drift)
+    last_check = parse_time(before.get("lastCheck"))
+    changed = changed or not same({**drift, "lastCheck": None}, {**before, "lastCheck": None})
+    if changed or last_check is None or (t - last_check).total_seconds() >= LAST_CHECK_REFRESH_SECONDS:
+        update(patch, status, drift={**drift, "lastCheck": iso(t)})
     return summary
+
+
+def same(new, stored) -> bool:
+    """Whether writing `new` as a merge patch would leave `stored` as it is (a null or absent field
+    is not stored, an empty mapping is as good as none)."""
+    def pruned(value):
+        if isinstance(value, dict):
+            return {k: pruned(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [pruned(v) for v in value]
+        return value
+    return pruned(new or {}) == pruned(stored or {})
 
 
 POD_PROBLEMS = ("PodsUnreachable", "AdapterRefused")

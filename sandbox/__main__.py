@@ -5,6 +5,7 @@
     python -m sandbox down               # stop what `up` started
     python -m sandbox up --foreground --no-node --persist --port P   # the API alone, restartable
     python -m sandbox node               # its node agents (pods, Jobs, Services), in the foreground
+    python -m sandbox up --fake-pods sandbox.fakepods:healthy   # pods faked in process (scale tests)
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def cmd_up(args: argparse.Namespace) -> int:
               f"run `python -m sandbox down --workdir {workdir}` first", file=sys.stderr)
         return 1
     if args.foreground:
-        server.run_foreground(workdir, args.port, on_ready=_print_ready, persist=args.persist, node=not args.no_node)
+        server.run_foreground(workdir, args.port, on_ready=_print_ready, persist=args.persist, node=not args.no_node,
+                              fake_pods=args.fake_pods)
         return 0
     workdir.mkdir(parents=True, exist_ok=True)
     server.state_path(workdir).unlink(missing_ok=True)
@@ -54,7 +56,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         child = subprocess.Popen(
             [sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir),
              "--port", str(args.port), *(["--persist"] if args.persist else []),
-             *(["--no-node"] if args.no_node else [])],
+             *(["--no-node"] if args.no_node else []),
+             *(["--fake-pods", args.fake_pods] if args.fake_pods else [])],
             stdout=subprocess.DEVNULL, stderr=log_file, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -130,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--no-node", action="store_true",
                              help="serve only the API; run `python -m sandbox node` beside it, so the API "
                                   "can restart while pods keep serving")
+            cmd.add_argument("--fake-pods", metavar="MODULE:FACTORY",
+                             help="fake Deployment pods in process, answered by this app (sandbox/fakepods.py; "
+                                  "scale tests only); default: every pod is a real process")
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -393,8 +393,7 @@ class DeploymentKubelet:
             self.failed[meta["uid"]] = str(exc)
             return None
         try:
-            process = PodProcess(pod, ip, self.pods_dir / meta["namespace"] / meta["name"], self.dirty.set,
-                                 lambda address: self.inflight[address])
+            process = self._pod_process(pod, ip, self.pods_dir / meta["namespace"] / meta["name"])
             process.start(config_maps, self.upstream)
         except (PodSpecError, OSError) as exc:
             self.pod_ips.release(ip)
@@ -403,6 +402,10 @@ class DeploymentKubelet:
             return None
         self.running[meta["uid"]] = process
         return process
+
+    def _pod_process(self, pod: dict, ip: str, pod_dir: Path) -> PodProcess:
+        """What runs a pod (a process group here; `sandbox.fakepods` swaps in cheap fakes)."""
+        return PodProcess(pod, ip, pod_dir, self.dirty.set, lambda address: self.inflight[address])
 
     # -- Services -------------------------------------------------------------------------------
     async def _sync_services(self, api: ApiClient, services: list[dict]) -> None:

@@ -66,6 +66,7 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
     _tick: asyncio.Event | None = attrs.field(default=None, init=False)
     _crd_versions: dict[tuple[str, str, str], crds.ServedVersion] = attrs.field(factory=dict, init=False)
     _request_count: int = attrs.field(default=0, init=False)
+    request_counts: collections.Counter = attrs.field(factory=collections.Counter, init=False)
     # Where the process kubelet writes `<namespace>/<pod>/<container>.log`; serves `kubectl logs`.
     pod_logs_dir: Path | None = None
 

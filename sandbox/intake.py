@@ -6,6 +6,7 @@ a per-request status code. This mixin replaces kmock's `__call__`/`_handle` for 
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -21,6 +22,25 @@ from sandbox.paths import parse_api_path
 
 log = logging.getLogger("sandbox.api")
 MAX_REMEMBERED_REQUESTS = 1000
+REQUEST_COUNTS_PATH = "/debug/requests"
+
+
+def request_kind(method: str, action: Any, path: Any, raw_path: str) -> tuple[str, str]:
+    """(verb, resource) as an apiserver's audit log names them: `list pods`, `patch
+    selfhealingmodels/status`, `get discovery` for everything outside resource paths."""
+    if path is None or path.plural is None:
+        return method.lower(), "discovery" if raw_path.startswith(("/api", "/openapi", "/version")) else raw_path
+    verb = {enums.action.WATCH: "watch", enums.action.FETCH: "get", enums.action.LIST: "list",
+            enums.action.CREATE: "create"}.get(action)
+    if verb is None:
+        verb = {"PUT": "update", "PATCH": "patch"}.get(method) or (
+            "delete" if path.name else "deletecollection" if method == "DELETE" else method.lower())
+    return verb, path.plural + (f"/{path.subresource}" if path.subresource else "")
+
+
+def client_of(user_agent: str) -> str:
+    """The client's product name (`kopf`, `kubectl`, `OpenAPI-Generator`, `Python` for aiohttp)."""
+    return (user_agent.split("/", 1)[0].strip() or "unknown")[:40] if user_agent else "unknown"
 
 
 class RequestIntakeMixin:
@@ -29,11 +49,18 @@ class RequestIntakeMixin:
     _requests: list[rendering.Request]
     _payloads: list[Any]
     _request_count: int
+    # (client, verb, resource) -> requests served since start: what load each client puts on the API
+    # (`GET /debug/requests`; benchmarks read it, e.g. bench/scale.py).
+    request_counts: collections.Counter
 
     async def _serve(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         raise NotImplementedError
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw.path == REQUEST_COUNTS_PATH and raw.method == "GET":
+            return aiohttp.web.json_response({"counts": [
+                {"client": client, "verb": verb, "resource": resource, "count": count}
+                for (client, verb, resource), count in sorted(self.request_counts.items())]})
         try:
             request = await self._parse(raw)
             self._requests.append(request)
@@ -83,6 +110,8 @@ class RequestIntakeMixin:
                       else enums.action.UPDATE if method in (enums.method.PATCH, enums.method.PUT)
                       else enums.action.DELETE if method == enums.method.DELETE else None)
         self._request_count += 1
+        self.request_counts[(client_of(raw.headers.get("User-Agent", "")),
+                             *request_kind(raw.method, action, path, raw.path))] += 1
         return rendering.Request(
             id=self._request_count, raw_request=raw, url=raw.url, method=raw.method,
             params=dict(raw.query), headers=dict(raw.headers), cookies=dict(raw.cookies),

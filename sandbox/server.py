@@ -133,9 +133,18 @@ def _until_signalled(serving: Callable[[asyncio.Event], "asyncio.Future | object
     asyncio.run(main())
 
 
+def node_agents(fake_pods: str | None = None) -> tuple[NodeAgent, ...]:
+    """The default agents, or with `fake_pods` (`MODULE:FACTORY`, see `sandbox.fakepods`) the
+    Deployment kubelet's pods faked in process (Jobs still run as processes)."""
+    if not fake_pods:
+        return DEFAULT_AGENTS
+    from sandbox.fakepods import fake_deployment_kubelet
+    return (job_kubelet, fake_deployment_kubelet(fake_pods))
+
+
 def run_foreground(workdir: Path, port: int = 0, on_ready: Callable[[dict], None] | None = None,
-                   persist: bool = False, node: bool = True) -> None:
-    agents = DEFAULT_AGENTS if node else ()
+                   persist: bool = False, node: bool = True, fake_pods: str | None = None) -> None:
+    agents = node_agents(fake_pods) if node else ()
     _until_signalled(lambda stop: serve(workdir, port, agents=agents, stop=stop, on_ready=on_ready, persist=persist))
 
 
@@ -161,21 +170,22 @@ class SandboxProcess:
             ...
 
     With `node=False` the API runs without node agents (start a `NodeProcess` beside it), so the API
-    can be restarted (`persist=True`, a fixed `port`) while pods keep serving.
+    can be restarted (`persist=True`, a fixed `port`) while pods keep serving. `fake_pods`
+    (`MODULE:FACTORY`) fakes the Deployment pods in process (`sandbox.fakepods`), for scale tests.
     """
 
     LOG_NAME = "api.log"
 
     def __init__(self, workdir: Path, timeout: float = 30.0, *, port: int = 0, persist: bool = False,
-                 node: bool = True):
+                 node: bool = True, fake_pods: str | None = None):
         self.workdir, self.timeout = Path(workdir), timeout
-        self.port, self.persist, self.node = port, persist, node
+        self.port, self.persist, self.node, self.fake_pods = port, persist, node, fake_pods
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(self.workdir),
                 *(["--port", str(self.port)] if self.port else []), *(["--persist"] if self.persist else []),
-                *([] if self.node else ["--no-node"])]
+                *([] if self.node else ["--no-node"]), *(["--fake-pods", self.fake_pods] if self.fake_pods else [])]
 
     def ready(self) -> dict | None:
         state = read_state(self.workdir)

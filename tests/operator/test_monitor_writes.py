@@ -1,0 +1,45 @@
+"""A drift check writes the status only when something in it changed (or `lastCheck` is old): one
+PATCH per model per check was most of the API load of idle models (bench/scale.py measures it)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import kopf
+
+from shm_operator import monitor
+from shm_operator.status import iso
+
+T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+SPEC = {"replicas": 1, "drift": {"windowRows": 500}, "model": {"name": "m"}}
+ADAPTER = {"desired": "base", "lastGood": "base", "podsAtDesired": 0, "podsTotal": 1, "ready": "0/1"}
+
+
+def check(status: dict, monkeypatch) -> dict:
+    """One observe_pods pass over a model with no ready pod; returns the status patch it made."""
+    async def no_pods(namespace, selector):
+        return []
+    monkeypatch.setattr(monitor.k8s, "list_pods", no_pods)
+    patch = kopf.Patch()
+    asyncio.run(monitor.observe_pods("m", "ns", SPEC, dict(status), {}, kopf.Memo(), None, patch, T))
+    return dict(patch.get("status") or {})
+
+
+def test_an_unchanged_check_writes_nothing(monkeypatch):
+    fresh = {"adapter": ADAPTER, "drift": {"unreachablePods": [], "lastCheck": iso(T - dt.timedelta(seconds=30))}}
+    assert check(fresh, monkeypatch) == {}
+
+
+def test_last_check_is_still_refreshed_now_and_then(monkeypatch):
+    old = iso(T - dt.timedelta(seconds=monitor.LAST_CHECK_REFRESH_SECONDS))
+    patch = check({"adapter": ADAPTER, "drift": {"unreachablePods": [], "lastCheck": old}}, monkeypatch)
+    assert patch["drift"]["lastCheck"] == iso(T) and "adapter" not in patch
+
+
+def test_a_change_is_written_with_a_fresh_last_check(monkeypatch):
+    recent = iso(T - dt.timedelta(seconds=30))
+    patch = check({"adapter": {**ADAPTER, "ready": "1/1", "podsAtDesired": 1},
+                   "drift": {"unreachablePods": [], "lastCheck": recent}}, monkeypatch)
+    assert patch["adapter"]["ready"] == "0/1" and patch["drift"]["lastCheck"] == iso(T)
+    first = check({"adapter": ADAPTER}, monkeypatch)     # never checked before
+    assert first["drift"] == {"unreachablePods": [], "lastCheck": iso(T)}

@@ -1,0 +1,35 @@
+"""The scale benchmark runs end to end in quick mode: a real operator over fake pods reacts to the one
+drifted model, leaves the idle ones alone, and the figures it prints come from real counters."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_quick_scale_benchmark(tmp_path):
+    out = tmp_path / "scale.json"
+    run = subprocess.run([sys.executable, "-m", "bench.scale", "--quick", "--json", str(out)],
+                         timeout=240, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    sizes = result["config"]["sizes"]
+    assert [r["models"] for r in result["runs"]] == sizes and len(sizes) >= 2
+    interval = result["config"]["check_interval_s"]
+    for r in result["runs"]:
+        api = r["api"]
+        # every model's pods are polled and its status written: the counter saw the operator's calls
+        assert api["operator_per_min"] > 0 and api["operator_by_kind_per_min"].get("list pods", 0) > 0
+        assert api["operator_per_model_per_min"] == pytest.approx(api["operator_per_min"] / r["models"], abs=0.01)
+        assert r["operator"]["rss_mib"] > 50 and r["operator"]["cpu_percent_of_one_core"] >= 0
+        assert r["operator"]["log_errors"] == 0
+        reaction = r["reaction"]
+        # two drifted windows (persistence 2), one per check, plus the tick's own slack
+        assert reaction["drift_detected_s"] is not None and reaction["job_created_s"] is not None, reaction
+        assert reaction["job_created_s"] <= 2 * (interval + 2) + 10
+    assert result["idle_models_with_jobs"] == []
+    assert set(result["jobs_by_model"]) == set(result["drifted_models"]) and len(result["drifted_models"]) == len(sizes)
+    assert set(result["growth_per_model"]) >= {"api_calls_per_min", "rss_mib", "cpu_percent"}
+    assert "API/min" in run.stdout and "growth per added model" in run.stdout
