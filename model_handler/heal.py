@@ -28,6 +28,7 @@ import yaml
 from model_handler.gate import GateConfig
 from model_handler.healing import HealConfig, heal
 from model_handler.model import AdapterError, adapter_from_bytes, adapter_to_bytes, load_model, model_hash
+from model_handler.redact import redact
 from model_handler.registry import BASE_VERSION, AdapterRegistry, RegistryError
 from model_handler.rules import RuleSet
 from model_handler.sketches import ReferenceProfile
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def write_termination(path: str, result: dict) -> None:
     """The operator parses this; keep it under Kubernetes' 4 KiB limit by trimming the reason."""
+    result = {k: redact(v) if isinstance(v, str) else v for k, v in result.items()}
     text = json.dumps(result, separators=(",", ":"))
     while len(text.encode()) > TERMINATION_LIMIT and len(result.get("reason", "")) > 20:
         result = {**result, "reason": result["reason"][: len(result["reason"]) // 2] + "..."}
@@ -125,7 +127,10 @@ def write_termination(path: str, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Heal a SelfHealingModel's adapter from sampled traffic.")
-    parser.add_argument("--storage-uri", required=True)
+    # From the environment by default: the operator passes it as SELFHEAL_STORAGE_URI, not as an
+    # argument, so a URI with credentials is not in the Job's args or the process list.
+    parser.add_argument("--storage-uri", default=os.environ.get("SELFHEAL_STORAGE_URI"),
+                        help="fsspec URI of registry and traffic (default $SELFHEAL_STORAGE_URI)")
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--model", required=True, help="the SelfHealingModel's name")
     parser.add_argument("--model-dir", required=True, help="backbone, reference.json and rules.yaml")
@@ -140,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--termination-log", default=os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log"),
                         help="where the result JSON goes (default $TERMINATION_MESSAGE_PATH or /dev/termination-log)")
     args = parser.parse_args(argv)
+    if not args.storage_uri:
+        parser.error("--storage-uri or $SELFHEAL_STORAGE_URI is required")
     try:
         result = run(args)
     except (AdapterError, RegistryError, ValueError, OSError, KeyError) as err:
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "error": f"{type(err).__name__}: {err}"})
         return 1
     except Exception as err:  # anything else is a bug: report it, and keep the traceback in the log
-        traceback.print_exc()
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
         write_termination(args.termination_log, {"version": args.version, "parent": args.parent,
                                                  "error": f"unexpected {type(err).__name__}: {err}"})
         return 1

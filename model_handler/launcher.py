@@ -250,7 +250,10 @@ class TorchServeProcess:
             (self.log_dir / stale).unlink(missing_ok=True)
         tmp = self.workdir / "tmp"
         if len(str(tmp)) > 80:  # worker unix sockets live in TMPDIR; their paths must stay < 108 bytes
-            self._short_tmp = tmp = Path(tempfile.mkdtemp(prefix="ts-tmp-"))
+            base = tempfile.gettempdir()
+            if len(base) > 60:  # e.g. a sandbox pod's emptyDir deep in a work dir: the host's /tmp
+                base = "/tmp"
+            self._short_tmp = tmp = Path(tempfile.mkdtemp(prefix="ts-tmp-", dir=base))
         tmp.mkdir(parents=True, exist_ok=True)
         chosen = iter(free_ports(5, self.bind))
         port = {k: self.fixed_ports.get(k) or next(chosen) for k in ("inference", "management", "metrics")}

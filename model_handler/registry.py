@@ -26,6 +26,8 @@ from typing import Any, Iterator, Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from model_handler.redact import redact, redact_uri
 from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
@@ -48,8 +50,9 @@ class RegistryError(Exception):
     """Storage could not do what was asked. `.uri` and `.operation` say where and what."""
 
     def __init__(self, message: str, uri: str | None = None, operation: str | None = None):
-        super().__init__(message)
-        self.uri = uri
+        # Messages reach logs, status and Events: never with the URI's credentials (user info, tokens).
+        super().__init__(redact(message))
+        self.uri = redact_uri(uri) if uri else uri
         self.operation = operation
 
 
@@ -172,7 +175,7 @@ class Storage:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(uri)
         except (ImportError, ValueError) as exc:  # unknown protocol or its backend not installed
-            raise RegistryError(f"storage {uri}: cannot open: {exc}", uri, "open") from exc
+            raise RegistryError(f"storage {redact_uri(uri)}: cannot open: {exc}", uri, "open") from exc
         self.root = self.root.rstrip("/")
         self.base = f"{self.root}/{namespace}/{model}"
         local = isinstance(self.fs, LocalFileSystem)
@@ -184,7 +187,7 @@ class Storage:
         self._storage_errors: tuple[type[Exception], ...] = (OSError,) if local else (Exception,)
 
     def where(self) -> str:
-        return f"{self.uri} ({self.namespace}/{self.model})"
+        return f"{redact_uri(self.uri)} ({self.namespace}/{self.model})"
 
     def path(self, *parts: str) -> str:
         return "/".join((self.base, *parts))

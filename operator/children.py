@@ -4,6 +4,11 @@ Names are deterministic (`<model>-serving`, `<model>-rules`, `<model>-adapter`, 
 and every child carries an owner reference to the SelfHealingModel (added by the caller with
 `kopf.adopt`), so Kubernetes' garbage collector deletes them with it and no finalizer is needed.
 
+Every pod is hardened the same way (`pod_security_context`, `container_security_context`): a fixed
+non-root UID, read-only root filesystem, no capabilities, no privilege escalation, RuntimeDefault
+seccomp, and no service-account token (neither TorchServe nor the heal Job calls the Kubernetes API).
+What they must write goes to emptyDir volumes that TMPDIR/HOME point at (`scratch_volumes`).
+
 Ports are container-port *names* (`inference`, `management`, `metrics`); the operator finds a pod's
 management port by name, so the same code works on a cluster (fixed 8080-8082) and in the sandbox
 (whose process kubelet assigns free host ports and writes them into the pod).
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 
 import yaml
@@ -27,6 +33,16 @@ PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 ADAPTER_DIR = "/etc/selfheal/adapter"
 RULES_DIR = "/etc/selfheal/rules"
 STATUS_DIR = "/var/run/selfheal/status"
+# Writable places under a read-only root filesystem. TorchServe 0.12 writes its config, log4j2 and
+# logs (the launcher puts them in a work dir under $TMPDIR), its pid file, worker unix sockets and
+# unpacked .mar archives (java.io.tmpdir = $TEMP) there; Python and Java caches go to $HOME.
+TMP_DIR = "/var/run/selfheal/tmp"
+HOME_DIR = "/var/run/selfheal/home"
+# The images' user (docker/*.Dockerfile: `USER 10001:10001`).
+RUN_AS_USER = 10001
+RUN_AS_GROUP = 10001
+# Operator settings for the per-model NetworkPolicy (the chart renders it from its values; unset: none).
+NETWORK_POLICY_ENV = "SELFHEAL_NETWORK_POLICY"
 
 
 def serving_name(model: str) -> str:
@@ -43,6 +59,40 @@ def adapter_config_name(model: str) -> str:
 
 def labels(model: str, component: str) -> dict[str, str]:
     return {MODEL_LABEL: model, COMPONENT_LABEL: component, "app.kubernetes.io/managed-by": "selfheal"}
+
+
+def pod_security_context() -> dict:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_GROUP,
+            "fsGroup": RUN_AS_GROUP, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> dict:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_GROUP,
+            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "privileged": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def scratch_volumes() -> tuple[list[dict], list[dict], dict[str, str]]:
+    """emptyDir volumes, their mounts and the env that points every writer at them."""
+    volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}, {"name": "home", "emptyDir": {"sizeLimit": "256Mi"}}]
+    mounts = [{"name": "tmp", "mountPath": TMP_DIR}, {"name": "home", "mountPath": HOME_DIR}]
+    env = {"TMPDIR": TMP_DIR, "TEMP": TMP_DIR, "TMP": TMP_DIR, "HOME": HOME_DIR,
+           "XDG_CACHE_HOME": f"{HOME_DIR}/.cache", "PYTHONDONTWRITEBYTECODE": "1"}
+    return volumes, mounts, env
+
+
+def storage_env(spec: dict) -> tuple[dict[str, str], list[dict]]:
+    """The storage URI as an env var (never an argument), and the credentials Secret, if named, as
+    envFrom: the kubelet reads it, so the operator needs no access to Secrets."""
+    storage = spec.get("storage") or {}
+    secret = storage.get("secretName")
+    return ({"SELFHEAL_STORAGE_URI": storage.get("uri", "")},
+            [{"secretRef": {"name": secret}}] if secret else [])
+
+
+def hardened_pod_spec(containers: list[dict], volumes: list[dict], **fields) -> dict:
+    return {"securityContext": pod_security_context(), "automountServiceAccountToken": False,
+            "enableServiceLinks": False, "containers": containers, "volumes": volumes, **fields}
 
 
 def torchserve_model_name(name: str, spec: dict) -> str:
@@ -88,10 +138,13 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
     ts_name = torchserve_model_name(name, spec)
     hot_swap = (spec.get("promotion") or {}).get("strategy") == "HotSwap"
     serving = spec.get("serving") or {}
+    scratch, scratch_mounts, scratch_env = scratch_volumes()
+    storage, env_from = storage_env(spec)
     env = {
+        **scratch_env,
         "SELFHEAL_MODEL_NAME": name,
         "SELFHEAL_NAMESPACE": namespace,
-        "SELFHEAL_STORAGE_URI": (spec.get("storage") or {}).get("uri", ""),
+        **storage,
         "SELFHEAL_ADAPTER_VERSION": served_version,
         "SELFHEAL_ADAPTER_FILE": f"{ADAPTER_DIR}/version" if hot_swap else "",
         "SELFHEAL_RULES_FILE": f"{RULES_DIR}/rules.yaml",
@@ -105,9 +158,9 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
             "--bind", "$(POD_IP)",
             *[arg for port in PORTS for arg in (f"--{port}-port", f"$(SELFHEAL_{port.upper()}_PORT)")]]
     volumes = [{"name": "rules", "configMap": {"name": rules_name(name)}},
-               {"name": "status", "emptyDir": {}}]
+               {"name": "status", "emptyDir": {}}, *scratch]
     mounts = [{"name": "rules", "mountPath": RULES_DIR, "readOnly": True},
-              {"name": "status", "mountPath": STATUS_DIR}]
+              {"name": "status", "mountPath": STATUS_DIR}, *scratch_mounts]
     if hot_swap:
         volumes.append({"name": "adapter", "configMap": {"name": adapter_config_name(name)}})
         mounts.append({"name": "adapter", "mountPath": ADAPTER_DIR, "readOnly": True})
@@ -124,9 +177,10 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
         "livenessProbe": {"httpGet": {"path": "/ping", "port": "inference"},
                           "initialDelaySeconds": 60, "periodSeconds": 10},
         "volumeMounts": mounts,
-        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": container_security_context(),
     }
+    if env_from:
+        container["envFrom"] = env_from
     if spec.get("resources"):
         container["resources"] = spec["resources"]
     pod_labels = labels(name, "serving")
@@ -142,11 +196,45 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
                 "metadata": {"labels": pod_labels,
                              "annotations": {ADAPTER_ANNOTATION: served_version,
                                              RULES_ANNOTATION: rules_hash(spec)}},
-                "spec": {"containers": [container], "volumes": volumes,
-                         "terminationGracePeriodSeconds": 30},
+                "spec": hardened_pod_spec([container], volumes, terminationGracePeriodSeconds=30),
             },
         },
     }
+
+
+def network_policy_settings(environ=None) -> dict | None:
+    """The operator's NetworkPolicy settings from $SELFHEAL_NETWORK_POLICY (JSON, rendered by the
+    chart): {"operator": [peers], "metrics": [peers], "inference": [peers]}. None when unset or
+    empty: the operator then creates no NetworkPolicy (e.g. run outside the chart, or opted out)."""
+    raw = (os.environ if environ is None else environ).get(NETWORK_POLICY_ENV, "").strip()
+    if not raw:
+        return None
+    settings = json.loads(raw)
+    if not isinstance(settings, dict) or not isinstance(settings.get("operator"), list) or not settings["operator"]:
+        raise ValueError(f"{NETWORK_POLICY_ENV} must be a JSON object whose 'operator' is a non-empty list "
+                         f"of NetworkPolicyPeers (who may reach the management port)")
+    for key in ("metrics", "inference"):
+        if not isinstance(settings.get(key, []), list):
+            raise ValueError(f"{NETWORK_POLICY_ENV}: {key!r} must be a list of NetworkPolicyPeers")
+    return settings
+
+
+def network_policy(name: str, settings: dict) -> dict:
+    """Ingress to one model's serving pods: management (8081: the describe API with the drift
+    status, which can also load and unload models) only from the operator; metrics (8082) only from
+    `metrics` peers (Prometheus), none if empty; inference (8080) from `inference` peers, any source
+    if empty. Ports by name, as on the pods. Egress is not restricted (pods reach storage)."""
+    def rule(port: str, peers: list[dict] | None) -> dict:
+        return {"ports": [{"port": port, "protocol": "TCP"}], **({"from": peers} if peers is not None else {})}
+
+    ingress = [rule("inference", settings.get("inference") or None),
+               rule("management", settings["operator"])]
+    if settings.get("metrics"):
+        ingress.append(rule("metrics", settings["metrics"]))
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": serving_name(name), "labels": labels(name, "serving")},
+            "spec": {"podSelector": {"matchLabels": {MODEL_LABEL: name, COMPONENT_LABEL: "serving"}},
+                     "policyTypes": ["Ingress"], "ingress": ingress}}
 
 
 def container_port(pod: dict, port_name: str) -> int | None:
@@ -163,17 +251,18 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
     backbone it heals is exactly the one in production."""
     model = spec.get("model") or {}
     healing = spec.get("healing") or {}
-    args = ["-m", "model_handler.heal", "--storage-uri", (spec.get("storage") or {}).get("uri", ""),
-            "--namespace", namespace, "--model", name, "--model-dir", model["archive"].rstrip("/"),
+    scratch, scratch_mounts, scratch_env = scratch_volumes()
+    storage, env_from = storage_env(spec)
+    args = ["-m", "model_handler.heal", "--namespace", namespace, "--model", name, "--model-dir", model["archive"].rstrip("/"),
             "--parent", parent, "--version", version, "--job-name", job_name,
             "--config-json", json.dumps(config, sort_keys=True, separators=(",", ":")),
             "--termination-log", "/dev/termination-log", *(["--since", since] if since else [])]
     container = {"name": "heal", "image": model.get("image") or DEFAULT_IMAGE, "command": ["python"],
-                 "args": args, "terminationMessagePath": "/dev/termination-log",
-                 "terminationMessagePolicy": "File",
-                 "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                                     "capabilities": {"drop": ["ALL"]},
-                                     "seccompProfile": {"type": "RuntimeDefault"}}}
+                 "args": args, "env": [{"name": k, "value": v} for k, v in {**scratch_env, **storage}.items()],
+                 "volumeMounts": scratch_mounts, "terminationMessagePath": "/dev/termination-log",
+                 "terminationMessagePolicy": "File", "securityContext": container_security_context()}
+    if env_from:
+        container["envFrom"] = env_from
     if healing.get("resources"):
         container["resources"] = healing["resources"]
     job_labels = {**labels(name, "heal"), f"{GROUP}/adapter-version": version}
@@ -183,5 +272,5 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
         "spec": {"backoffLimit": healing.get("backoffLimit", 1),
                  "activeDeadlineSeconds": healing.get("activeDeadlineSeconds", 600),
                  "template": {"metadata": {"labels": job_labels},
-                              "spec": {"restartPolicy": "Never", "containers": [container]}}},
+                              "spec": hardened_pod_spec([container], scratch, restartPolicy="Never")}},
     }

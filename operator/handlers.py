@@ -8,19 +8,28 @@ import os
 import kopf
 from prometheus_client import start_http_server
 
+from model_handler.redact import install_log_redaction
 from shm_operator import k8s, monitor, reconcile, rollout  # noqa: F401  (registers the handlers)
+from shm_operator.children import network_policy_settings
+
+# Before Kopf logs anything about a resource: no storage credentials in the log or in Events.
+install_log_redaction()
 
 GROUP = "selfheal.io"
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
+    # A bad setting stops the operator at start, not silently leaves model pods open.
+    memo["network_policy"] = network_policy_settings()
+    logger.info("per-model NetworkPolicy: %s", "on" if memo["network_policy"] else
+                "off ($SELFHEAL_NETWORK_POLICY unset)")
     port = int(os.environ.get("SELFHEAL_METRICS_PORT", "9090"))
     if port:
         start_http_server(port, addr=os.environ.get("SELFHEAL_METRICS_ADDR", "0.0.0.0"))

@@ -44,6 +44,7 @@ _KINDS = {
     "Service": ("CoreV1Api", "namespaced_service"),
     "Deployment": ("AppsV1Api", "namespaced_deployment"),
     "Job": ("BatchV1Api", "namespaced_job"),
+    "NetworkPolicy": ("NetworkingV1Api", "namespaced_network_policy"),
 }
 
 

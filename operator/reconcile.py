@@ -10,7 +10,7 @@ import kopf
 
 from shm_operator import decisions, k8s
 from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap, deployment,
-                                   rules_configmap, service, serving_name)
+                                   network_policy, rules_configmap, service, serving_name)
 from shm_operator.rollout import accept_version
 from shm_operator.status import full_spec, now, phase_of, set_condition_in, update
 
@@ -39,8 +39,10 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, **_)
         if existing is not None:  # HotSwap never restarts pods for a version change
             annotations = existing["spec"]["template"]["metadata"].get("annotations") or {}
             served = annotations.get(ADAPTER_ANNOTATION, version)
-    for child in (rules_configmap(name, spec), adapter_configmap(name, version), service(name),
-                  deployment(name, namespace, spec, served)):
+    children = [rules_configmap(name, spec), adapter_configmap(name, version), service(name)]
+    if memo.get("network_policy"):  # before the pods exist, so they never run unprotected
+        children.append(network_policy(name, memo["network_policy"]))
+    for child in (*children, deployment(name, namespace, spec, served)):
         kopf.adopt(child, owner=body)
         await k8s.ensure(child, namespace)
     adapter = dict(status.get("adapter") or {})

@@ -69,6 +69,10 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
     request_counts: collections.Counter = attrs.field(factory=collections.Counter, init=False)
     # Where the process kubelet writes `<namespace>/<pod>/<container>.log`; serves `kubectl logs`.
     pod_logs_dir: Path | None = None
+    # Requests made with a bearer token other than the sandbox's own ("sandbox") are appended here as
+    # JSON lines {user, verb, group, resource, subresource, namespace, name, path}: an audit log, so a
+    # test can give a client its own token and see every call it made (the RBAC it needs).
+    audit_log: Path | None = None
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -87,6 +91,8 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
     async def _serve(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         raw_path = request.url.path.rstrip("/") or "/"
         method = request.method.value if request.method else "GET"
+        if self.audit_log is not None:
+            self._audit(request, method, raw_path)
         if method == "GET":
             static = {"/version": lambda: SERVER_VERSION, "/api": self._api_versions, "/apis": self._api_groups,
                       "/openapi/v3": self._openapi_index, "/": self._root_paths,
@@ -141,6 +147,26 @@ class SandboxAPI(RequestIntakeMixin, DiscoveryMixin, kmock.KubernetesEmulator):
         if method == "DELETE":
             return self._json(self._delete_collection(path, params, dry_run))
         raise apierrors.method_not_allowed(f"{method} is not supported on {raw_path}")
+
+    def _audit(self, request: rendering.Request, method: str, raw_path: str) -> None:
+        auth = {k.lower(): v for k, v in request.headers.items()}.get("authorization", "")
+        user = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        if not user or user == "sandbox":
+            return
+        path = parse_api_path(raw_path)
+        entry: dict[str, Any] = {"user": user, "path": raw_path}
+        if path is None or path.plural is None:
+            entry["verb"] = method.lower()  # a non-resource URL: discovery, /version
+        else:
+            if method == "GET":
+                verb = "watch" if request.action == enums.action.WATCH else ("get" if path.name else "list")
+            else:
+                verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                        "DELETE": "delete" if path.name else "deletecollection"}.get(method, method.lower())
+            entry.update(verb=verb, group=path.group, resource=path.plural, subresource=path.subresource or "",
+                         namespace=path.namespace or "", name=path.name or "")
+        with open(self.audit_log, "a") as log:
+            log.write(json.dumps(entry) + "\n")
 
     def _pod_log(self, path: ApiPath, params: dict[str, str]) -> aiohttp.web.Response:
         pod = self._get(ApiPath("", "v1", "pods", path.namespace, path.name))

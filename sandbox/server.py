@@ -26,6 +26,7 @@ from sandbox.kubelet import job_kubelet
 STATE_NAME = "sandbox.json"
 STATE_FILE_NAME = "state.json"
 NODE_STATE_NAME = "node.json"
+AUDIT_LOG_NAME = "audit.jsonl"   # requests of clients with their own token (SandboxAPI.audit_log)
 
 # A node agent runs beside the API for the sandbox's lifetime: `agent(api_url, workdir)` returns an
 # async context manager. The process kubelet plugs in here: its Job part (Jobs -> subprocesses) and
@@ -71,7 +72,7 @@ async def serve(workdir: Path, port: int = 0, agents: Sequence[NodeAgent] = DEFA
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     stop = stop or asyncio.Event()
-    api = SandboxAPI(pod_logs_dir=workdir / "pods")
+    api = SandboxAPI(pod_logs_dir=workdir / "pods", audit_log=workdir / AUDIT_LOG_NAME)
     state_file = workdir / STATE_FILE_NAME
     if persist and state_file.exists():
         try:

@@ -38,20 +38,22 @@ KUBERNETES_VERSION = "1.37.0"
 # the oldest version Chart.yaml accepts (kubeVersion >=1.27) and the newest kubernetes-validate knows
 KUBERNETES_VERSIONS = ("1.27.0", KUBERNETES_VERSION)
 NAMESPACED = ("--set", "watch.mode=namespaced", "--set", "watch.namespaces={models-a,models-b}")
-ALL_OPT_INS = ("--set", "dashboard.enabled=true", "--set", "networkPolicy.enabled=true",
+ALL_OPT_INS = ("--set", "dashboard.enabled=true", "--set", "networkPolicy.operator=true",
                "--set", "metrics.serviceMonitor.enabled=true")
 MODES = {"cluster": (), "namespaced": NAMESPACED}
-# What the operator must be allowed in each namespace it watches: (group, resource) -> verbs.
+# What the operator may do in each namespace it watches: (group, resource) -> verbs. Exactly what it
+# calls (tests/operator/test_security.py checks a recorded run against the rendered rules).
 NEEDED_IN_WATCHED_NAMESPACES = {
-    ("selfheal.io", "selfhealingmodels"): {"get", "list", "watch", "patch", "update"},
-    ("selfheal.io", "selfhealingmodels/status"): {"get", "list", "watch", "patch", "update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("selfheal.io", "selfhealingmodels"): {"list", "watch", "patch"},
+    ("selfheal.io", "selfhealingmodels/status"): {"patch"},
+    ("selfheal.io", "selfhealingmodels/finalizers"): {"update"},
+    ("apps", "deployments"): {"get", "create", "patch"},
+    ("", "services"): {"create", "patch"},
+    ("", "configmaps"): {"create", "patch"},
+    ("batch", "jobs"): {"get", "create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"create", "patch"},
+    ("", "pods"): {"list"},
+    ("", "events"): {"create"},
 }
 DASHBOARD_METRICS = ["selfheal_drift_score", "selfheal_input_shift", "selfheal_rule_conflict",
                      "selfheal_adapter_info", "selfheal_heals_started_total", "selfheal_heals_finished_total",
@@ -247,7 +249,9 @@ def test_cluster_mode_rbac(helm):
     role = only(docs, "ClusterRole")
     for (group, resource), verbs in NEEDED_IN_WATCHED_NAMESPACES.items():
         assert allowed_verbs(role["rules"], group, resource) == verbs, (group, resource)
-    assert allowed_verbs(role["rules"], "apiextensions.k8s.io", "customresourcedefinitions") == {"get", "list", "watch"}
+    assert allowed_verbs(role["rules"], "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
+    granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert granted == set(NEEDED_IN_WATCHED_NAMESPACES) | {("apiextensions.k8s.io", "customresourcedefinitions")}
     assert_least_privilege(role["rules"])
     binding = only(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -271,13 +275,15 @@ def test_namespaced_mode_rbac(helm):
     cluster_role = only(docs, "ClusterRole")
     assert {(g, r) for rule in cluster_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]} == {
         ("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
-    assert {v for rule in cluster_role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+    assert {v for rule in cluster_role["rules"] for v in rule["verbs"]} == {"list", "watch"}
 
 
 def assert_least_privilege(rules: list[dict]) -> None:
     for rule in rules:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
         assert not {"secrets", "pods/exec", "roles", "rolebindings", "clusterroles"} & set(rule["resources"]), rule
+        assert not {"delete", "deletecollection", "update"} & set(rule["verbs"]) or \
+            rule["resources"] == ["selfhealingmodels/finalizers"], rule
 
 
 def test_dashboard_configmap(helm):
@@ -303,25 +309,26 @@ def test_dashboard_configmap(helm):
     assert len(ids) == len(set(ids))
 
 
-def test_network_policy_limits_management_and_metrics_ports(helm):
-    assert not [d for d in template(helm) if d["kind"] == "NetworkPolicy"], "the NetworkPolicy must be opt-in"
-    docs = template(helm, *NAMESPACED, "--set", "networkPolicy.enabled=true")
+def test_network_policy_values(helm):
+    """The model pods' policy is the operator's (on by default, via its env; tests/test_security.py
+    checks what it renders); the operator pod's own policy is opt-in; off means no env and no RBAC."""
+    docs = template(helm)
+    assert not [d for d in docs if d["kind"] == "NetworkPolicy"], "the operator pod's NetworkPolicy is opt-in"
+    env = {e["name"]: e.get("value") for e in only(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["SELFHEAL_NETWORK_POLICY"])["operator"]
+    off = template(helm, "--set", "networkPolicy.models=false")
+    container = only(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "SELFHEAL_NETWORK_POLICY" not in {e["name"] for e in container["env"]}
+    assert allowed_verbs(only(off, "ClusterRole")["rules"], "networking.k8s.io", "networkpolicies") == set()
+    docs = template(helm, "--set", "networkPolicy.operator=true")
+    policy = only(docs, "NetworkPolicy")
+    assert policy["metadata"]["name"] == "shm-selfheal-operator"
     operator_labels = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    model_policies = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("model-pods")]
-    assert sorted(p["metadata"]["namespace"] for p in model_policies) == ["models-a", "models-b"]
-    for policy in model_policies:
-        spec = policy["spec"]
-        assert spec["policyTypes"] == ["Ingress"]
-        # the pods the operator creates (shm_operator.children labels)
-        assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "selfheal",
-                                                      "selfheal.io/component": "serving"}
-        by_port = {rule["ports"][0]["port"]: rule for rule in spec["ingress"]}
-        assert set(by_port) == {"inference", "management", "metrics"}
-        (operator_peer,) = by_port["management"]["from"]
-        assert operator_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "selfheal-system"}
-        assert operator_peer["podSelector"]["matchLabels"].items() <= operator_labels.items()
-        (prometheus_peer,) = by_port["metrics"]["from"]
-        assert prometheus_peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= operator_labels.items()
+    by_port = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
+    assert set(by_port) == {"metrics", "liveness"} and "from" not in by_port["liveness"]
+    (prometheus_peer,) = by_port["metrics"]["from"]
+    assert prometheus_peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     # the named ports exist on the model pods the operator renders
     assert {"inference", "management", "metrics"} == set(PORTS) and PORTS["management"] == 8081
 
@@ -393,8 +400,7 @@ def test_helm_install_upgrade_uninstall_cluster_mode(cluster):
     release = f"c{uuid.uuid4().hex[:6]}"
     fullname = f"{release}-selfheal"
     installed = cluster.run_helm("install", release, str(CHART), "-n", namespace,
-                                 "--set", "dashboard.enabled=true", "--set", "networkPolicy.enabled=true",
-                                 "--set", f"networkPolicy.namespaces={{{models}}}")
+                                 "--set", "dashboard.enabled=true", "--set", "networkPolicy.operator=true")
     assert "STATUS: deployed" in installed.stdout and "kubectl get shm" in installed.stdout
     assert cluster.get("crd", "selfhealingmodels.selfheal.io")["spec"]["names"]["shortNames"] == ["shm"]
     assert cluster.exists("serviceaccount", fullname, "-n", namespace)
@@ -402,7 +408,7 @@ def test_helm_install_upgrade_uninstall_cluster_mode(cluster):
     assert cluster.get("clusterrolebinding", fullname)["subjects"][0]["namespace"] == namespace
     assert cluster.exists("service", f"{fullname}-metrics", "-n", namespace)
     assert cluster.exists("configmap", f"{fullname}-dashboard", "-n", namespace)
-    assert cluster.exists("networkpolicy", f"{fullname}-model-pods", "-n", models)
+    assert cluster.exists("networkpolicy", f"{fullname}-operator", "-n", namespace)
     deployment = cluster.get("deployment", fullname, "-n", namespace)
     assert "--all-namespaces" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
@@ -420,7 +426,7 @@ def test_helm_install_upgrade_uninstall_cluster_mode(cluster):
     cluster.run_helm("uninstall", release, "-n", namespace)
     for what in (("deployment", fullname, "-n", namespace), ("serviceaccount", fullname, "-n", namespace),
                  ("service", f"{fullname}-metrics", "-n", namespace), ("clusterrole", fullname),
-                 ("clusterrolebinding", fullname), ("networkpolicy", f"{fullname}-model-pods", "-n", models)):
+                 ("clusterrolebinding", fullname), ("networkpolicy", f"{fullname}-operator", "-n", namespace)):
         assert not cluster.exists(*what), f"{what} is still there after uninstall"
     assert cluster.exists("shm", "fraud", "-n", models), "helm must leave the CRD and its objects in place"
 

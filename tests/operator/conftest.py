@@ -1,5 +1,9 @@
 """Fixtures for the operator's end-to-end tests: a sandbox API process, the real kubectl, the CRD,
-a trained example model on disk, and the real operator process (`python -m shm_operator`)."""
+a trained example model on disk, and the real operator process (`python -m shm_operator`).
+
+The operator process talks to the API with its own token, so the sandbox's audit log records each of
+its calls; when an `operator` fixture ends, every call it made must be allowed by the chart's RBAC
+(tests/operator/rbac_audit.py): any operator test that makes a call the chart does not grant fails."""
 from __future__ import annotations
 
 import signal
@@ -9,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from examples.fraud.train import build_served
 from sandbox import env as sandbox_env
@@ -18,6 +23,9 @@ from sandbox import tools
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
 from sandbox_helpers import REPO_ROOT, Sandbox  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rbac_audit  # noqa: E402
 
 CRD = REPO_ROOT / "crds" / "selfhealingmodels.yaml"
 
@@ -61,11 +69,20 @@ class OperatorProcess:
         self.sandbox, self.namespace, self.workdir = sandbox, namespace, workdir
         self.log_path = workdir / f"operator-{uuid.uuid4().hex[:6]}.log"
         self.process: subprocess.Popen | None = None
+        self.user = f"operator-{uuid.uuid4().hex[:8]}"   # its own token: its calls are audited apart
+        self.kubeconfig = workdir / f"kubeconfig-{self.user}"
 
-    def start(self) -> "OperatorProcess":
+    def start(self, **env_overrides: str) -> "OperatorProcess":
         self.metrics_port, self.liveness_port = free_port(), free_port()
-        env = {**self.sandbox.env, "SELFHEAL_METRICS_PORT": str(self.metrics_port),
-               "SELFHEAL_METRICS_ADDR": "127.0.0.1", "PYTHONSAFEPATH": "1"}
+        config = yaml.safe_load(Path(self.sandbox.env["KUBECONFIG"]).read_text())
+        for user in config["users"]:
+            user["user"] = {"token": self.user}
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        # as the chart configures it: the per-model NetworkPolicy on
+        policy = rbac_audit.operator_env(self.sandbox.helm_bin, self.namespace)["SELFHEAL_NETWORK_POLICY"]
+        env = {**self.sandbox.env, "KUBECONFIG": str(self.kubeconfig), "SELFHEAL_METRICS_PORT": str(self.metrics_port),
+               "SELFHEAL_METRICS_ADDR": "127.0.0.1", "PYTHONSAFEPATH": "1", "SELFHEAL_NETWORK_POLICY": policy,
+               **env_overrides}
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "shm_operator", "--namespace", self.namespace,
                                          f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz", "--verbose"],
@@ -85,6 +102,14 @@ class OperatorProcess:
     def tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
+    def calls(self) -> list[dict]:
+        """Every API call this operator made, from the sandbox's audit log."""
+        return rbac_audit.audited_calls(self.sandbox.workdir / "audit.jsonl", self.user)
+
+    def calls_denied_by_chart(self) -> list[dict]:
+        role, cluster_role = rbac_audit.render_rbac(self.sandbox.helm_bin, self.namespace)
+        return rbac_audit.denied_calls(self.calls(), self.namespace, role, cluster_role)
+
 
 @pytest.fixture
 def operator(sandbox, namespace, tmp_path):
@@ -94,3 +119,5 @@ def operator(sandbox, namespace, tmp_path):
     # A handler that crashes is only logged by Kopf (and retried), so a test could pass over it.
     log = running.log_path.read_text(errors="replace")
     assert "Traceback" not in log, f"the operator logged a crash:\n{log[log.index('Traceback') - 500:][:4000]}"
+    denied = running.calls_denied_by_chart()
+    assert not denied, f"the operator made API calls the chart's RBAC does not allow: {denied[:20]}"

@@ -60,44 +60,63 @@ app.kubernetes.io/part-of: selfheal
 {{- .Values.watch.namespaces | uniq | toJson }}
 {{- end }}
 
-{{/* Where the model pods run: the NetworkPolicy goes into each of these namespaces. */}}
-{{- define "selfheal.modelNamespaces" -}}
-{{- if .Values.networkPolicy.namespaces }}
-{{- .Values.networkPolicy.namespaces | uniq | toJson }}
-{{- else if include "selfheal.clusterMode" . }}
-{{- list .Release.Namespace | toJson }}
-{{- else }}
-{{- include "selfheal.watchNamespaces" . }}
-{{- end }}
+{{/*
+The operator's per-model NetworkPolicy settings, as JSON for $SELFHEAL_NETWORK_POLICY
+(shm_operator.children.network_policy_settings): who may reach the management port (this release's
+operator pods), the metrics port (Prometheus) and the inference port (inferenceFrom; empty: anyone).
+*/}}
+{{- define "selfheal.modelNetworkPolicy" -}}
+{{- $operator := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" (include "selfheal.selectorLabels" . | fromYaml)) }}
+{{- $prometheus := dict "namespaceSelector" .Values.networkPolicy.prometheus.namespaceSelector "podSelector" .Values.networkPolicy.prometheus.podSelector }}
+{{- dict "operator" (list $operator) "metrics" (list $prometheus) "inference" .Values.networkPolicy.inferenceFrom | toJson }}
 {{- end }}
 
-{{/* What the operator does in a namespace it watches (ClusterRole in cluster mode, Role otherwise). */}}
+{{/*
+What the operator does in a namespace it watches (ClusterRole in cluster mode, Role otherwise): exactly
+the calls it makes (tests/operator/rbac_audit.py checks a recorded run against these rules), nothing
+more. It never reads or lists the objects it creates (create, and patch when they exist), never
+deletes (owner references let the garbage collector do that), never reads Secrets (pods and Jobs get
+them through envFrom, resolved by the kubelet).
+*/}}
 {{- define "selfheal.namespacedRules" -}}
-# The custom resource: Kopf watches it, patches its finalizer/progress annotations and its status.
+# Kopf: lists and watches the custom resource, patches its finalizer/progress annotations, its spec
+# (adapter.version after a heal or rollback) and its status subresource.
 - apiGroups: ["selfheal.io"]
-  resources: ["selfhealingmodels", "selfhealingmodels/status"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# The children it owns: the serving Deployment, its Service and ConfigMaps, the healing Jobs.
+  resources: ["selfhealingmodels"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["selfheal.io"]
+  resources: ["selfhealingmodels/status"]
+  verbs: ["patch"]
+# Children carry an owner reference with blockOwnerDeletion (kopf.adopt); clusters that enforce
+# OwnerReferencesPermissionEnforcement (e.g. OpenShift) require update on the owner's finalizers.
+- apiGroups: ["selfheal.io"]
+  resources: ["selfhealingmodels/finalizers"]
+  verbs: ["update"]
+# The children (shm_operator.k8s.ensure: create, patch if it exists): the serving Deployment (read
+# back for HotSwap), its Service and ConfigMaps, the healing Jobs (read back to follow them).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["create", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Pods are only read: drift polling of ready model pods, the heal Job's termination message.
+  verbs: ["get", "create", "patch"]
+{{- if .Values.networkPolicy.models }}
+# The per-model NetworkPolicy (values: networkPolicy.models).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
+{{- end }}
+# Pods are only listed: the ready model pods to poll for drift, a heal Job's pod for its result.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Events: Kopf posts core/v1 Events about handlers; the operator reports heals and rollbacks.
+  verbs: ["list"]
+# Events: Kopf posts core/v1 Events (handler outcomes, kopf.info/warn: heals, rollbacks).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* The NetworkPolicy peer that matches Prometheus (values: networkPolicy.prometheus). */}}
