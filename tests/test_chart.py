@@ -42,7 +42,7 @@ ALL_OPT_INS = ("--set", "dashboard.enabled=true", "--set", "networkPolicy.operat
                "--set", "metrics.serviceMonitor.enabled=true")
 MODES = {"cluster": (), "namespaced": NAMESPACED}
 # What the operator may do in each namespace it watches: (group, resource) -> verbs. Exactly what it
-# calls (tests/operator/test_security.py checks a recorded run against the rendered rules).
+# calls (tests/operator/test_operator_security.py checks a recorded run against the rendered rules).
 NEEDED_IN_WATCHED_NAMESPACES = {
     ("selfheal.io", "selfhealingmodels"): {"list", "watch", "patch"},
     ("selfheal.io", "selfhealingmodels/status"): {"patch"},
