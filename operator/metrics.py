@@ -1,6 +1,8 @@
 """Prometheus metrics of the operator: heals by result, rollbacks, drift per model, errors."""
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge
 
 HEALS_STARTED = Counter("selfheal_heals_started_total", "Healing Jobs launched", ["namespace", "model"])
@@ -12,6 +14,9 @@ ADAPTER_CHANGES = Counter("selfheal_adapter_changes_total", "spec.adapter.versio
 DRIFT_SCORE = Gauge("selfheal_drift_score", "Weaker drift signal over its threshold (>= 1: both on)",
                     ["namespace", "model"])
 INPUT_SHIFT = Gauge("selfheal_input_shift", "Largest per-feature PSI of the last window", ["namespace", "model"])
+RECONCILE_ERRORS = Counter("selfheal_reconcile_errors_total",
+                           "Handler passes that raised (Kopf retries them), by handler",
+                           ["namespace", "model", "handler"])
 RULE_CONFLICT = Gauge("selfheal_rule_conflict", "Trust-weighted excess rule conflict of the last window",
                       ["namespace", "model"])
 
@@ -20,3 +25,16 @@ def observe_drift(namespace: str, model: str, summary: dict) -> None:
     DRIFT_SCORE.labels(namespace, model).set(summary["score"])
     INPUT_SHIFT.labels(namespace, model).set(summary["inputShift"])
     RULE_CONFLICT.labels(namespace, model).set(summary["ruleConflict"])
+
+
+def count_errors(handler):
+    """Count a Kopf handler's failed passes in RECONCILE_ERRORS, then let Kopf handle the error.
+    `functools.wraps` keeps the handler's name, which Kopf uses as its id in progress storage."""
+    @functools.wraps(handler)
+    async def counted(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except Exception:
+            RECONCILE_ERRORS.labels(kwargs.get("namespace") or "", kwargs.get("name") or "", handler.__name__).inc()
+            raise
+    return counted

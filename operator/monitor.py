@@ -48,6 +48,7 @@ def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, RuleSet] | None:
 
 # backoff: after a failed tick (e.g. the API server restarting) try again in seconds, not Kopf's 60.
 @kopf.timer("selfheal.io", "v1alpha1", "selfhealingmodels", interval=TICK_SECONDS, idle=None, backoff=5)
+@metrics.count_errors
 async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch, **_) -> None:
     t = now()
     prepared = prepared_spec(spec, meta, memo)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import kopf
 
-from shm_operator import decisions, k8s
+from shm_operator import decisions, k8s, metrics
 from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap, deployment,
                                    network_policy, rules_configmap, service, serving_name)
 from shm_operator.rollout import accept_version
@@ -18,6 +18,7 @@ from shm_operator.status import full_spec, now, phase_of, set_condition_in, upda
 @kopf.on.resume("selfheal.io", "v1alpha1", "selfhealingmodels", backoff=10)
 @kopf.on.create("selfheal.io", "v1alpha1", "selfhealingmodels", backoff=10)
 @kopf.on.update("selfheal.io", "v1alpha1", "selfhealingmodels", field="spec", backoff=10)
+@metrics.count_errors
 async def reconcile(name, namespace, spec, status, body, meta, patch, memo, **_) -> None:
     t = now()
     status = dict(status or {})
