@@ -407,7 +407,8 @@ def group_pods(rig: Rig) -> Iterator[Case]:
             unreachable = (status.get("drift") or {}).get("unreachablePods") or []
         finally:
             signal_all(frozen, signal.SIGCONT)
-        status = rig.wait(name, lambda s: condition(s, "Degraded").get("status") == "False", 90, "Degraded cleared")
+        status = rig.wait(name, lambda s: condition(s, "Degraded").get("status") == "False" and serving("v2")(s), 90,
+                          "Degraded cleared and 2/2 on v2")
         reasons = event_reasons(rig, name)
         yield measured("pods: a pod stops answering (SIGSTOP), then comes back", loop, began,
                        {"PodsUnreachable", "PodsHealthy"} <= reasons and serving("v2")(status),

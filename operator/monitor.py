@@ -301,7 +301,9 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
         rates = (fresh.get("classRates") or {}) if pre.class_rates else {}
         live = decisions.RolloutSignals(fresh["samples"], fresh["ruleConflict"], rates)
         decision = decisions.rollback_check(pre, live, limits, elapsed)
-        reference = base.get("referenceClassRates") or {}
+        # The training data's class rates are the model's, not the rollout's: if none were known when
+        # the rollout began (an operator restarted just before it had no window yet), use today's.
+        reference = base.get("referenceClassRates") or memo.get("reference_class_rates") or {}
         if decision.act and reference and rates:
             versus_training = decisions.rollback_check(
                 decisions.RolloutSignals(pre.samples, pre.rule_conflict, reference), live, limits, elapsed)
