@@ -239,7 +239,9 @@ def test_values_that_overflow_the_network_refuse_only_their_own_request(model_di
     huge = [rows[0].tolist(), [3e38] * len(FEATURES)]
     with np.errstate(all="ignore"):
         results = service.predict_many([rows[:2].tolist(), huge, b"{broken"])
-    assert results[0]["probabilities"] == alone["probabilities"]
+    # The same answer as alone, to float32 rounding: how BLAS blocks a 3-row and a 2-row product
+    # differs by machine, so bit equality across batch sizes is not promised (nor needed).
+    np.testing.assert_allclose(results[0]["probabilities"], alone["probabilities"], rtol=1e-5, atol=1e-7)
     assert results[1].status == 422 and results[1].message.startswith("row 1: ") and "overflow" in results[1].message
     assert results[2].status == 400
     assert service.rows == 4 and service.requests == 4 and service.rejected == 2
