@@ -59,10 +59,6 @@ class DemoFailed(RuntimeError):
     """A step of the demo did not happen in time; the message says which."""
 
 
-
-
-
-
 def parse_time(value: str | None) -> float | None:
     """A Kubernetes timestamp as Unix seconds (None stays None)."""
     if not value:

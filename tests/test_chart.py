@@ -518,8 +518,6 @@ def seen(namespace, name, **_):
 '''
 
 
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_rendered_operator_arguments_run_kopf_with_a_working_liveness_probe(cluster, helm, tmp_path, mode):
     """The chart's args, given to the real Kopf (with a stand-in handler module instead of the

@@ -60,8 +60,6 @@ def model_dir(tmp_path_factory) -> Path:
     return build_served(tmp_path_factory.mktemp("models") / "store", rows=16000, seed=0)
 
 
-
-
 class OperatorProcess:
     """The real operator process for one namespace; its log is kept for failure messages."""
 

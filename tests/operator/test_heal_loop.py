@@ -28,8 +28,6 @@ FAST = {"replicas": 2,
         "promotion": {"strategy": "RollingRestart", "rollback": {"watchSeconds": 20, "minSamples": 200}}}
 
 
-
-
 def service_url(sandbox, namespace) -> str:
     svc = sandbox.get("service", "fraud-serving", "-n", namespace)
     return f"http://{svc['spec']['clusterIP']}:8080/predictions/fraud"

@@ -42,8 +42,6 @@ def status(namespace: str) -> dict:
     return json.loads(run("kubectl", "get", "shm", "fraud", "-n", namespace, "-o", "json")).get("status") or {}
 
 
-
-
 def test_heal_on_a_real_cluster():
     namespace = f"selfheal-e2e-{uuid.uuid4().hex[:6]}"
     repository, _, tag = os.environ["SELFHEAL_E2E_OPERATOR_IMAGE"].rpartition(":")
