@@ -15,7 +15,8 @@ Groups (each deploys one SelfHealingModel with 2 pods, then runs its cases in or
             (SIGSTOP) so it stops answering
   operator  kill -9 the operator mid-heal and mid-rollout; restart the API server under load
   jobs      a heal Job that hangs past its deadline, one that fails, corrupt/truncated/unfinished
-            adapters in the registry, an adapter for another backbone (refused by the pods)
+            adapters in the registry, an adapter for another backbone (refused by the pods), a
+            Job's passing candidate truncated after its commit (refused by the operator)
   storage   storage full (small tmpfs volumes filled up: real ENOSPC) for sampled traffic, then for
             a heal's candidate; storage unreachable (the volume gone) during a version change
 
@@ -34,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,10 +82,6 @@ class Case:
 
 class Timeout(RuntimeError):
     """Something the case waits for did not happen in time; the message says what."""
-
-
-
-
 
 
 def condition(status: dict, type_: str) -> dict:
@@ -502,6 +500,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
         status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("job") not in (None, first) and
                           s["lastHeal"].get("result") != "Running", 180, "the second Job's end")
         heal = status["lastHeal"]
+        second = heal["job"]
         time.sleep(10)   # the budget (2 a day) is spent: no third Job may start
         jobs = rig.jobs(name)
         yield measured("jobs: a heal Job fails (the model volume lost a file)", loop, began,
@@ -557,9 +556,61 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
                        f"{failures(loop.between(began, time.monotonic()))}")
         rig.patch_version(name, "base")
         rig.wait(name, lambda s: condition(s, "Degraded").get("status") != "True", 60, "Degraded cleared")
+
+        # A heal Job whose candidate is damaged right after its commit (a bad disk, a writer racing
+        # it): its gate passed, but the operator reads the file back before promoting and refuses it.
+        began = time.monotonic()
+        adapters = storage / NAMESPACE / name / "adapters"
+        with CandidateCutter(adapters) as cutter:
+            rig.patch(name, {"spec": {"healing": {"maxHealsPerDay": 3}}})   # one more heal today
+            status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("job") not in (first, second) and
+                              s["lastHeal"].get("result") not in (None, "Running"), 240, "the third Job's end")
+        heal = status["lastHeal"]
+        time.sleep(5)   # a promotion would show now: spec.adapter.version, a rollout
+        status = rig.status(name)
+        spec_version = rig.get("shm", name)["spec"]["adapter"]["version"]
+        state = json.loads((adapters / heal["version"] / "meta.json").read_text()).get("state")
+        event = any(e.get("reason") == "HealFailed" and heal["job"] in e.get("message", "") for e in rig.events(name))
+        yield measured("jobs: a heal Job's candidate truncated after its commit", loop, began,
+                       cutter.cut == [heal["version"]] and heal["result"] == "Failed"
+                       and "sha256 mismatch" in (heal.get("reason") or "") and spec_version == "base"
+                       and serving("base")(status) and state == "rejected" and event,
+                       f"{heal['job']} wrote {heal['version']} (cut to 40 bytes: {cutter.cut}); {heal['result']}: "
+                       f"{(heal.get('reason') or '')[:120]}; registry state {state}; spec stays {spec_version}"
+                       f"{failures(loop.between(began, time.monotonic()))}")
     finally:
         loop.stop()
         rig.delete(name)
+
+
+class CandidateCutter:
+    """Truncates every adapter version committed under `adapters/` while it runs, within
+    milliseconds of its meta.json appearing: before the Job exits, so before the operator can read
+    its result. `cut` lists the versions it damaged."""
+
+    def __init__(self, adapters: Path):
+        self.adapters = adapters
+        self.known = {p.parent.name for p in adapters.glob("*/meta.json")}
+        self.cut: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> "CandidateCutter":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            for meta in self.adapters.glob("*/meta.json"):
+                if meta.parent.name not in self.known:
+                    self.known.add(meta.parent.name)
+                    data = meta.with_name("adapter.safetensors")
+                    data.write_bytes(data.read_bytes()[:40])
+                    self.cut.append(meta.parent.name)
 
 
 @contextlib.contextmanager

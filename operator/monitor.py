@@ -10,6 +10,7 @@ restart resumes where it was and a Job already launched is found again by its de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -21,7 +22,7 @@ from model_handler.rules import RuleSet
 from shm_operator import decisions, k8s, metrics
 from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchserve_model_name
 from shm_operator.crd import SelfHealingModelSpec
-from shm_operator.rollout import CHANGE_ANNOTATION, registry_for
+from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
 from shm_operator.signals import (PodUnreachable, WindowState, class_rates, drift_summary, fetch_pod_status,
                                   ingest, score_window, trigger_from)
 from shm_operator.status import full_spec, iso, now, parse_time, phase_of, set_condition_in, update
@@ -245,6 +246,21 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
         last.update(result="Failed", reason=why[:1000])
         return finish_heal(name, namespace, body, patch, status, last, t)
     action = decisions.promotion_action(spec["healing"]["mode"], result)
+    if action.action in ("promote", "await-approval"):
+        registry = registry_for(name, namespace, spec)
+        try:
+            problem = await asyncio.to_thread(candidate_problem, registry, result.version, result.sha256)
+        except RegistryError as err:   # the result stays in the Job; read it again next check
+            if degraded_reason(status) != "RegistryUnreachable":
+                kopf.warn(body, reason="RegistryUnreachable",
+                          message=f"cannot check candidate {result.version}: {str(err)[:500]}")
+            set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err)[:1000], t)
+            return
+        if problem is not None:
+            last.update(result="Failed", reason=problem[:1000])
+            with contextlib.suppress(RegistryError):   # best effort: the Job's own meta may be what broke
+                await asyncio.to_thread(registry.set_state, result.version, "rejected", problem[:500])
+            return finish_heal(name, namespace, body, patch, status, last, t)
     last["reason"] = action.reason[:1000]
     if action.action == "promote":
         last["result"] = "Promoted"

@@ -117,6 +117,21 @@ def verified_meta(registry: AdapterRegistry, version: str):
     return meta
 
 
+def candidate_problem(registry: AdapterRegistry, version: str, reported_sha256: str | None) -> str | None:
+    """Why a heal Job's candidate cannot be promoted or offered, or None if it can: it must be in the
+    registry, intact (`verified_meta`), and the very file the Job reported (its sha256). A Job that
+    crashed mid-write, a bad disk or another writer must not turn a passing gate into a rollout of
+    something else. RegistryError (unreachable storage) is raised: that is a retry, not a verdict."""
+    try:
+        meta = verified_meta(registry, version)
+    except (AdapterNotFoundError, CorruptAdapterError, AdapterError) as err:
+        return f"candidate {version} is unusable in the registry: {err}"
+    if reported_sha256 and meta.sha256 != reported_sha256:
+        return (f"candidate {version} in the registry (sha256 {meta.sha256}) is not the file the heal Job "
+                f"wrote (sha256 {reported_sha256})")
+    return None
+
+
 def watched(by: str, version: str, status: dict) -> bool:
     """Is this rollout watched for harm (and rolled back on it)? Not a rollback itself, and not a
     move to `base` or to the last good version: those are the safe harbours a person (or the

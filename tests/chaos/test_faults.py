@@ -61,7 +61,7 @@ def test_operator_and_api_restarts(rig):
 
 def test_job_and_registry_faults(rig):
     cases = run_group(rig, "jobs")
-    assert len(cases) == 6
+    assert len(cases) == 7
     assert_recovered(cases)
 
 
