@@ -25,7 +25,8 @@ from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
 from shm_operator.signals import (PodUnreachable, WindowState, class_rates, drift_summary, fetch_pod_status,
                                   ingest, score_window, trigger_from)
-from shm_operator.status import full_spec, iso, now, parse_time, phase_of, set_condition_in, update
+from shm_operator.status import (full_spec, iso, now, parse_time, phase_of, refresh_phase, set_condition_in, update,
+                                 update_adapter, update_rollout)
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 2.0
@@ -68,9 +69,8 @@ async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch
     await follow_heal(name, namespace, spec, status, body, patch, t)
     await maybe_heal(name, namespace, spec, status, body, patch, t)
     await watch_rollout(name, namespace, spec, status, body, memo, patch, fresh, t)
-    phase = phase_of(status)
-    if phase != status.get("phase"):
-        update(patch, status, phase=phase)
+    if patch or phase_of(status) != status.get("phase"):
+        refresh_phase(patch, status)
 
 
 async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, t) -> dict | None:
@@ -92,15 +92,16 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
         except (PodUnreachable, ValueError, KeyError) as err:
             unreachable.append(f"{pod['metadata']['name']}: {err}"[:300])
     state.forget_missing({p["metadata"]["uid"] for p in pods})
-    adapter = dict(status.get("adapter") or {})
+    stored = status.get("adapter") or {}
     versions = {a.get("version") for a in served}
-    at_desired = sum(1 for a in served if a.get("version") == adapter.get("desired"))
-    adapter.update(podsAtDesired=at_desired, podsTotal=spec["replicas"], ready=f"{at_desired}/{spec['replicas']}",
-                   current=next(iter(versions)) if len(versions) == 1 else None)
+    at_desired = sum(1 for a in served if a.get("version") == stored.get("desired"))
+    seen = {"podsAtDesired": at_desired, "podsTotal": spec["replicas"], "ready": f"{at_desired}/{spec['replicas']}",
+            "current": next(iter(versions)) if len(versions) == 1 else None}
     refused = {v: why[:300] for a in served for v, why in (a.get("refused") or {}).items()}
-    changed = not same(adapter, status.get("adapter")) or not same(refused, status.get("refusedAdapters"))
-    if changed:
-        update(patch, status, adapter=adapter, refusedAdapters=refused)
+    changed = not same({**stored, **seen}, stored) or not same(refused, status.get("refusedAdapters"))
+    if changed:   # only the keys the pods tell: `desired` belongs to the reconcile handler
+        update_adapter(patch, status, **seen)
+        update(patch, status, refusedAdapters=refused)
     report_pod_health(name, namespace, spec, status, body, patch, unreachable, refused, t)
 
     before = dict(status.get("drift") or {})
@@ -303,9 +304,8 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
         if adapter.get("podsAtDesired", 0) >= spec["replicas"] and adapter.get("current") == rollout["to"]:
             rollout["complete"] = iso(t)
             memo["window"] = WindowState()  # from now on, windows hold only new-adapter traffic
-            update(patch, status, rollout=rollout)
-            if not rollout.get("watch", True):  # back on the last good adapter: nothing to watch
-                update(patch, status, rollout=None)
+            # back on the last good adapter: nothing to watch
+            update_rollout(patch, status, rollout, rollout if rollout.get("watch", True) else None)
         return
     limits = decisions.RollbackLimits.from_spec(SelfHealingModelSpec.model_validate(spec).promotion.rollback)
     elapsed = (t - parse_time(rollout["complete"])).total_seconds()
@@ -330,7 +330,8 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
         if decision.code == "HarmNotRolledBack":
             kopf.warn(body, reason="HarmDetected", message=decision.reason[:1000])
     if elapsed >= limits.watch_seconds:
-        update(patch, status, adapter={**adapter, "lastGood": rollout["to"]}, rollout=None)
+        update_adapter(patch, status, lastGood=rollout["to"])
+        update_rollout(patch, status, rollout, None)
         kopf.info(body, reason="RolloutHealthy", message=f"adapter {rollout['to']} watched for {elapsed:.0f}s: no harm")
 
 
@@ -345,7 +346,7 @@ def change_version(patch, version: str, by: str, reason: str) -> None:
 async def roll_back(name, namespace, spec, status, body, patch, rollout, reason, t, code="HarmDetected") -> None:
     target = (status.get("adapter") or {}).get("lastGood") or rollout["from"]
     change_version(patch, target, "rollback", f"automatic rollback of {rollout['to']}: {reason}")
-    update(patch, status, rollout=None)
+    update_rollout(patch, status, rollout, None)
     set_condition_in(patch, status, "RolledBack", True, code, f"{rollout['to']} -> {target}: {reason}", t)
     what = "harmed live signals" if code == "HarmDetected" else "could not be served"
     kopf.warn(body, reason="RolledBack", message=f"adapter {rollout['to']} {what} ({reason}); "

@@ -12,7 +12,7 @@ from shm_operator import decisions, k8s, metrics
 from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap, deployment,
                                    network_policy, rules_configmap, service, serving_name)
 from shm_operator.rollout import accept_version
-from shm_operator.status import full_spec, now, phase_of, set_condition_in, update
+from shm_operator.status import full_spec, now, refresh_phase, set_condition_in, update, update_adapter
 
 
 @kopf.on.resume("selfheal.io", "v1alpha1", "selfhealingmodels", backoff=10)
@@ -28,7 +28,7 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, **_)
         message = "; ".join(problems)
         set_condition_in(patch, status, "Ready", False, "InvalidSpec", message, t, generation)
         update(patch, status, observedGeneration=generation)
-        update(patch, status, phase=phase_of(status))
+        refresh_phase(patch, status)
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
         return  # nothing to retry until the spec changes
     spec = full_spec(spec)
@@ -46,11 +46,12 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, **_)
     for child in (*children, deployment(name, namespace, spec, served)):
         kopf.adopt(child, owner=body)
         await k8s.ensure(child, namespace)
-    adapter = dict(status.get("adapter") or {})
-    adapter["desired"] = version
-    adapter.setdefault("lastGood", version)
-    update(patch, status, adapter=adapter, observedGeneration=generation)
+    owned = {"desired": version}
+    if not (status.get("adapter") or {}).get("lastGood"):
+        owned["lastGood"] = version   # the first version served; the timer moves it after a watch
+    update_adapter(patch, status, **owned)
+    update(patch, status, observedGeneration=generation)
     set_condition_in(patch, status, "Ready", True, "ChildrenReconciled",
                      f"Deployment {serving_name(name)}, its Service and ConfigMaps "
                      f"({adapter_config_name(name)}, rules) match the spec", t)
-    update(patch, status, phase=phase_of(status))
+    refresh_phase(patch, status)

@@ -19,7 +19,7 @@ from model_handler.model import AdapterError, adapter_from_bytes
 from model_handler.registry import (BASE_VERSION, AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
                                     RegistryError)
 from shm_operator import decisions, metrics
-from shm_operator.status import iso, set_condition_in, update
+from shm_operator.status import iso, set_condition_in, start_rollout, update
 
 log = logging.getLogger(__name__)
 CHANGE_ANNOTATION = "selfheal.io/adapter-change"   # {"version", "by", "reason"} of an operator's own change
@@ -80,13 +80,14 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     if change:
         patch.metadata.annotations[CHANGE_ANNOTATION] = None  # consumed: a later change is someone else's
     strategy = spec["promotion"]["strategy"]
+    if (status.get("candidate") or {}).get("version") == requested:
+        update(patch, status, candidate=None)   # promoted; any other candidate is the timer's to keep
     update(patch, status,
-           history=decisions.append_history(status.get("history") or [], requested, accepted, t, reason[:300], by),
-           candidate=None if (status.get("candidate") or {}).get("version") == requested else status.get("candidate"),
-           rollout={"from": accepted, "to": requested, "strategy": strategy, "started": iso(t), "complete": None,
-                    "baseline": {**baseline(status.get("drift") or {}),
-                                 "referenceClassRates": reference_class_rates or {}},
-                    "watch": watched(by, requested, status)})
+           history=decisions.append_history(status.get("history") or [], requested, accepted, t, reason[:300], by))
+    start_rollout(patch, status, {"from": accepted, "to": requested, "strategy": strategy, "started": iso(t),
+                                  "complete": None, "watch": watched(by, requested, status),
+                                  "baseline": {**baseline(status.get("drift") or {}),
+                                               "referenceClassRates": reference_class_rates or {}}})
     clear_refusal(patch, status, requested, t)
     kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
     metrics.ADAPTER_CHANGES.labels(namespace, name, by).inc()

@@ -1,11 +1,15 @@
 """Small helpers that write the curated status: conditions, phase, time stamps, the typed spec.
 
 Handlers keep a working copy of the status they were given and update it alongside the Kopf
-patch, so later steps of the same pass see earlier ones' writes.
+patch, so later steps of the same pass see earlier ones' writes. The reconcile handler and the
+timer run concurrently on one object, each from a copy that may be a moment old: a field either
+has one owner, or is written by key (status.adapter) or by a Kopf patch function that runs on the
+freshest body (conditions, rollout, phase).
 """
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from shm_operator import decisions
 from shm_operator.crd import Phase, SelfHealingModelSpec
@@ -26,23 +30,84 @@ def full_spec(spec: dict) -> dict:
 
 def set_condition_in(patch, status: dict, type_: str, ok: bool, reason: str, message: str,
                      t: dt.datetime, generation: int | None = None) -> None:
-    """Set one condition. An unchanged condition is not written: status is patched by several
-    handlers, and a merge patch replaces the whole list, so writing only real changes keeps one
-    handler from erasing a condition another just set."""
+    """Set one condition. A merge patch replaces the whole list, so two handlers setting different
+    conditions at once (the reconcile handler and the timer run concurrently) would erase each
+    other's: the change is a Kopf patch function instead, applied to the freshest body under a
+    resourceVersion test (Kopf retries it on a conflict). An unchanged condition is not written."""
     new = decisions.condition(type_, ok, reason, message, t, generation)
     old = next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
     if old is not None and all(old.get(k) == new.get(k) for k in ("status", "reason", "message", "observedGeneration")):
         return
-    conditions = decisions.set_condition(status.get("conditions") or [], new)
-    status["conditions"] = conditions
-    patch.status["conditions"] = conditions
+    status["conditions"] = decisions.set_condition(status.get("conditions") or [], new)
+    patch.fns.append(functools.partial(_upsert_condition, new))
+
+
+def _upsert_condition(new: dict, body: dict) -> None:
+    fresh = body.setdefault("status", {})
+    fresh["conditions"] = decisions.set_condition(fresh.get("conditions") or [], new)
 
 
 def update(patch, status: dict, **fields) -> None:
-    """Write top-level status fields to the patch and the working copy."""
+    """Write top-level status fields to the patch and the working copy. Only for fields one handler
+    owns; shared ones go through update_adapter, update_rollout and refresh_phase."""
     for key, value in fields.items():
         patch.status[key] = value
         status[key] = value
+
+
+def update_adapter(patch, status: dict, **keys) -> None:
+    """Write some keys of status.adapter and leave the others to their owner: the reconcile
+    handler owns `desired`, the timer what the pods report (`current`, `ready`, ...) and
+    `lastGood`. A merge patch of a few keys keeps the rest as stored, so a timer pass that began
+    before a spec change cannot write the old `desired` back."""
+    status["adapter"] = {**(status.get("adapter") or {}), **keys}
+    patch.status["adapter"] = {**(patch.status.get("adapter") or {}), **keys}
+
+
+def update_rollout(patch, status: dict, seen: dict, new: dict | None) -> None:
+    """Change (or end, with None) the rollout this pass saw, recognised by its start and target.
+    If the reconcile handler started another rollout meanwhile, that one is left alone: a patch
+    function on the freshest body, not a merge patch of what this pass saw."""
+    status["rollout"] = new
+    patch.fns.append(functools.partial(_replace_rollout, (seen.get("started"), seen.get("to")), new))
+
+
+def start_rollout(patch, status: dict, new: dict) -> None:
+    """A new rollout replaces whatever rollout is stored, whole (a merge patch would keep keys of
+    the old one's nested baseline that the new one leaves empty)."""
+    status["rollout"] = new
+    patch.fns.append(functools.partial(_replace_rollout, None, new))
+
+
+def _replace_rollout(key: tuple | None, new: dict | None, body: dict) -> None:
+    fresh = body.setdefault("status", {})
+    current = fresh.get("rollout") or {}
+    if key is not None and (current.get("started"), current.get("to")) != key:
+        return
+    if new is None:
+        fresh.pop("rollout", None)
+    else:   # a merge patch drops null keys; a JSON patch would store them
+        fresh["rollout"] = _without_nulls(new)
+
+
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def refresh_phase(patch, status: dict) -> None:
+    """Recompute `phase` on the freshest body after this pass's own writes (a patch function), so a
+    pass that began before another handler's write never leaves a phase that contradicts it."""
+    status["phase"] = phase_of(status)
+    patch.fns.append(_refresh_phase)
+
+
+def _refresh_phase(body: dict) -> None:
+    fresh = body.setdefault("status", {})
+    phase = phase_of(fresh)
+    if fresh.get("phase") != phase:
+        fresh["phase"] = phase
 
 
 def condition_true(status: dict, type_: str) -> bool:

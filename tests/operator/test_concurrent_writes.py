@@ -1,0 +1,107 @@
+"""The reconcile handler and the timer run concurrently on one SelfHealingModel, each from a copy
+of the status taken when its pass began. In whichever order their patches land, neither may undo
+the other's writes. The chaos benchmark caught a timer pass that began just before a `kubectl
+patch` and wrote the old `status.adapter.desired` back. The model then stayed RollingOut for ever,
+although its pods served the new version.
+
+Real handler steps (`accept_version` for the spec change, `observe_pods` and `watch_rollout` for
+the timer), real Kopf patches, applied as Kopf applies them: the merge patch, then the patch
+functions on the result."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+from pathlib import Path
+
+import kopf
+import pytest
+import yaml
+
+from sandbox.patches import json_patch, merge_patch
+from shm_operator import monitor, rollout
+from shm_operator.status import full_spec, iso, refresh_phase, set_condition_in, update_adapter
+
+T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fraud" / "selfhealingmodel.yaml"
+
+
+def land(body: dict, patch: kopf.Patch) -> dict:
+    """What Kopf does with a handler's patch: merge-patch its dict, then run its functions on the
+    result and send the difference as a JSON patch."""
+    body = merge_patch(body, dict(patch))
+    return json_patch(body, patch.as_json_patch(body))
+
+
+@pytest.fixture(autouse=True)
+def no_events(monkeypatch):
+    """Events need a running operator; what is under test here is the status."""
+    for poster in ("info", "warn"):
+        monkeypatch.setattr(kopf, poster, lambda *args, **kwargs: None)
+
+
+@pytest.fixture
+def spec() -> dict:
+    spec = full_spec(yaml.safe_load(EXAMPLE.read_text())["spec"])
+    spec["promotion"]["rollback"]["watchSeconds"] = 20
+    return spec
+
+
+def serving_v1() -> dict:
+    """v1 rolled out 60 s ago and watched for 20 s: the next check ends its watch."""
+    return {"adapter": {"desired": "v1", "lastGood": "base", "podsAtDesired": 2, "podsTotal": 2, "ready": "2/2",
+                        "current": "v1"},
+            "rollout": {"from": "base", "to": "v1", "strategy": "RollingRestart", "watch": True,
+                        "started": iso(T - dt.timedelta(seconds=60)), "complete": iso(T - dt.timedelta(seconds=40)),
+                        "baseline": {"samples": 500, "ruleConflict": 0.3, "classRates": {"legit": 0.1}}},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "ChildrenReconciled", "message": "ok",
+                            "lastTransitionTime": iso(T)}],
+            "phase": "RollingOut", "drift": {"unreachablePods": [], "lastCheck": iso(T)}}
+
+
+def timer_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
+    async def no_ready_pods(namespace, selector):
+        return []
+    monkeypatch.setattr(monitor.k8s, "list_pods", no_ready_pods)
+    patch, status = kopf.Patch(), copy.deepcopy(status)
+    asyncio.run(monitor.observe_pods("fraud", "ns", spec, status, {}, kopf.Memo(), None, patch, T))
+    asyncio.run(monitor.watch_rollout("fraud", "ns", spec, status, {}, kopf.Memo(), patch, None, T))
+    set_condition_in(patch, status, "DriftDetected", True, "BothSignals", "both on", T)
+    refresh_phase(patch, status)   # as tick() ends
+    return patch
+
+
+def reconcile_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
+    """A person's `kubectl patch` back to base, as reconcile() accepts it."""
+    patch, status, spec = kopf.Patch(), copy.deepcopy(status), {**spec, "adapter": {"version": "base"}}
+    version = asyncio.run(rollout.accept_version("fraud", "ns", spec, status, {"metadata": {}}, patch, T))
+    update_adapter(patch, status, desired=version)
+    set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", "v9 is not in the registry", T)
+    refresh_phase(patch, status)   # as reconcile() ends
+    return patch
+
+
+@pytest.mark.parametrize("order", ["reconcile lands first", "timer lands first"])
+def test_neither_handler_undoes_the_other(spec, monkeypatch, order):
+    before = serving_v1()
+    tick, change = timer_pass(spec, before, monkeypatch), reconcile_pass(spec, before, monkeypatch)
+    body = {"spec": spec, "status": before}
+    for patch in ((change, tick) if order.startswith("reconcile") else (tick, change)):
+        body = land(body, patch)
+    status = body["status"]
+    assert status["adapter"]["desired"] == "base"                      # the reconcile handler's
+    assert status["adapter"]["lastGood"] == "v1"                       # the timer's: v1's watch ended
+    assert status["adapter"]["ready"] == "0/2"                         # the timer's: what the pods said
+    assert status["rollout"]["to"] == "base" and status["rollout"]["from"] == "v1"   # not ended by the timer
+    assert "complete" not in status["rollout"]
+    assert status["rollout"]["baseline"]["classRates"] == {}           # replaced whole, not merged into v1's
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Degraded", "DriftDetected"}
+    assert status["phase"] == "RollingOut"
+    assert [h["version"] for h in status["history"]] == ["base"]
+
+
+def test_the_timer_still_ends_its_own_rollout(spec, monkeypatch):
+    before = serving_v1()
+    status = land({"spec": spec, "status": before}, timer_pass(spec, before, monkeypatch))["status"]
+    assert "rollout" not in status and status["adapter"]["lastGood"] == "v1"
+    assert status["phase"] == "Serving"   # recomputed on the result: no rollout any more
