@@ -26,7 +26,7 @@ from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_
 from shm_operator.signals import (PodUnreachable, WindowState, class_rates, drift_summary, fetch_pod_status,
                                   ingest, score_window, trigger_from)
 from shm_operator.status import (full_spec, iso, now, parse_time, phase_of, refresh_phase, set_condition_in, update,
-                                 update_adapter, update_rollout)
+                                 update_adapter, update_rollout, without_nulls)
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 2.0
@@ -134,13 +134,7 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
 def same(new, stored) -> bool:
     """Whether writing `new` as a merge patch would leave `stored` as it is (a null or absent field
     is not stored, an empty mapping is as good as none)."""
-    def pruned(value):
-        if isinstance(value, dict):
-            return {k: pruned(v) for k, v in value.items() if v is not None}
-        if isinstance(value, list):
-            return [pruned(v) for v in value]
-        return value
-    return pruned(new or {}) == pruned(stored or {})
+    return without_nulls(new or {}) == without_nulls(stored or {})
 
 
 POD_PROBLEMS = ("PodsUnreachable", "AdapterRefused")
@@ -185,6 +179,14 @@ async def recheck_registry(name, namespace, spec, status, patch, t) -> None:
     set_condition_in(patch, status, "Degraded", False, "RegistryReachable", "the registry answers again", t)
 
 
+def registry_unreachable(body, patch, status, what: str, err: RegistryError, t) -> None:
+    """Degraded/RegistryUnreachable, with one Event per outage, not one per check
+    (`recheck_registry` ends it)."""
+    if degraded_reason(status) != "RegistryUnreachable":
+        kopf.warn(body, reason="RegistryUnreachable", message=f"{what}: {str(err)[:500]}")
+    set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err)[:1000], t)
+
+
 async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
     """Both signals + persistence (the trigger), cooldown, daily budget, mode, nothing under way."""
     last = status.get("lastHeal") or {}
@@ -201,10 +203,7 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
     try:
         versions = await asyncio.to_thread(registry_for(name, namespace, spec).versions)
     except RegistryError as err:
-        if degraded_reason(status) != "RegistryUnreachable":  # one Event per outage, not one per check
-            kopf.warn(body, reason="RegistryUnreachable", message=f"cannot start a heal: {str(err)[:500]}")
-        set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err)[:1000], t)
-        return
+        return registry_unreachable(body, patch, status, "cannot start a heal", err, t)
     count = (status.get("healCount") or 0) + 1
     version = decisions.next_version(versions)
     job_name = decisions.heal_job_name(name, count)
@@ -252,11 +251,7 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
         try:
             problem = await asyncio.to_thread(candidate_problem, registry, result.version, result.sha256)
         except RegistryError as err:   # the result stays in the Job; read it again next check
-            if degraded_reason(status) != "RegistryUnreachable":
-                kopf.warn(body, reason="RegistryUnreachable",
-                          message=f"cannot check candidate {result.version}: {str(err)[:500]}")
-            set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err)[:1000], t)
-            return
+            return registry_unreachable(body, patch, status, f"cannot check candidate {result.version}", err, t)
         if problem is not None:
             last.update(result="Failed", reason=problem[:1000])
             with contextlib.suppress(RegistryError):   # best effort: the Job's own meta may be what broke

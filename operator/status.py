@@ -87,12 +87,15 @@ def _replace_rollout(key: tuple | None, new: dict | None, body: dict) -> None:
     if new is None:
         fresh.pop("rollout", None)
     else:   # a merge patch drops null keys; a JSON patch would store them
-        fresh["rollout"] = _without_nulls(new)
+        fresh["rollout"] = without_nulls(new)
 
 
-def _without_nulls(value):
+def without_nulls(value):
+    """`value` as a merge patch would store it: null keys dropped, at every depth."""
     if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
     return value
 
 
