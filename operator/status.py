@@ -3,11 +3,17 @@
 Handlers keep a working copy of the status they were given and update it alongside the Kopf
 patch, so later steps of the same pass see earlier ones' writes. The reconcile handler and the
 timer run concurrently on one object, each from a copy that may be a moment old: a field either
-has one owner, or is written by key (status.adapter) or by a Kopf patch function that runs on the
-freshest body (conditions, rollout, phase).
+has one owner, or is written by key (status.adapter) or by a key-aware function (conditions,
+rollout, phase).
+
+Every status write is a Kopf patch function, none a merge patch: Kopf sends a pass's functions as
+one JSON patch under a resourceVersion test, after any merge patch, as a second request. Mixing the
+two let a reader see half a pass, e.g. `lastHeal.result: Failed` while the Healing condition still
+said True. On a conflict Kopf keeps the functions and applies them on the freshest body next cycle.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 
@@ -32,8 +38,8 @@ def set_condition_in(patch, status: dict, type_: str, ok: bool, reason: str, mes
                      t: dt.datetime, generation: int | None = None) -> None:
     """Set one condition. A merge patch replaces the whole list, so two handlers setting different
     conditions at once (the reconcile handler and the timer run concurrently) would erase each
-    other's: the change is a Kopf patch function instead, applied to the freshest body under a
-    resourceVersion test (Kopf retries it on a conflict). An unchanged condition is not written."""
+    other's: the change is applied by key to the freshest body. An unchanged condition is not
+    written."""
     new = decisions.condition(type_, ok, reason, message, t, generation)
     old = next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
     if old is not None and all(old.get(k) == new.get(k) for k in ("status", "reason", "message", "observedGeneration")):
@@ -48,20 +54,46 @@ def _upsert_condition(new: dict, body: dict) -> None:
 
 
 def update(patch, status: dict, **fields) -> None:
-    """Write top-level status fields to the patch and the working copy. Only for fields one handler
-    owns; shared ones go through update_adapter, update_rollout and refresh_phase."""
+    """Write top-level status fields to the patch and the working copy, with merge-patch meaning
+    (None deletes, dicts merge key by key). Only for fields one handler owns; shared ones go
+    through update_adapter, update_rollout and refresh_phase."""
     for key, value in fields.items():
-        patch.status[key] = value
         status[key] = value
+    patch.fns.append(functools.partial(_merge_status, copy.deepcopy(fields)))
 
 
 def update_adapter(patch, status: dict, **keys) -> None:
     """Write some keys of status.adapter and leave the others to their owner: the reconcile
     handler owns `desired`, the timer what the pods report (`current`, `ready`, ...) and
-    `lastGood`. A merge patch of a few keys keeps the rest as stored, so a timer pass that began
-    before a spec change cannot write the old `desired` back."""
+    `lastGood`. Only the given keys are written, so a timer pass that began before a spec change
+    cannot write the old `desired` back."""
     status["adapter"] = {**(status.get("adapter") or {}), **keys}
-    patch.status["adapter"] = {**(patch.status.get("adapter") or {}), **keys}
+    patch.fns.append(functools.partial(_merge_status, {"adapter": copy.deepcopy(keys)}))
+
+
+def _merge_status(fields: dict, body: dict) -> None:
+    body["status"] = merged(body.get("status") or {}, fields)
+
+
+def merged(target, change):
+    """`change` applied to `target` as a JSON merge patch (RFC 7386) would be."""
+    if not isinstance(change, dict):
+        return copy.deepcopy(change)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in change.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merged(result.get(key), value)
+    return result
+
+
+def written_status(patch, body: dict | None = None) -> dict:
+    """The status this patch would leave on `body` (for tests and dry runs)."""
+    fresh = copy.deepcopy(body or {})
+    for fn in patch.fns:
+        fn(fresh)
+    return fresh.get("status") or {}
 
 
 def update_rollout(patch, status: dict, seen: dict, new: dict | None) -> None:

@@ -10,6 +10,7 @@ functions on the result."""
 from __future__ import annotations
 
 import asyncio
+import json
 import copy
 import datetime as dt
 from pathlib import Path
@@ -105,3 +106,46 @@ def test_the_timer_still_ends_its_own_rollout(spec, monkeypatch):
     status = land({"spec": spec, "status": before}, timer_pass(spec, before, monkeypatch))["status"]
     assert "rollout" not in status and status["adapter"]["lastGood"] == "v1"
     assert status["phase"] == "Serving"   # recomputed on the result: no rollout any more
+
+
+def healing() -> dict:
+    """A heal Job has been running for a minute."""
+    status = serving_v1()
+    status.pop("rollout")
+    status.update(phase="Healing", lastHeal={"job": "fraud-heal-1", "version": "v2", "parent": "v1", "result": "Running",
+                                             "started": iso(T - dt.timedelta(seconds=60)), "finished": None})
+    status["conditions"].append({"type": "Healing", "status": "True", "reason": "JobStarted", "message": "v1 -> v2",
+                                 "lastTransitionTime": iso(T - dt.timedelta(seconds=60))})
+    return status
+
+
+def consistent(status: dict) -> bool:
+    """What a reader may rely on: the Healing condition is True exactly while lastHeal is Running,
+    and the phase is the one the rest of the status implies."""
+    healing_condition = next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Healing"), "False")
+    running = (status.get("lastHeal") or {}).get("result") == "Running"
+    return (healing_condition == "True") == running and status.get("phase") == monitor.phase_of(status)
+
+
+def test_a_reader_never_sees_half_a_pass(spec, monkeypatch):
+    """Kopf sends a merge patch and the patch functions as two requests; a `kubectl get` between
+    them saw `lastHeal.result: Failed` with Healing still True (CI caught it). Every status write is
+    a patch function now, so a pass is one request: the body between the two is the old one."""
+    async def failed_job(kind, namespace, name):
+        return {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+
+    async def job_pods(namespace, selector):
+        return [{"status": {"containerStatuses": [{"state": {"terminated": {
+            "message": json.dumps({"error": "reference.json: no such file"})}}}]}}]
+    monkeypatch.setattr(monitor.k8s, "read", failed_job)
+    monkeypatch.setattr(monitor.k8s, "list_pods", job_pods)
+    before = healing()
+    assert consistent(before)
+    patch, status = kopf.Patch(), copy.deepcopy(before)
+    asyncio.run(monitor.follow_heal("fraud", "ns", spec, status, {}, patch, T))
+    refresh_phase(patch, status)   # as tick() ends
+    body = {"spec": spec, "status": before}
+    between = merge_patch(body, dict(patch))["status"]        # after Kopf's first request
+    after = land(body, patch)["status"]                       # after its second
+    assert after["lastHeal"]["result"] == "Failed" and after["phase"] != "Healing"
+    assert consistent(between) and consistent(after)

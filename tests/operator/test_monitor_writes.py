@@ -8,7 +8,7 @@ import datetime as dt
 import kopf
 
 from shm_operator import monitor
-from shm_operator.status import iso
+from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 SPEC = {"replicas": 1, "drift": {"windowRows": 500}, "model": {"name": "m"}}
@@ -16,13 +16,24 @@ ADAPTER = {"desired": "base", "lastGood": "base", "podsAtDesired": 0, "podsTotal
 
 
 def check(status: dict, monkeypatch) -> dict:
-    """One observe_pods pass over a model with no ready pod; returns the status patch it made."""
+    """One observe_pods pass over a model with no ready pod; returns what it would change in the
+    stored status, as the JSON merge patch that turns the old status into the new one."""
     async def no_pods(namespace, selector):
         return []
     monkeypatch.setattr(monitor.k8s, "list_pods", no_pods)
     patch = kopf.Patch()
     asyncio.run(monitor.observe_pods("m", "ns", SPEC, dict(status), {}, kopf.Memo(), None, patch, T))
-    return dict(patch.get("status") or {})
+    if not patch:
+        return {}   # no request at all
+    written = changes(status, written_status(patch, {"status": status}))
+    assert written, "a patch that changes nothing is still one PATCH request"
+    return written
+
+
+def changes(old: dict, new: dict) -> dict:
+    """The keys of `new` that differ from `old`, recursively (nothing is deleted in these cases)."""
+    return {k: changes(old.get(k) or {}, v) if isinstance(v, dict) and isinstance(old.get(k), dict) else v
+            for k, v in new.items() if old.get(k) != v}
 
 
 def test_an_unchanged_check_writes_nothing(monkeypatch):
