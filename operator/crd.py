@@ -307,7 +307,8 @@ class RollbackSpec(SpecModel):
 
     automatic: bool = Field(True, description="Roll back by itself on harm; false only reports it.")
     watch_seconds: schema.conint(ge=0, le=604_800) = Field(
-        600, description="How long after a rollout the signals are watched.")
+        600, description="How long after a rollout the signals are watched; also the longest a watched rollout "
+                         "waits for a drift window of the version it replaces (its baseline).")
     min_samples: schema.conint(ge=1, le=10_000_000) = Field(
         200, description="Rows served by the new adapter before harm can be judged.")
     max_conflict_increase: Fraction = Field(
@@ -424,6 +425,9 @@ class DriftStatus(Described):
     prediction_shift: schema.Optional[float] = Field(None, description="PSI of the predicted class rates.")
     top_features: list[str] = Field(default_factory=list, description="Features that moved most.")
     samples: schema.Optional[int] = Field(None, description="Rows in the window.")
+    adapter: schema.Optional[str] = Field(
+        None, description="The adapter version that served every row of the window; empty if the window mixed "
+                          "versions (a rollout was under way). Only such a window is a rollout's baseline.")
     since: schema.Optional[datetime.datetime] = Field(None, description="When drift was declared.")
     onset: schema.Optional[datetime.datetime] = Field(
         None, description="When the first window of this drift counted: heals train only on traffic sampled after it.")
@@ -446,6 +450,9 @@ class AdapterStatus(Described):
     pods_at_desired: schema.Optional[int] = Field(None, description="Ready pods serving the desired version.")
     pods_total: schema.Optional[int] = Field(None, description="Pods wanted (spec.replicas).")
     ready: schema.Optional[str] = Field(None, description='"podsAtDesired/podsTotal", shown in the READY column.')
+    pending: schema.Optional[str] = Field(
+        None, description="spec.adapter.version not rolled out yet: it waits (at most rollback.watchSeconds) for a "
+                          "drift window of the served version, which its rollback watch compares with.")
 
 
 class LastHeal(Described):

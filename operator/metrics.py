@@ -34,7 +34,9 @@ def count_errors(handler):
     async def counted(*args, **kwargs):
         try:
             return await handler(*args, **kwargs)
-        except Exception:
-            RECONCILE_ERRORS.labels(kwargs.get("namespace") or "", kwargs.get("name") or "", handler.__name__).inc()
+        except Exception as err:
+            if not getattr(err, "waiting", False):   # a planned wait (rollout.WaitingForBaseline) is no error
+                RECONCILE_ERRORS.labels(kwargs.get("namespace") or "", kwargs.get("name") or "",
+                                        handler.__name__).inc()
             raise
     return counted

@@ -106,7 +106,11 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
 
     before = dict(status.get("drift") or {})
     drift = {**before, "unreachablePods": unreachable}
+    rows = state.pending.n if state.pending is not None else 0
+    if rows > memo.get("window_rows", 0):
+        memo["traffic_at"] = t   # a window is filling: a rollout may wait for it (rollout.baseline_wait)
     window = state.take_window(spec["drift"]["windowRows"])
+    memo["window_rows"] = 0 if window is not None else rows
     summary = None
     if window is not None:
         scores = score_window(window, state, rules)
@@ -114,7 +118,8 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
         was = trigger.drifting
         drifting = trigger.update(scores)
         since = drift.get("since") if was and drifting else (iso(t) if drifting else None)
-        summary = drift_summary(scores, trigger, since, class_rates(window))
+        summary = {**drift_summary(scores, trigger, since, class_rates(window)),
+                   "adapter": window_adapter(status, seen)}
         memo["reference_class_rates"] = class_rates(state.reference.counts)
         drift.update(summary)
         if trigger.consecutive == 1 and not was:
@@ -129,6 +134,17 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
     if changed or last_check is None or (t - last_check).total_seconds() >= LAST_CHECK_REFRESH_SECONDS:
         update(patch, status, drift={**drift, "lastCheck": iso(t)})
     return summary
+
+
+def window_adapter(status: dict, seen: dict) -> str | None:
+    """The one adapter that served every row of a window completed now, or None for a mixed one.
+    Windows restart when a rollout completes (watch_rollout), so with no rollout under way every
+    row came from the version all pods serve. A rollout's harm watch compares with such a window."""
+    rollout = status.get("rollout") or {}
+    current = seen.get("current")
+    if (rollout and not rollout.get("complete")) or current != (status.get("adapter") or {}).get("desired"):
+        return None
+    return current
 
 
 def same(new, stored) -> bool:

@@ -11,7 +11,7 @@ import kopf
 from shm_operator import decisions, k8s, metrics
 from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap, deployment,
                                    network_policy, rules_configmap, service, serving_name)
-from shm_operator.rollout import accept_version
+from shm_operator.rollout import WaitingForBaseline, accept_version
 from shm_operator.status import full_spec, now, refresh_phase, set_condition_in, update, update_adapter
 
 
@@ -19,7 +19,7 @@ from shm_operator.status import full_spec, now, refresh_phase, set_condition_in,
 @kopf.on.create("selfheal.io", "v1alpha1", "selfhealingmodels", backoff=10)
 @kopf.on.update("selfheal.io", "v1alpha1", "selfhealingmodels", field="spec", backoff=10)
 @metrics.count_errors
-async def reconcile(name, namespace, spec, status, body, meta, patch, memo, **_) -> None:
+async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runtime, **_) -> None:
     t = now()
     status = dict(status or {})
     generation = meta.get("generation")
@@ -32,8 +32,11 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, **_)
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
         return  # nothing to retry until the spec changes
     spec = full_spec(spec)
-    version = await accept_version(name, namespace, spec, status, body, patch, t,
-                                   memo.get("reference_class_rates"))
+    waiting = None
+    try:
+        version = await accept_version(name, namespace, spec, status, body, patch, t, memo, runtime)
+    except WaitingForBaseline as wait:   # the rest of the spec applies now; the version after the wait
+        version, waiting = wait.serving, wait
     served = version
     if spec["promotion"]["strategy"] == "HotSwap":
         existing = await k8s.read("Deployment", namespace, serving_name(name))
@@ -55,3 +58,5 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, **_)
                      f"Deployment {serving_name(name)}, its Service and ConfigMaps "
                      f"({adapter_config_name(name)}, rules) match the spec", t)
     refresh_phase(patch, status)
+    if waiting is not None:
+        raise waiting   # Kopf writes this pass's patch, then retries after the wait's delay

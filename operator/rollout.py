@@ -10,6 +10,7 @@ ConfigMap the handler watches, and pods swap between batches without restarting.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 
@@ -19,7 +20,7 @@ from model_handler.model import AdapterError, adapter_from_bytes
 from model_handler.registry import (BASE_VERSION, AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
                                     RegistryError)
 from shm_operator import decisions, metrics
-from shm_operator.status import iso, set_condition_in, start_rollout, update
+from shm_operator.status import iso, set_condition_in, start_rollout, update, update_adapter
 
 log = logging.getLogger(__name__)
 CHANGE_ANNOTATION = "selfheal.io/adapter-change"   # {"version", "by", "reason"} of an operator's own change
@@ -31,13 +32,27 @@ def registry_for(name: str, namespace: str, spec: dict) -> AdapterRegistry:
     return AdapterRegistry(spec["storage"]["uri"], namespace, name)
 
 
+class WaitingForBaseline(kopf.TemporaryError):
+    """A watched rollout waits for a drift window of the version it replaces; the pods keep serving
+    `serving` meanwhile, and Kopf retries the reconcile after `delay`."""
+
+    waiting = True   # not counted as a reconcile error (metrics.count_errors)
+
+    def __init__(self, message: str, *, serving: str, delay: float):
+        super().__init__(message, delay=delay)
+        self.serving = serving
+
+
 async def accept_version(name: str, namespace: str, spec: dict, status: dict, body, patch, t,
-                         reference_class_rates: dict | None = None) -> str:
-    """Return the version the pods must serve now; record the change (or the refusal) in status."""
+                         memo=None, runtime: dt.timedelta | None = None) -> str:
+    """Return the version the pods must serve now; record the change (or the refusal) in status.
+    Raises WaitingForBaseline while a watched rollout waits for its baseline (`baseline_wait`)."""
     requested = spec["adapter"]["version"]
     accepted = (status.get("adapter") or {}).get("desired")
     if requested == accepted:   # e.g. a person patched back after a refused version: nothing to roll
         clear_refusal(patch, status, requested, t)
+        if (status.get("adapter") or {}).get("pending"):
+            update_adapter(patch, status, pending=None)   # patched back while a rollout waited
         return accepted
     fallback = accepted or BASE_VERSION
     if requested != BASE_VERSION:
@@ -77,6 +92,18 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
         by, reason = change.get("by", "operator"), change.get("reason", "")
     else:
         by, reason = "user", "spec.adapter.version changed by a person"
+    watch = watched(by, requested, status)
+    pre = baseline_of(status.get("drift") or {}, accepted)
+    if watch and pre is None:
+        wait = baseline_wait(spec, memo or {}, accepted, requested, t, runtime)
+        if wait is not None:
+            if (status.get("adapter") or {}).get("pending") != requested:
+                kopf.info(body, reason="WaitingForBaseline", message=wait)
+            update_adapter(patch, status, pending=requested)
+            raise WaitingForBaseline(wait, serving=accepted, delay=spec["drift"]["checkIntervalSeconds"])
+        kopf.warn(body, reason="NoBaseline",
+                  message=f"no drift window of {accepted} alone: the rollback watch of {requested} has no "
+                          "baseline and cannot judge harm")
     if change:
         patch.metadata.annotations[CHANGE_ANNOTATION] = None  # consumed: a later change is someone else's
     strategy = spec["promotion"]["strategy"]
@@ -85,9 +112,11 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     update(patch, status,
            history=decisions.append_history(status.get("history") or [], requested, accepted, t, reason[:300], by))
     start_rollout(patch, status, {"from": accepted, "to": requested, "strategy": strategy, "started": iso(t),
-                                  "complete": None, "watch": watched(by, requested, status),
-                                  "baseline": {**baseline(status.get("drift") or {}),
-                                               "referenceClassRates": reference_class_rates or {}}})
+                                  "complete": None, "watch": watch,
+                                  "baseline": {**(pre or baseline({})),
+                                               "referenceClassRates": (memo or {}).get("reference_class_rates") or {}}})
+    if (status.get("adapter") or {}).get("pending"):
+        update_adapter(patch, status, pending=None)
     clear_refusal(patch, status, requested, t)
     kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
     metrics.ADAPTER_CHANGES.labels(namespace, name, by).inc()
@@ -144,3 +173,28 @@ def watched(by: str, version: str, status: dict) -> bool:
 def baseline(drift: dict) -> dict:
     return {"samples": drift.get("samples") or 0, "ruleConflict": drift.get("ruleConflict") or 0.0,
             "classRates": drift.get("classRates") or {}}
+
+
+def baseline_of(drift: dict, version: str | None) -> dict | None:
+    """The last drift window as a rollout's baseline, if `version` alone served it. A window from an
+    earlier adapter, or one that mixed two during a rollout, would judge the new adapter against
+    the wrong thing: the chaos benchmark saw a harmful adapter pass its watch that way."""
+    if version is None or drift.get("adapter") != version or not drift.get("samples"):
+        return None
+    return baseline(drift)
+
+
+def baseline_wait(spec: dict, memo, serving: str, requested: str, t: dt.datetime,
+                  runtime: dt.timedelta | None) -> str | None:
+    """Why `requested` should wait for a window of `serving`, or None to roll out without one.
+    Wait only while traffic fills a window (an idle model would wait in vain) and for at most
+    rollback.watchSeconds (if a window takes longer, the watch could not judge the new one either)."""
+    limit = spec["promotion"]["rollback"]["watchSeconds"]
+    waited = runtime.total_seconds() if runtime is not None else 0.0
+    traffic_at = memo.get("traffic_at")
+    recent = traffic_at is not None and (t - traffic_at).total_seconds() <= 3 * spec["drift"]["checkIntervalSeconds"]
+    if not recent or waited >= limit:
+        return None
+    rows = memo.get("window_rows", 0)
+    return (f"{requested} waits for a drift window of {serving} alone ({rows}/{spec['drift']['windowRows']} rows, "
+            f"{waited:.0f}s of at most {limit}s): its rollback watch compares with that window")
