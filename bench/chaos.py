@@ -343,20 +343,21 @@ def group_load(rig: Rig) -> Iterator[Case]:
                        f"{failures(loop.between(began, time.monotonic()))}")
 
         rig.put_adapter(storage, name, "v90", [-3.0, 3.0])   # flags nearly every transaction as fraud
-        # The harm watch compares with the last drift window before the rollout: let one window of
-        # v1's own traffic complete first (a window that still held base's answers made the baseline
-        # as bad as v90, and the rollback did not come; see the README's known gaps).
-        rig.wait(name, lambda s: ((s.get("drift") or {}).get("ruleConflict") or 1.0) < 0.1, 60,
-                 f"a drift window of {version}'s traffic")
+        # Patched right after the swap: the last drift window still holds base's answers to drifted
+        # traffic, as bad as v90's. The operator must hold v90 back until a window of v1 alone is its
+        # baseline (once, with that stale baseline, the harm passed unseen).
         began = time.monotonic()
         rig.patch_version(name, "v90")
         status = rig.wait(name, lambda s: condition(s, "RolledBack").get("status") == "True", 180,
                           "an automatic rollback")
         status = rig.wait(name, serving(version), 120, f"pods back on {version}")
         spec_version = rig.get("shm", name)["spec"]["adapter"]["version"]
+        reasons = event_reasons(rig, name)
+        waited = "WaitingForBaseline" in reasons
         yield measured("load: automatic rollback of a harmful adapter (HotSwap)", loop, began,
-                       spec_version == version and "RolledBack" in event_reasons(rig, name),
-                       f"v90 -> {version}: {condition(status, 'RolledBack').get('message', '')[:160]}"
+                       spec_version == version and "RolledBack" in reasons and "NoBaseline" not in reasons,
+                       f"v90 -> {version} (waited for a window of {version}: {waited}): "
+                       f"{condition(status, 'RolledBack').get('message', '')[:160]}"
                        f"{failures(loop.between(began, time.monotonic()))}")
     finally:
         loop.stop()
