@@ -47,12 +47,12 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
                          memo=None, runtime: dt.timedelta | None = None) -> str:
     """Return the version the pods must serve now; record the change (or the refusal) in status.
     Raises WaitingForBaseline while a watched rollout waits for its baseline (`baseline_wait`)."""
+    memo = memo if memo is not None else {}
     requested = spec["adapter"]["version"]
     accepted = (status.get("adapter") or {}).get("desired")
     if requested == accepted:   # e.g. a person patched back after a refused version: nothing to roll
         clear_refusal(patch, status, requested, t)
-        if (status.get("adapter") or {}).get("pending"):
-            update_adapter(patch, status, pending=None)   # patched back while a rollout waited
+        clear_pending(patch, status)   # patched back while a rollout waited
         return accepted
     fallback = accepted or BASE_VERSION
     if requested != BASE_VERSION:
@@ -95,7 +95,7 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     watch = watched(by, requested, status)
     pre = baseline_of(status.get("drift") or {}, accepted)
     if watch and pre is None:
-        wait = baseline_wait(spec, memo or {}, accepted, requested, t, runtime)
+        wait = baseline_wait(spec, memo, accepted, requested, t, runtime)
         if wait is not None:
             if (status.get("adapter") or {}).get("pending") != requested:
                 kopf.info(body, reason="WaitingForBaseline", message=wait)
@@ -114,9 +114,8 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     start_rollout(patch, status, {"from": accepted, "to": requested, "strategy": strategy, "started": iso(t),
                                   "complete": None, "watch": watch,
                                   "baseline": {**(pre or baseline({})),
-                                               "referenceClassRates": (memo or {}).get("reference_class_rates") or {}}})
-    if (status.get("adapter") or {}).get("pending"):
-        update_adapter(patch, status, pending=None)
+                                               "referenceClassRates": memo.get("reference_class_rates") or {}}})
+    clear_pending(patch, status)
     clear_refusal(patch, status, requested, t)
     kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
     metrics.ADAPTER_CHANGES.labels(namespace, name, by).inc()
@@ -182,6 +181,11 @@ def baseline_of(drift: dict, version: str | None) -> dict | None:
     if version is None or drift.get("adapter") != version or not drift.get("samples"):
         return None
     return baseline(drift)
+
+
+def clear_pending(patch, status: dict) -> None:
+    if (status.get("adapter") or {}).get("pending"):
+        update_adapter(patch, status, pending=None)
 
 
 def baseline_wait(spec: dict, memo, serving: str, requested: str, t: dt.datetime,
