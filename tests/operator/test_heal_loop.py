@@ -121,14 +121,18 @@ def test_a_harmful_adapter_is_rolled_back_automatically(sandbox, namespace, oper
                     operator)
         sandbox.kubectl("patch", "shm", "fraud", "-n", namespace, "--type", "merge",
                         "-p", json.dumps({"spec": {"adapter": {"version": "v9"}}}))
-        status = wait_status(sandbox, namespace, lambda s: condition(s, "RolledBack").get("status") == "True",
-                             180, "an automatic rollback", operator)
-        wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("current") == "base", 120,
-                    "pods back on base", operator)
+        wait_status(sandbox, namespace, lambda s: condition(s, "RolledBack").get("status") == "True",
+                    180, "an automatic rollback", operator)
+        # The RolledBack condition lands with the spec patch; the history entry only once the
+        # reconcile accepts the change, so wait for both rather than read history too early.
+        status = wait_status(sandbox, namespace,
+                             lambda s: (s.get("adapter") or {}).get("current") == "base"
+                             and (s.get("history") or [{}])[-1].get("by") == "rollback",
+                             120, "pods back on base, recorded as a rollback", operator)
     finally:
         loop.stop()
     assert sandbox.get("shm", "fraud", "-n", namespace)["spec"]["adapter"]["version"] == "base"
-    assert status["history"][-1]["by"] == "rollback"
+    assert status["history"][-1]["version"] == "base"
     message = condition(status, "RolledBack")["message"]
     assert message.startswith("v9 -> base") and ("rule conflict rose" in message or "class fraud rate" in message)
     assert AdapterRegistry(storage.as_uri(), namespace, "fraud").meta("v9").state == "rolled-back"
