@@ -446,7 +446,8 @@ class AdapterStatus(Described):
         None, description="Version served by all ready pods; empty while they differ.")
     desired: schema.Optional[str] = Field(None, description="spec.adapter.version as last acted on.")
     last_good: schema.Optional[str] = Field(
-        None, description="Last version that survived its rollback watch; the rollback target.")
+        None, description="Last version that survived its rollback watch on at least rollback.minSamples live rows; "
+                          "the rollback target.")
     pods_at_desired: schema.Optional[int] = Field(None, description="Ready pods serving the desired version.")
     pods_total: schema.Optional[int] = Field(None, description="Pods wanted (spec.replicas).")
     ready: schema.Optional[str] = Field(None, description='"podsAtDesired/podsTotal", shown in the READY column.')
@@ -511,6 +512,8 @@ class RolloutStatus(Described):
     baseline: schema.Optional[RolloutBaseline] = Field(None)
     watch: bool = Field(True, description="Whether harm is watched for: not for a rollback, nor a move to base "
                                           "or to the last good version.")
+    watched_rows: int = Field(0, description="Live rows the new version alone served during its watch; it becomes "
+                                             "the last good version only after at least rollback.minSamples.")
 
 
 class SelfHealingModelStatus(Described):

@@ -302,7 +302,8 @@ def finish_heal(name, namespace, body, patch, status, last, t) -> None:
 
 async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh, t) -> None:
     """Once every pod serves the new adapter, compare live windows with the pre-rollout baseline
-    for watchSeconds; roll back on harm, else make it the last good adapter."""
+    for watchSeconds; roll back on harm, else make it the last good adapter, if live traffic
+    (at least rollback.minSamples rows) vouched for it."""
     rollout = dict(status.get("rollout") or {})
     adapter = status.get("adapter") or {}
     if not rollout:
@@ -323,6 +324,7 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
     base = rollout.get("baseline") or {}
     pre = decisions.RolloutSignals(base.get("samples", 0), base.get("ruleConflict", 0.0), base.get("classRates") or {})
     if fresh is not None:
+        rollout["watchedRows"] = int(rollout.get("watchedRows") or 0) + int(fresh["samples"])
         # Harm must show against both the window before the rollout and the training data: a
         # heal that ends a collapse changes class rates a lot, but back towards the training ones.
         rates = (fresh.get("classRates") or {}) if pre.class_rates else {}
@@ -340,10 +342,23 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
             return await roll_back(name, namespace, spec, status, body, patch, rollout, decision.reason, t)
         if decision.code == "HarmNotRolledBack":
             kopf.warn(body, reason="HarmDetected", message=decision.reason[:1000])
-    if elapsed >= limits.watch_seconds:
+    if elapsed < limits.watch_seconds:
+        if fresh is not None:
+            update_rollout(patch, status, rollout, rollout)   # keep watchedRows across operator restarts
+        return
+    update_rollout(patch, status, rollout, None)
+    rows = int(rollout.get("watchedRows") or 0)
+    if rows >= limits.min_samples:
         update_adapter(patch, status, lastGood=rollout["to"])
-        update_rollout(patch, status, rollout, None)
-        kopf.info(body, reason="RolloutHealthy", message=f"adapter {rollout['to']} watched for {elapsed:.0f}s: no harm")
+        kopf.info(body, reason="RolloutHealthy",
+                  message=f"adapter {rollout['to']} watched for {elapsed:.0f}s on {rows} live rows: no harm")
+    else:
+        # Time alone proves nothing: an idle model's watch saw no traffic. The version keeps
+        # serving, but the rollback target stays the last version that live traffic vouched for.
+        kopf.warn(body, reason="WatchInconclusive",
+                  message=f"adapter {rollout['to']} served {rows} live rows in its {elapsed:.0f}s watch "
+                          f"(rollback.minSamples is {limits.min_samples}): it keeps serving, but the last good "
+                          f"version stays {(status.get('adapter') or {}).get('lastGood') or 'base'}")
 
 
 def change_version(patch, version: str, by: str, reason: str) -> None:

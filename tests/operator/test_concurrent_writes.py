@@ -49,11 +49,12 @@ def spec() -> dict:
 
 
 def serving_v1() -> dict:
-    """v1 rolled out 60 s ago and watched for 20 s: the next check ends its watch."""
+    """v1 rolled out 60 s ago and watched for 20 s on 500 live rows: the next check ends its watch."""
     return {"adapter": {"desired": "v1", "lastGood": "base", "podsAtDesired": 2, "podsTotal": 2, "ready": "2/2",
                         "current": "v1"},
             "rollout": {"from": "base", "to": "v1", "strategy": "RollingRestart", "watch": True,
                         "started": iso(T - dt.timedelta(seconds=60)), "complete": iso(T - dt.timedelta(seconds=40)),
+                        "watchedRows": 500,
                         "baseline": {"samples": 500, "ruleConflict": 0.3, "classRates": {"legit": 0.1}}},
             "conditions": [{"type": "Ready", "status": "True", "reason": "ChildrenReconciled", "message": "ok",
                             "lastTransitionTime": iso(T)}],
