@@ -374,7 +374,12 @@ class ModelService:
             self.publish()
 
     def pod_status(self) -> dict:
-        """Every worker's latest status merged into one answer (this worker's is fresh)."""
+        """Every worker's latest status merged into one answer (this worker's is fresh).
+
+        A status request is between batches too, so it may swap (HotSwap): an idle pod would
+        otherwise serve the new adapter only from its next prediction, and report the old one
+        until then, so the operator's rollout of an idle model never completes."""
+        self.poll_adapter_file()
         self.publish()
         statuses = [self.worker_status()]
         if self.status_dir is not None:

@@ -145,6 +145,15 @@ def test_hot_swap_file_switches_between_batches(model_dir, tmp_path, rows, stora
     assert "v404" in service.adapter.refused
 
 
+def test_an_idle_worker_swaps_when_asked_for_its_status(model_dir, tmp_path, storage):
+    uri, _, _ = storage
+    desired = tmp_path / "desired-adapter"
+    desired.write_text("base\n")
+    service = make_service(model_dir, storage_uri=uri, adapter_file=str(desired), watch_interval_s=0)
+    desired.write_text("v1\n")   # no prediction comes: the operator's status poll is the only request
+    assert service.pod_status()["adapter"]["version"] == "v1"
+
+
 def test_workers_publish_and_the_pod_status_merges_them_exactly(model_dir, tmp_path, rows):
     status_dir = tmp_path / "status"
     first = make_service(model_dir, status_dir=str(status_dir))

@@ -17,7 +17,7 @@ from examples.fraud.generator import World, labelled_rows
 from model_handler.registry import AdapterRegistry
 from sandbox.loadgen import LoadLoop
 from sandbox_helpers import wait_until
-from test_reconcile import condition, example_cr, put_adapter, status_of
+from test_reconcile import condition, events, example_cr, put_adapter, status_of
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -194,3 +194,29 @@ def test_a_failing_heal_job_is_a_state_not_a_crash(sandbox, namespace, operator,
     assert any(e.get("reason") == "HealFailed" for e in sandbox.get("events", "-n", namespace)["items"])
     assert status["adapter"]["current"] == "base" and loop.summary()["failed"] == 0  # still serving
     assert len(sandbox.get("jobs", "-n", namespace)["items"]) == 1  # cooldown: no retry loop
+
+
+def test_a_rollout_no_traffic_judged_is_not_vouched_for(sandbox, namespace, operator, model_dir, tmp_path):
+    """An idle model: the new version rolls out (no baseline to wait for) and the idle pod swaps
+    to it, but a watch that saw no live rows must not make it the rollback target."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    # HotSwap: with no prediction at all, the pod swaps when the operator asks for its status.
+    spec = dict(FAST, replicas=1, promotion={"strategy": "HotSwap", "rollback": {"watchSeconds": 5, "minSamples": 200}})
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=example_cr(model_dir, storage, **spec))
+    wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("ready") == "1/1", 180,
+                "a ready pod", operator)
+    put_adapter(model_dir, storage, namespace, "v1", [0.5, -0.5])
+    sandbox.kubectl("patch", "shm", "fraud", "-n", namespace, "--type", "merge",
+                    "-p", json.dumps({"spec": {"adapter": {"version": "v1"}}}))
+    try:
+        wait_until(lambda: "WatchInconclusive" in {e.get("reason") for e in events(sandbox, namespace)},
+                   timeout=90, interval=1.0, what="a WatchInconclusive Event")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nstatus: {json.dumps(status_of(sandbox, namespace))[:3000]}\nevents: "
+                             f"{[e.get('reason') for e in events(sandbox, namespace)]}\n{operator.tail()}") from None
+    status = status_of(sandbox, namespace)
+    assert status["adapter"]["current"] == "v1" and not status.get("rollout")
+    assert (status["adapter"].get("lastGood") or "base") == "base"
+    reasons = [e.get("reason") for e in events(sandbox, namespace)]
+    assert "NoBaseline" in reasons and "RolloutHealthy" not in reasons
