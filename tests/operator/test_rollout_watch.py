@@ -11,10 +11,10 @@ import datetime as dt
 import kopf
 import yaml
 
-from sandbox.patches import json_patch, merge_patch
 from shm_operator import monitor
 from shm_operator.status import full_spec, iso
 from sandbox_helpers import REPO_ROOT
+from test_concurrent_writes import land
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 TRAINING = {"legit": 0.965, "fraud": 0.035}
@@ -22,8 +22,12 @@ COLLAPSED = {"legit": 0.004, "fraud": 0.996}
 HEALED = {"legit": 0.974, "fraud": 0.026}
 
 
+def example_spec() -> dict:
+    return full_spec(yaml.safe_load((REPO_ROOT / "examples" / "fraud" / "selfhealingmodel.yaml").read_text())["spec"])
+
+
 def watch(baseline_reference: dict, memo_reference: dict | None) -> kopf.Patch:
-    spec = full_spec(yaml.safe_load((REPO_ROOT / "examples" / "fraud" / "selfhealingmodel.yaml").read_text())["spec"])
+    spec = example_spec()
     rollout = {"from": "base", "to": "v1", "strategy": "RollingRestart", "started": iso(T - dt.timedelta(seconds=40)),
                "complete": iso(T - dt.timedelta(seconds=30)), "watch": True,
                "baseline": {"samples": 800, "ruleConflict": 0.2, "classRates": COLLAPSED,
@@ -49,11 +53,10 @@ def test_nor_after_an_operator_restart_that_lost_the_training_rates():
 
 def check(status: dict, fresh: dict | None) -> dict:
     """One timer check of the watch, its patch landed as Kopf lands it; the status it leaves."""
-    spec = full_spec(yaml.safe_load((REPO_ROOT / "examples" / "fraud" / "selfhealingmodel.yaml").read_text())["spec"])
+    spec = example_spec()
     patch = kopf.Patch()
     asyncio.run(monitor.watch_rollout("fraud", "ns", spec, copy.deepcopy(status), None, kopf.Memo(), patch, fresh, T))
-    body = merge_patch({"status": status}, dict(patch))
-    return json_patch(body, patch.as_json_patch(body))["status"]
+    return land({"status": status}, patch)["status"]
 
 
 def end_of_watch(rows_before: int, fresh: dict | None, monkeypatch) -> tuple[dict, list[tuple[str, str]]]:
@@ -62,7 +65,7 @@ def end_of_watch(rows_before: int, fresh: dict | None, monkeypatch) -> tuple[dic
     events = []
     for poster in ("info", "warn"):
         monkeypatch.setattr(kopf, poster, lambda body, reason, message: events.append((reason, message)))
-    watch_seconds = 600   # the example's rollback.watchSeconds (the default)
+    watch_seconds = example_spec()["promotion"]["rollback"]["watchSeconds"]
     rollout = {"from": "base", "to": "v1", "strategy": "HotSwap", "started": iso(T - dt.timedelta(seconds=watch_seconds + 5)),
                "complete": iso(T - dt.timedelta(seconds=watch_seconds)), "watch": True, "watchedRows": rows_before,
                "baseline": {"samples": 800, "ruleConflict": 0.0, "classRates": TRAINING,
