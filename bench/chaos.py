@@ -46,7 +46,7 @@ import yaml
 
 from examples.fraud.generator import CLASSES, FEATURES, World, labelled_rows
 from model_handler.model import adapter_to_bytes, load_model, model_hash
-from model_handler.registry import AdapterRegistry
+from model_handler.registry import VERSION_PATTERN, AdapterRegistry
 from model_handler.rules import RuleSet
 from sandbox import env as sandbox_env
 from sandbox.env import free_port
@@ -592,7 +592,9 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
 class CandidateCutter:
     """Truncates every adapter version committed under `adapters/` while it runs, within
     milliseconds of its meta.json appearing: before the Job exits, so before the operator can read
-    its result. `cut` lists the versions it damaged."""
+    its result. `cut` lists the versions it damaged. A writer's staging directory (`.v6.tmp-...`,
+    renamed into place on commit) is not a version yet: cutting it would damage the candidate
+    before its commit, and name it twice."""
 
     def __init__(self, adapters: Path):
         self.adapters = adapters
@@ -612,7 +614,7 @@ class CandidateCutter:
     def run(self) -> None:
         while not self.stop.wait(0.005):
             for meta in self.adapters.glob("*/meta.json"):
-                if meta.parent.name not in self.known:
+                if meta.parent.name not in self.known and VERSION_PATTERN.match(meta.parent.name):
                     self.known.add(meta.parent.name)
                     data = meta.with_name("adapter.safetensors")
                     data.write_bytes(data.read_bytes()[:40])

@@ -69,3 +69,24 @@ def test_storage_faults(rig):
     cases = run_group(rig, "storage")
     assert len(cases) == 3
     assert_recovered(cases)
+
+
+@pytest.mark.timeout(30)
+def test_the_candidate_cutter_cuts_committed_versions_only(tmp_path):
+    """The registry stages a version in `.v6.tmp-...` and renames it into place: only the renamed
+    version is a commit to damage (cutting the staging copy made the case above fail by timing)."""
+    import time
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    staged = adapters / ".v6.tmp-0123abcd"
+    with chaos.CandidateCutter(adapters) as cutter:
+        staged.mkdir()   # a writer stages its files, meta.json last, while the cutter watches
+        (staged / "adapter.safetensors").write_bytes(b"x" * 100)
+        (staged / "meta.json").write_text("{}")
+        time.sleep(0.1)
+        assert cutter.cut == [] and len((staged / "adapter.safetensors").read_bytes()) == 100
+        staged.rename(adapters / "v6")
+        deadline = time.monotonic() + 5
+        while not cutter.cut and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert cutter.cut == ["v6"] and len((adapters / "v6" / "adapter.safetensors").read_bytes()) == 40
