@@ -24,7 +24,7 @@ from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchs
 from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
 from shm_operator.signals import (PodUnreachable, WindowState, class_rates, drift_summary, fetch_pod_status,
-                                  ingest, score_window)
+                                  ingest)
 from shm_operator.status import (full_spec, iso, now, parse_time, phase_of, refresh_phase, set_condition_in, update,
                                  update_adapter, update_rollout, without_nulls)
 
@@ -113,7 +113,7 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
     memo["window_rows"] = 0 if window is not None else rows
     summary = None
     if window is not None:
-        scores = score_window(window, state, rules)
+        scores = policy.score(window, state.reference, rules, spec["drift"])
         judged = policy.judge_window(scores, spec["drift"], drift.get("trigger"), drift.get("since"), iso(t))
         trigger, was, drifting = judged.trigger, judged.was, judged.drifting
         summary = {**drift_summary(scores, trigger, judged.since, class_rates(window)),
