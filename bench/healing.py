@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -240,21 +241,50 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def load(quick: bool, seed: int, names: list[str] | None) -> list[Scenario]:
-    from examples.fraud.generator import load_scenarios as fraud
-    found = fraud(seed=seed, quick=quick)
-    if names is not None:
-        found = [s for s in found if s.name in names]
+def scenario_names(names: list[str] | None) -> list[str]:
+    """Every scenario the bench knows (fraud first, then the real data sets), or those asked for."""
+    from examples.fraud.generator import DRIFTS
+    known = list(DRIFTS)
     try:
-        from examples.datasets import SCENARIOS, load_scenarios as real
-        wanted = None if names is None else [n for n in names if n in SCENARIOS]
-        if wanted is None or wanted:
-            found += real(wanted, seed=seed, quick=quick)
+        from examples.datasets import SCENARIOS
+        known += list(SCENARIOS)
     except ImportError:
         pass
-    except Exception as err:  # a data set that cannot be fetched here is reported, not fatal
-        print(f"[bench] real data sets skipped: {err}", file=sys.stderr)
+    unknown = sorted(set(names or []) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; known: {known}")
+    return [n for n in known if names is None or n in names]
+
+
+def load_one(name: str, seed: int, quick: bool) -> Scenario:
+    from examples.fraud.generator import DRIFTS, scenario
+    if name in DRIFTS:
+        return scenario(name, seed=seed, quick=quick)
+    from examples.datasets import SCENARIOS
+    return SCENARIOS[name](seed=seed, quick=quick)
+
+
+def load(quick: bool, seed: int, names: list[str] | None) -> list[Scenario]:
+    found = []
+    for name in scenario_names(names):
+        try:
+            found.append(load_one(name, seed, quick))
+        except Exception as err:  # a data set that cannot be fetched here is reported, not fatal
+            print(f"[bench] {name} skipped: {err}", file=sys.stderr)
     return found
+
+
+def _task(name: str, seed: int, quick: bool, traffic: Traffic) -> tuple | None:
+    torch.set_num_threads(1)
+    try:
+        scenario = load_one(name, seed, quick)
+    except Exception as err:  # a data set that cannot be fetched here is reported, not fatal
+        print(f"[bench] {name} skipped: {err}", file=sys.stderr)
+        return None
+    t = time.time()
+    result = run_scenario(scenario, seed, traffic)
+    print(f"[bench] {name} seed {seed}: {time.time() - t:.1f}s", file=sys.stderr, flush=True)
+    return name, seed, result, scenario.description, declared(scenario)
 
 
 def print_table(result: dict) -> None:
@@ -332,25 +362,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulated traffic (default: one drift window per operator check)")
     parser.add_argument("--job-wait-seconds", type=float, default=Traffic().job_wait_seconds,
                         help="how long a heal Job waits for trainingWindowRows sampled rows (heal --wait-for-rows)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="scenario runs in parallel processes (default: 2, or 1 on a 1-core machine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     traffic = Traffic(rows_per_second=args.rows_per_second, job_wait_seconds=args.job_wait_seconds)
     seeds = args.seeds or (1 if args.quick else 10)
     started = time.time()
+    tasks = [(name, seed, args.quick, traffic) for seed in range(seeds) for name in scenario_names(args.scenario)]
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+            done = list(pool.map(_task, *zip(*tasks)))
+    else:
+        done = [_task(*task) for task in tasks]
     per_scenario: dict[str, list[dict]] = {}
-    meta: dict[str, Scenario] = {}
-    for seed in range(seeds):
-        for scenario in load(args.quick, seed, args.scenario):
-            t = time.time()
-            per_scenario.setdefault(scenario.name, []).append(run_scenario(scenario, seed, traffic))
-            meta[scenario.name] = scenario
-            print(f"[bench] {scenario.name} seed {seed}: {time.time() - t:.1f}s", file=sys.stderr)
+    meta: dict[str, tuple[str, dict]] = {}
+    for item in done:
+        if item is not None:
+            name, seed, run, description, decl = item
+            per_scenario.setdefault(name, []).append(run)
+            meta[name] = description, decl
     result = {"quick": args.quick, "seeds": seeds, "traffic": vars(traffic), "harm_margin": HARM_MARGIN,
-              "scenarios": {}}
+              "jobs": args.jobs, "scenarios": {}}
     for name, runs in per_scenario.items():
         agg = aggregate(runs)
-        agg["description"] = meta[name].description
-        agg.update(declared(meta[name]))
+        agg["description"] = meta[name][0]
+        agg.update(meta[name][1])
         result["scenarios"][name] = agg
     result["summary_text"] = summarise(result)
     result["seconds"] = round(time.time() - started, 1)
