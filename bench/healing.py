@@ -168,6 +168,7 @@ def run_scenario(scenario: Scenario, seed: int, traffic: Traffic | None = None) 
                            nothing_to_fix=c["nothing_to_fix"], failed=c["failed"], rollbacks=c["rollbacks"],
                            promoted=judged, events=loop.events, heal_seconds=round(loop.heal_seconds, 2),
                            loop_seconds=round(loop_seconds, 2))
+    out["gate_probe"] = gate_probe(loop, scenario, positive, metric, keys, out["none"])
     onset_row = int(scenario.extra.get("onset_row", 0))
     window_rows = spec["drift"]["windowRows"]
     delay = None if loop.first_declared_row is None else loop.first_declared_row - onset_row
@@ -178,6 +179,22 @@ def run_scenario(scenario: Scenario, seed: int, traffic: Traffic | None = None) 
                         "drift_windows": c["windows"], "drift_on_windows": c["on_windows"]}
     out["stationary"] = stationary(model, rules, reference, spec, scenario.clean_test.x, seed, traffic)
     return out
+
+
+def gate_probe(loop: OperatorLoop, scenario: Scenario, positive: int | None, metric: str, keys: list[str],
+               none: dict) -> dict:
+    """heal() on the stream's last trainingWindowRows rows, whatever the trigger said: what the gate
+    would let through if a Job ran (on negative controls the trigger may never start one)."""
+    from bench.loop import heal
+    x = scenario.stream.x[-loop.training_rows:]
+    result = heal(loop.base, x, loop.rules, loop.reference, loop.heal_cfg)
+    probe = {"steps": result.steps, "promotable": result.promotable, "verdict": getattr(result, "verdict", None),
+             "reason": result.reason[:300], "harmed": []}
+    if result.candidate is not None:
+        s = evaluate(result.candidate, scenario, positive, metric)
+        probe.update(harmed=harms(s, none, keys, HARM_MARGIN), **{k: s[k] for k in keys})
+    probe["harmful_if_promoted"] = bool(result.promotable and probe["harmed"])
+    return probe
 
 
 def stationary(model: SelfHealingNet, rules: RuleSet, reference: ReferenceProfile, spec: dict, x_clean: np.ndarray,
@@ -216,6 +233,12 @@ def aggregate(runs: list[dict]) -> dict:
         methods[name].setdefault("promotions", 0)
     harmed = [j for r in runs for j in r["selfheal"]["promoted"] if j["harmed"]]
     methods["selfheal"]["harmed_by"] = sorted({k for j in harmed for k in j["harmed"]})
+    probes = [r["gate_probe"] for r in runs]
+    gate_probe = {"runs": len(probes), "promotable": sum(p["promotable"] for p in probes),
+                  "harmful_if_promoted": sum(p["harmful_if_promoted"] for p in probes),
+                  "recalibrated": sum("recalibrate" in p["steps"] for p in probes),
+                  "harmed_by": sorted({k for p in probes if p["promotable"] for k in p["harmed"]}),
+                  "steps": [p["steps"] for p in probes]}
     det = [r["detection"] for r in runs]
     delays = [d["delay_rows"] for d in det if d["delay_rows"] is not None]
     window_rows = det[0]["window_rows"]
@@ -232,7 +255,7 @@ def aggregate(runs: list[dict]) -> dict:
                                                   if stationary_total["windows"] else None)
     return {"metric": runs[0]["metric"], "positive_class": runs[0]["positive"], "harm_keys": runs[0]["harm_keys"],
             "oracle_gain": gain, "seeds": len(runs), "methods": methods, "detection": detection,
-            "stationary": stationary_total, "events": [r["selfheal"]["events"] for r in runs],
+            "stationary": stationary_total, "gate_probe": gate_probe, "events": [r["selfheal"]["events"] for r in runs],
             "promoted": [r["selfheal"]["promoted"] for r in runs]}
 
 
@@ -320,6 +343,11 @@ def print_table(result: dict) -> None:
         console.print(f"  detection: declared in {d['declared_runs']}/{d['runs']} runs, within 2 windows in "
                       f"{d['within_2_windows']}/{d['runs']}; {delay}; peak input shift {_fmt(d['max_input_shift'], 3)}, "
                       f"peak rule conflict {_fmt(d['max_rule_conflict'], 3)}")
+        gp = sc["gate_probe"]
+        console.print(f"  gate probe (heal on the last training window, trigger or not): {gp['promotable']}/{gp['runs']} "
+                      f"promotable, {gp['harmful_if_promoted']} of them harmful"
+                      + (f" (by {', '.join(gp['harmed_by'])})" if gp["harmed_by"] else "")
+                      + f"; recalibrated in {gp['recalibrated']}")
         st = sc["stationary"]
         console.print(f"  stationary: {st['alarm_windows']}/{st['windows']} windows alarmed "
                       f"({_fmt(st['alarms_per_100_windows'], 1)} per 100), {st['declared']} declared, "

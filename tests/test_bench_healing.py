@@ -34,3 +34,6 @@ def test_quick_benchmark_on_two_scenarios(tmp_path):
     assert control["negative_control"] is True
     assert control["methods"]["selfheal"]["harmful_promotions"] == 0
     assert control["clean_counts"] is True and "clean" in control["harm_keys"]
+    # the gate probe heals whatever the trigger said: on the collapse it finds the recalibration
+    probe = result["scenarios"]["fraud_unit_change"]["gate_probe"]
+    assert probe["runs"] == 1 and probe["recalibrated"] == 1
