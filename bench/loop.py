@@ -170,7 +170,8 @@ class OperatorLoop:
     def serve(self, x: np.ndarray) -> np.ndarray:
         """Rows arriving until the next check: the pod predicts, sketches and samples them."""
         probs = self.served.predict_proba(x).numpy()
-        self.cumulative.update(x, probs, self.rules.fires(x).numpy(), self.rules.labels.numpy())
+        seen = self.served.restore_inputs(x)   # as the pod counts them (service.ModelService._count)
+        self.cumulative.update(seen, probs, self.rules.fires(seen).numpy(), self.rules.labels.numpy())
         arrival = self.t + (np.arange(len(x)) + 1) / self.rate
         keep = self.rng.random(len(x)) < self.sample_fraction
         self.store_x.append(x[keep])
@@ -211,8 +212,7 @@ class OperatorLoop:
         if not scores.insufficient:
             self.max_input_shift = max(self.max_input_shift, scores.input_shift)
             self.max_rule_conflict = max(self.max_rule_conflict, scores.rule_conflict)
-        if not scores.insufficient and scores.input_shift >= judged.trigger.input_on \
-                and scores.rule_conflict >= judged.trigger.conflict_on:
+        if not scores.insufficient and judged.trigger.signals:   # any signal on (the trigger's rule)
             self.counts["on_windows"] += 1
         if judged.drifting and not judged.was:
             self.counts["declared"] += 1
@@ -220,7 +220,9 @@ class OperatorLoop:
                 self.first_declared_row = self.rows_seen
             self.events.append({"t": self.t, "row": self.rows_seen, "event": "DriftDetected",
                                 "input_shift": round(scores.input_shift, 3),
-                                "rule_conflict": round(scores.rule_conflict, 3)})
+                                "rule_conflict": round(scores.rule_conflict, 3),
+                                "label_shift": round(scores.label_shift, 3), "signals": list(judged.trigger.signals),
+                                "input_p": scores.input_p, "label_p": scores.label_p})
         return summary
 
     def _maybe_heal(self) -> None:

@@ -52,6 +52,7 @@ class GateConfig:
                                           # recalibration excluded: a unit change of any size is judged
                                           # by the evidence, not by how large it is)
     max_mapped_psi: float = 0.1           # held-out PSI of a recalibrated feature vs the training bins
+    max_mixture_misfit: float = 0.1       # PSI of a feature against the training classes mixed anew
     min_repair: float = 0.4               # log(1.5): a plain shift must bring predicted class rates this much
                                           # closer to the training prior than leaving the feature alone
     min_informative_correlation: float = 0.15   # |rank correlation| that makes a feature a witness
@@ -265,13 +266,36 @@ def class_rate_distance(model: SelfHealingNet, x: torch.Tensor, prior: np.ndarra
     return float(np.max(np.abs(np.log(rates / np.asarray(prior)))))
 
 
-def without_map(candidate: SelfHealingNet, served: SelfHealingNet, j: int) -> SelfHealingNet:
-    """The candidate with feature j's recalibration put back as `served` has it."""
-    clone = candidate.copy()
+def swap_map(into: SelfHealingNet, source: SelfHealingNet, j: int) -> SelfHealingNet:
+    """A copy of `into` with feature j's recalibration taken from `source`."""
+    clone = into.copy()
     with torch.no_grad():
         for name in ("input_shift", "input_log_scale", "input_sign"):
-            getattr(clone.adapter, name)[j] = getattr(served.adapter, name)[j]
+            getattr(clone.adapter, name)[j] = getattr(source.adapter, name)[j]
     return clone
+
+
+def mixture_misfit(model: SelfHealingNet, reference: ReferenceProfile, x: np.ndarray,
+                   prior: np.ndarray) -> tuple[float, float, str] | None:
+    """Does a pure label shift explain the inputs? Under one, each feature's histogram is the
+    training classes' histograms mixed with the new prior. Returns (worst misfit PSI, that
+    feature's PSI against the training marginal, detail), or None without per-class counts.
+    Inputs are read as the model sees them, mapped back into training units."""
+    from model_handler.drift import psi
+
+    expected = reference.mixture_bins(prior)
+    if expected is None:
+        return None
+    observed = reference.bin_counts(model.restore_inputs(x))
+    worst = (0.0, 0.0, "")
+    for j, name in enumerate(reference.features):
+        lo, hi = reference.offsets[j], reference.offsets[j + 1]
+        misfit = psi(expected[lo:hi], observed[lo:hi])
+        moved = psi(reference.counts.counters["bins"][lo:hi], observed[lo:hi])
+        if misfit > worst[0]:
+            worst = (misfit, moved, f"{name}: PSI {misfit:.3f} against the classes mixed anew, {moved:.3f} against "
+                                    "the training data")
+    return worst
 
 
 def witness_conflicts(model: SelfHealingNet, rules: RuleSet, x: np.ndarray, trusted: np.ndarray,
@@ -312,7 +336,8 @@ def ranking_auc(scores: torch.Tensor, positive: torch.Tensor, negative: torch.Te
 def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate: SelfHealingNet,
                   x_holdout: np.ndarray, rules: RuleSet, trusted: np.ndarray, reference: ReferenceProfile,
                   expected_prior: np.ndarray, steps: list[str], config: GateConfig = GateConfig(), *,
-                  recalibrated: dict[int, str] | None = None, prior: PriorEstimate | None = None) -> GateReport:
+                  recalibrated: dict[int, str] | None = None, prior: PriorEstimate | None = None,
+                  x_unfitted: np.ndarray | None = None) -> GateReport:
     """Judge `candidate` on held-out rows.
 
     served: the model as it serves now (last good adapter); cheap_fixed: served + recalibration +
@@ -320,7 +345,9 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
     healer trusts; reference: the training-time profile (rule firing and conflict rates);
     expected_prior: the class prior the healer believes in; recalibrated: the feature indices the
     candidate maps, with the kind of change diagnosed ("unit change x100", "reflection ...",
-    "affine"); prior: the label-shift estimate behind a prior correction.
+    "affine"); prior: the label-shift estimate behind a prior correction; x_unfitted: more rows
+    for evidence that no fix looked at (a map is fitted to input quantiles only, so every recent
+    row may judge what it does to the predictions; default: the held-out rows).
     """
     x_np = np.asarray(x_holdout, dtype=np.float32)
     x = torch.as_tensor(x_np)
@@ -351,8 +378,13 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
 
     if "recalibrate" in steps:
         prior_now = np.asarray(served.spec.train_prior, dtype=np.float64)
-        mapped_distance = class_rate_distance(candidate, x, prior_now)
+        x_repair = torch.as_tensor(np.asarray(x_unfitted if x_unfitted is not None else x_np, dtype=np.float32))
+        mapped_distance = class_rate_distance(candidate, x_repair, prior_now)
+        served_distance = class_rate_distance(served, x_repair, prior_now)
         recalibrated = dict(recalibrated or {})
+        # PSI of n rows drawn from the training distribution itself is ~ chi2(k - 1) / n: allow for it
+        from scipy.stats import chi2
+        psi_limit = config.max_mapped_psi + float(chi2.ppf(0.999, 9)) / max(len(x_np), 1)
         for j, kind in recalibrated.items():
             name = candidate.spec.features[j]
             if kind.startswith("unit change"):
@@ -362,14 +394,17 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
                 # A plain shift or scale, or a reflection, may be a population that moved (its model
                 # still right: leave it) or a pipeline/price change (its model now wrong): it must
                 # repair the predictions.
-                gain = class_rate_distance(without_map(candidate, served, j), x, prior_now) - mapped_distance
+                # the map's repair on its own, or what the other maps lose without it (two features
+                # changed together may each repair only with the other)
+                gain = max(served_distance - class_rate_distance(swap_map(served, candidate, j), x_repair, prior_now),
+                           class_rate_distance(swap_map(candidate, served, j), x_repair, prior_now) - mapped_distance)
                 check(f"map_repairs_predictions[{name}]", gain, config.min_repair,
                       gain >= config.min_repair,
                       f"{kind}: predicted class rates {gain:+.2f} (log ratio) closer to the training prior with "
                       f"the map than without", "evidence", "recalibrate")
             value = mapped_feature_psi(candidate, reference, x_np, j)
-            check(f"heldout_distribution_matches[{candidate.spec.features[j]}]", value, config.max_mapped_psi,
-                  value <= config.max_mapped_psi,
+            check(f"heldout_distribution_matches[{candidate.spec.features[j]}]", value, psi_limit,
+                  value <= psi_limit,
                   f"held-out PSI {value:.3f} against the training bins, tails included", "evidence", "recalibrate")
         gaps, limit = rank_correlation_gaps(candidate, x_np, list(recalibrated), config)
         for j, (gap, detail) in gaps.items():
@@ -397,6 +432,12 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
                 check("label_shift_estimators_agree", float(agree), 1.0, agree,
                       f"BBSE {np.round(prior.bbse, 4).tolist()} vs EM-BCTS {np.round(prior.em, 4).tolist()}",
                       "evidence", "prior")
+        misfit = mixture_misfit(candidate, reference, x_np, new)
+        if misfit is not None:
+            worst, moved, detail = misfit
+            # explained: small, or at most half of how far that feature moved from the training data
+            ok = worst <= config.max_mixture_misfit or worst <= 0.5 * moved
+            check("label_shift_explains_inputs", worst, config.max_mixture_misfit, ok, detail, "evidence", "prior")
         fires_hold = _fires(served, rules, x_np)
         support, limit, detail = prior_rule_support(assumed, new, fires_hold, rule_labels, trusted,
                                                     reference.rule_fire_rates if reference.n_rules == n_rules
@@ -429,14 +470,20 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
     check("no_new_trusted_rule_conflicts", rise, config.conflict_tolerance, rise <= config.conflict_tolerance,
           f"trusted-rule conflicts {conflict_served:.4f} -> {conflict_cand:.4f}")
 
-    rates = np.bincount(pred_cand.numpy(), minlength=p_cand.shape[1]) / len(pred_cand)
+    counts = np.bincount(pred_cand.numpy(), minlength=p_cand.shape[1])
+    n_rows = len(pred_cand)
+    rates = counts / n_rows
     worst, worst_detail = 0.0, ""
     plausible = True
     for c, (rate, expected) in enumerate(zip(rates, expected_prior)):
         ratio = max(rate, 1e-6) / max(expected, 1e-6)
         ratio = max(ratio, 1.0 / ratio)
         near = abs(rate - expected) <= config.max_class_rate_delta and expected >= config.rare_class
-        ok = ratio <= config.max_class_rate_ratio or near
+        # a rare class on a few hundred rows: its count may be far from its rate by chance alone
+        low, high = _poisson_range(expected * config.max_class_rate_ratio ** -1 * n_rows), \
+            _poisson_range(expected * config.max_class_rate_ratio * n_rows)
+        within_noise = low[0] <= counts[c] <= high[1]
+        ok = ratio <= config.max_class_rate_ratio or near or within_noise
         if ratio > worst:
             worst, worst_detail = ratio, f"class {c}: predicted rate {rate:.3f}, expected {expected:.3f}"
         plausible &= ok
@@ -445,11 +492,19 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
     ent_cand = float(normalised_entropy(p_cand).mean())
     ent_cheap = float(normalised_entropy(p_cheap).mean())
     ratio = ent_cand / max(ent_cheap, 1e-9)
-    collapsed = len(np.unique(pred_cand.numpy())) < min(2, len(expected_prior))
+    # a single predicted class is a collapse only where the others would surely have shown up
+    collapsed = len(np.unique(pred_cand.numpy())) < min(2, len(expected_prior)) and \
+        float(np.sort(expected_prior)[-2]) * n_rows >= 10
     check("no_entropy_collapse", ratio, config.min_entropy_ratio,
           ratio >= config.min_entropy_ratio and not collapsed,
           "predicts a single class" if collapsed else f"mean entropy {ent_cheap:.3f} -> {ent_cand:.3f}")
     return GateReport(all(c.passed for c in checks), checks, list(steps))
+
+
+def _poisson_range(mean: float, tail: float = 0.001) -> tuple[int, int]:
+    """Counts a Poisson variable with this mean stays within, but for `tail` on each side."""
+    from scipy.stats import poisson
+    return int(poisson.ppf(tail, mean)), int(poisson.isf(tail, mean))
 
 
 def _implied_prior(model: SelfHealingNet) -> np.ndarray:

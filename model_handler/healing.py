@@ -189,6 +189,21 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor,
     found = {}
     for j in range(z.shape[1]):
         r, c = ref[j], now[j]
+        use = central
+        if len(np.unique(r)) < 10 and r[0] == r[1]:
+            # a point mass (zero-inflated: 0 in half the rows): fit the continuous part above it
+            use = (r > r[0] + 1e-9) & (c > c[0] + 1e-9)
+            if use.sum() < 6:
+                continue
+            r_use, c_use = r[use], c[use]
+            scale, shift = np.polyfit(r_use, c_use, 1)
+            residual = c_use - (shift + scale * r_use)
+            r2 = 1.0 - residual.var() / max(c_use.var(), 1e-12)
+            big = abs(shift) >= config.affine_min_shift or abs(np.log(max(scale, 1e-12))) >= config.affine_min_log_scale
+            if scale > 0 and big and r2 >= config.affine_min_r2:
+                shift, scale, factor = snap_unit_change(model, j, shift, scale)
+                found[j] = (shift, scale, r2, 1.0, f"unit change x{factor:g}" if factor else "affine")
+            continue
         if len(np.unique(r)) < 10 or np.std(r) < 1e-6:
             continue
         fits = {}
@@ -361,20 +376,26 @@ def estimate_accuracy(model: SelfHealingNet, x: np.ndarray, expected_prior: np.n
 
 
 def prune_recalibration(served: SelfHealingNet, found: dict[int, tuple], x_hold: np.ndarray, rules: RuleSet,
-                        reference: ReferenceProfile, config: HealConfig) -> tuple[dict[int, tuple], dict[str, list]]:
+                        reference: ReferenceProfile, config: HealConfig,
+                        x_all: np.ndarray | None = None) -> tuple[dict[int, tuple], dict[str, list]]:
     """Keep the features whose own held-out evidence does not refute their map. Features move for
     different reasons at once (a unit change next to a natural drift of the population): one
     refuted map must not sink the others, and must not ship either."""
     dropped: dict[str, list] = {}
     trusted = np.zeros(len(rules), dtype=bool)   # witnesses are judged with the whole candidate
+
+    def judged(maps: dict[int, tuple]) -> GateReport:
+        trial = served.copy()
+        apply_recalibration(trial, maps)
+        return evaluate_gate(served, trial, trial, x_hold, rules, trusted, reference, _implied_prior(trial),
+                             ["recalibrate"], config.gate, recalibrated={j: v[4] for j, v in maps.items()},
+                             x_unfitted=x_all)
+
+    report = None
     for _ in range(len(found)):
         if not found:
             break
-        trial = served.copy()
-        apply_recalibration(trial, found)
-        report = evaluate_gate(served, trial, trial, x_hold, rules, trusted, reference,
-                               _implied_prior(trial), ["recalibrate"], config.gate,
-                               recalibrated={j: v[4] for j, v in found.items()})
+        report = judged(found)
         refuted = {}
         for j in found:
             name = served.spec.features[j]
@@ -386,6 +407,16 @@ def prune_recalibration(served: SelfHealingNet, found: dict[int, tuple], x_hold:
         for j, failed in refuted.items():
             dropped[served.spec.features[j]] = failed
             del found[j]
+        report = None
+    if found and (report or judged(found)).failed:
+        # The maps stand one by one but the model they make together is unsafe: keep only the
+        # exact unit changes, the maps least likely to be a population that moved.
+        units = {j: v for j, v in found.items() if v[4].startswith("unit change")}
+        if not units or judged(units).failed:
+            units = {}
+        for j in set(found) - set(units):
+            dropped[served.spec.features[j]] = ["unsafe together: " + ", ".join((report or judged(found)).failed)]
+        found = units
     return found, dropped
 
 
@@ -426,7 +457,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
 
     found = diagnose_affine(candidate, x_fit, config)
     x_hold = x_recent[hold]
-    found, dropped = prune_recalibration(served, found, x_hold, rules, reference, config)
+    found, dropped = prune_recalibration(served, found, x_hold, rules, reference, config, x_recent)
     if dropped:
         diagnosis["recalibration_refused"] = dropped
     diagnosis["recalibrated_features"] = {model.spec.features[j]: {"shift": s, "scale": k, "r2": r, "sign": g,
@@ -480,8 +511,11 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
                                            else expected_prior)
     estimator = "CBPE (mean calibrated confidence)"
     if not steps:
-        diagnosis["reason"] = ("no fix needed: no affine input shift, no supported prior change, trusted rules "
-                               f"agree (excess conflict rate {excess:.4f} < {config.min_conflict})")
+        refused = "; ".join(f"{name}: {', '.join(why)}" for name, why in (dropped or {}).items())
+        diagnosis["reason"] = ("no fix needed: no input map that its evidence supports"
+                               + (f" (refused: {refused})" if refused else "")
+                               + f", no supported prior change, trusted rules agree (excess conflict rate {excess:.4f} "
+                                 f"< {config.min_conflict})")[:1500]
         return HealResult(None, steps, diagnosis, None, labels_used,
                           {"estimator": estimator, "before": before, "after": None, "note": why_before})
 
@@ -489,6 +523,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         return evaluate_gate(served, cheap_fixed, model_, x_hold, rules, trusted, reference,
                              expected_prior if "prior" in steps_ else assumed, steps_, config.gate,
                              recalibrated={j: v[4] for j, v in found.items()} if "recalibrate" in steps_ else {},
+                             x_unfitted=x_recent,
                              prior=prior_estimate if "prior" in steps_ else None)
 
     def result(model_: SelfHealingNet, steps_: list[str], report: GateReport) -> HealResult:

@@ -275,7 +275,12 @@ class ModelService:
             x, probs = pending[0]
         else:
             x, probs = np.concatenate([p[0] for p in pending]), np.concatenate([p[1] for p in pending])
-        self._sketch.update(x, probs, self.rules.fires_array(x), self.rule_labels)
+        # Drift and rules are counted on the inputs as the served model sees them, in training units:
+        # after a unit change was healed, the rules read amounts in the units they were written in,
+        # and the drift signal is about what this adapter still leaves unexplained. The traffic
+        # store keeps the raw rows (a heal composes its maps on them).
+        seen = self.model.restore_inputs(x)
+        self._sketch.update(seen, probs, self.rules.fires_array(seen), self.rule_labels)
         if self.sampler is not None:
             self.sampler.sample(x, probs)  # copies the chosen rows onto its writer's queue and returns
 

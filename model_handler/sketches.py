@@ -100,6 +100,7 @@ class ReferenceProfile:
         # P(predicted i | true j) on labelled held-out source rows, if the trainer had them: what a
         # BBSE label-shift estimate needs (drift.label_shift). Not part of the fingerprint.
         self.confusion = None if confusion is None else _confusion(confusion, len(self.classes))
+        self.class_bins: np.ndarray | None = None    # [C, slots] training rows per class and bin
         self.edges = [np.asarray(e, dtype=np.float64) for e in edges]
         self.mean, self.std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
         self.rules_hash = rules_hash
@@ -115,7 +116,10 @@ class ReferenceProfile:
     @classmethod
     def fit(cls, x, probs, rule_fires, rule_labels, features: Sequence[str], classes: Sequence[str],
             bins: int = 10, *, rules_hash: str | None = None,
-            confusion: np.ndarray | None = None) -> ReferenceProfile:
+            confusion: np.ndarray | None = None, labels: np.ndarray | None = None) -> ReferenceProfile:
+        """`labels` (the training labels, optional) adds per-class bin counts: what tells a pure
+        label shift (every feature's histogram is the training classes' mixed anew) from a change
+        of the inputs themselves."""
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
             raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
         if len(classes) < 2:
@@ -135,6 +139,11 @@ class ReferenceProfile:
         profile = cls(features, classes, edges, mean, std, rules_hash, confusion)
         profile.counts = DriftSketch.empty(profile, rule_fires.shape[1], rules_hash)
         profile.counts.update(x, probs, rule_fires, rule_labels)
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.int64)
+            if labels.shape != (len(x),) or (len(labels) and (labels.min() < 0 or labels.max() >= len(classes))):
+                raise ValueError(f"labels must be {len(x)} class indices in [0, {len(classes)})")
+            profile.class_bins = np.stack([profile.bin_counts(x[labels == c]) for c in range(len(classes))])
         return profile
 
     @property
@@ -158,6 +167,18 @@ class ReferenceProfile:
     def rule_fire_rates(self) -> np.ndarray:
         """[R] share of reference rows each rule fired on."""
         return self.counts.counters["rule_fires"] / max(self.n, 1)
+
+    def mixture_bins(self, prior: np.ndarray) -> np.ndarray | None:
+        """Expected share of rows per bin (all features) if the classes were mixed with `prior`:
+        what a pure label shift predicts. None without per-class counts."""
+        if self.class_bins is None:
+            return None
+        totals = np.zeros(self.class_bins.shape)
+        for column in range(len(self.features)):
+            lo, hi = self.offsets[column], self.offsets[column + 1]
+            block = self.class_bins[:, lo:hi].astype(np.float64)
+            totals[:, lo:hi] = block / np.maximum(block.sum(1, keepdims=True), 1)
+        return np.asarray(prior, dtype=np.float64) @ totals
 
     @property
     def rule_conflict_rates(self) -> np.ndarray:
@@ -187,7 +208,8 @@ class ReferenceProfile:
                 "edges": {name: [float(v) for v in e] for name, e in zip(self.features, self.edges)},
                 "mean": floats(self.mean), "std": floats(self.std), "rules_hash": self.rules_hash,
                 "counts": self.counts.to_dict(),
-                **({"confusion": self.confusion.tolist()} if self.confusion is not None else {})}
+                **({"confusion": self.confusion.tolist()} if self.confusion is not None else {}),
+                **({"class_bins": self.class_bins.tolist()} if self.class_bins is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> ReferenceProfile:
@@ -214,6 +236,11 @@ class ReferenceProfile:
         except ValueError as error:
             raise SketchError(f"malformed reference profile: {error}") from None
         profile.counts = DriftSketch.from_dict(counts, profile)
+        if d.get("class_bins") is not None:
+            class_bins = np.asarray(d["class_bins"], dtype=np.int64)
+            if class_bins.shape != (len(classes), int(profile.offsets[-1])) or (class_bins < 0).any():
+                raise SketchError(f"reference class_bins must be {len(classes)} x {int(profile.offsets[-1])} counts")
+            profile.class_bins = class_bins
         return profile
 
 

@@ -33,7 +33,7 @@ def build(out: Path, rows: int = 40000, seed: int = 0) -> dict:
     model = train_backbone(data.x, data.y, FEATURES, CLASSES, log_features=LOG_FEATURES, seed=seed)
     rules = RuleSet.from_yaml(RULES_FILE, FEATURES, CLASSES)
     reference = ReferenceProfile.fit(data.x, model.predict_proba(data.x).numpy(), rules.fires(data.x).numpy(),
-                                     rules.labels.numpy(), FEATURES, CLASSES)
+                                     rules.labels.numpy(), FEATURES, CLASSES, labels=data.y)
     out.mkdir(parents=True, exist_ok=True)
     digest = save_model(model, out)
     (out / REFERENCE_FILE).write_text(json.dumps(reference.to_dict()))
