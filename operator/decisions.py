@@ -26,7 +26,6 @@ TERMINATION_MESSAGE_LIMIT = 4096       # bytes the kubelet keeps of a container'
 CONDITION_MESSAGE_LIMIT = 32768        # metav1.Condition.message
 DNS_LABEL_LIMIT = 63                   # a Job's name becomes its pods' job-name label value
 QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?")
-VERSION_NUMBER = re.compile(r"v([1-9][0-9]*)")
 UTC = timezone.utc
 
 
@@ -106,18 +105,30 @@ def should_heal(*, now: datetime, drifting: bool, mode: HealingMode | str, heali
                     "HealNeeded")
 
 
-def next_version(existing: Sequence[str]) -> str:
-    """v1, v2, ...: one past the highest `v<n>` taken. Numbers are never reused, not even one whose
-    adapter was deleted, so a version name always means one adapter in history and Events.
-    Other names (`base`, hand-made ones such as `v2-hotfix`) are left alone."""
-    numbers = [int(m.group(1)) for name in existing if (m := VERSION_NUMBER.fullmatch(name))]
-    return f"v{max(numbers, default=0) + 1}"
+class HealTarget(NamedTuple):
+    parent: str
+    version: str
 
 
-def version_number(version: str) -> int | None:
-    """n of a `v<n>` version, else None."""
-    match = VERSION_NUMBER.fullmatch(version)
-    return int(match.group(1)) if match else None
+def heal_job_target(job: Mapping) -> HealTarget | None:
+    """The parent and version a heal Job was created with, from its container's arguments (what it
+    really runs). A heal's version is chosen once, when its Job is created: a later pass that finds
+    the Job (an operator restarted before it wrote the status) must take the version from here,
+    never choose again from the registry, which by then may hold the Job's own candidate. None if
+    the Job does not say (not a heal Job of this operator)."""
+    containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    args = [str(a) for a in ((containers[0].get("args") or []) if containers else [])]
+
+    def option(name: str) -> str | None:
+        for i, arg in enumerate(args):
+            if arg == name and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(name + "="):
+                return arg[len(name) + 1:]
+        return None
+
+    version, parent = option("--version"), option("--parent") or "base"
+    return HealTarget(parent, version) if version else None
 
 
 def heal_job_name(model_name: str, n: int) -> str:

@@ -17,7 +17,7 @@ import logging
 import aiohttp
 import kopf
 
-from model_handler.registry import RegistryError
+from model_handler.registry import RegistryError, next_version
 from model_handler.rules import RuleSet
 from shm_operator import decisions, k8s, metrics
 from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchserve_model_name
@@ -216,19 +216,30 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
         max_heals_per_day=spec["healing"]["maxHealsPerDay"])
     if not decision.act:
         return
-    try:
-        versions = await asyncio.to_thread(registry_for(name, namespace, spec).versions)
-    except RegistryError as err:
-        return registry_unreachable(body, patch, status, "cannot start a heal", err, t)
     count = (status.get("healCount") or 0) + 1
-    version = decisions.next_version(versions)
     job_name = decisions.heal_job_name(name, count)
-    parent = (status.get("adapter") or {}).get("lastGood") or "base"
-    config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
-    job = heal_job(name, namespace, spec, job_name, parent, version, config,
-                   since=(status.get("drift") or {}).get("onset"))
-    kopf.adopt(job, owner=body)
-    await k8s.ensure(job, namespace)  # the same name again after a crash is a no-op, never a duplicate
+    # A Job of this name exists if an earlier pass created it and stopped before its status write
+    # landed (an operator restart): adopt it, and the version it makes, never launch or name another.
+    job = await k8s.read("Job", namespace, job_name)
+    if job is None:
+        try:
+            versions = await asyncio.to_thread(registry_for(name, namespace, spec).versions)
+        except RegistryError as err:
+            return registry_unreachable(body, patch, status, "cannot start a heal", err, t)
+        parent = (status.get("adapter") or {}).get("lastGood") or "base"
+        config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
+        job = heal_job(name, namespace, spec, job_name, parent, next_version(versions), config,
+                       since=(status.get("drift") or {}).get("onset"))
+        kopf.adopt(job, owner=body)
+        job = await k8s.create_or_read(job, namespace)
+    target = decisions.heal_job_target(job)
+    if target is None or ((job.get("metadata") or {}).get("labels") or {}).get(MODEL_LABEL) != name:
+        # not a heal Job of this model (something else took the name): skip the name
+        update(patch, status, healCount=count)
+        kopf.warn(body, reason="HealJobNameTaken", message=f"Job {job_name} exists but is no heal Job of this "
+                                                           "model; the next heal takes the next name")
+        return
+    parent, version = target
     update(patch, status, healCount=count, recentHealStarts=[*recent, iso(t)], healsToday=len(recent) + 1,
            lastHeal={"job": job_name, "version": version, "parent": parent, "started": iso(t), "finished": None,
                      "result": "Running", "reason": decision.reason, "steps": [], "failedChecks": []})

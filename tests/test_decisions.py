@@ -103,19 +103,20 @@ def test_recent_heals_prunes_and_sorts():
 
 # ---- versions and Job names --------------------------------------------------------------------
 
-@pytest.mark.parametrize("existing, expected", [
-    ([], "v1"), (["base"], "v1"), (["v1", "v2"], "v3"),
-    (["v9", "v10", "v2"], "v11"),                 # natural order, not "v9" > "v10"
-    (["v1", "v3"], "v4"),                         # a deleted v2 is never reused
-    (["v2-hotfix", "v01", "V3", "v0"], "v1"),     # only v<n> names count
-])
-def test_next_version(existing, expected):
-    assert d.next_version(existing) == expected
-    assert expected not in existing
+# next_version and version_number live in model_handler.registry (tests/test_registry.py): one rule
+# for the registry and the operator.
 
-
-def test_version_number():
-    assert (d.version_number("v12"), d.version_number("base"), d.version_number("v1.2")) == (12, None, None)
+def test_heal_job_target_reads_the_jobs_arguments():
+    from shm_operator.children import heal_job
+    spec = crd.SelfHealingModelSpec.model_validate(EXAMPLE["spec"]).model_dump(mode="json")
+    job = heal_job("fraud", "ns", spec, "fraud-heal-3", "v5", "v6", {}, since="2026-11-22T18:00:00Z")
+    assert d.heal_job_target(job) == ("v5", "v6")
+    job["spec"]["template"]["spec"]["containers"][0]["args"] = ["-m", "model_handler.heal", "--version=v9"]
+    assert d.heal_job_target(job) == ("base", "v9")     # no --parent: the heal.py default
+    for args in ([], ["--version"], ["--parent", "v1"]):
+        job["spec"]["template"]["spec"]["containers"][0]["args"] = args
+        assert d.heal_job_target(job) is None
+    assert d.heal_job_target({"kind": "Job", "metadata": {"name": "x"}}) is None
 
 
 def test_heal_job_name_is_plain_when_it_fits():
