@@ -113,7 +113,7 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
     memo["window_rows"] = 0 if window is not None else rows
     summary = None
     if window is not None:
-        scores = score_window(window, state, rules)
+        scores = score_window(window, state, rules, spec["drift"])
         trigger = trigger_from(spec["drift"], drift.get("trigger"))
         was = trigger.drifting
         drifting = trigger.update(scores)

@@ -101,8 +101,10 @@ def ingest(state: WindowState, pod_uid: str, status: dict) -> None:
     state.add(pod_uid, sketch)
 
 
-def score_window(window: DriftSketch, state: WindowState, rules: RuleSet) -> DriftScores:
-    return drift_scores(window, state.reference, rules)
+def score_window(window: DriftSketch, state: WindowState, rules: RuleSet, drift_spec: dict) -> DriftScores:
+    """Score a full window with spec.drift's settings (a window below `minSamples` rows is never
+    evidence of drift)."""
+    return drift_scores(window, state.reference, rules, min_samples=drift_spec.get("minSamples", 200))
 
 
 def trigger_from(drift_spec: dict, saved: dict | None) -> HealTrigger:
