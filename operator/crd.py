@@ -456,6 +456,16 @@ class AdapterStatus(Described):
                           "drift window of the served version, which its rollback watch compares with.")
 
 
+class HealEstimate(Described):
+    """A label-free estimate of accuracy from a heal Job: of the served model before the heal and of
+    its candidate after; an empty value is unknown, and `note` says why."""
+
+    estimator: str = Field("", description="How it was estimated (the estimator's name).")
+    before: schema.Optional[float] = Field(None, description="Estimated accuracy of the served model, 0..1.")
+    after: schema.Optional[float] = Field(None, description="Estimated accuracy of the candidate, 0..1.")
+    note: str = Field("", description="Why a value is unknown, or what limits the estimate.")
+
+
 class LastHeal(Described):
     """The most recent healing Job."""
 
@@ -465,7 +475,13 @@ class LastHeal(Described):
     started: schema.Optional[datetime.datetime] = Field(None, description="When the Job was created.")
     finished: schema.Optional[datetime.datetime] = Field(None, description="When its result was read.")
     result: schema.Optional[str] = Field(
-        None, description="Running, Promoted, AwaitingApproval, Rejected or Failed.")
+        None, description="Running, Promoted, AwaitingApproval, Rejected, NothingToFix or Failed.")
+    verdict: schema.Optional[str] = Field(
+        None, description="The Job's verdict: promote (independent held-out evidence supports the fix), approve "
+                          "(it passed the safety checks, but no independent evidence supports it: a person decides, "
+                          "whatever the mode), reject, or nothing (nothing to fix).")
+    evidence: list[str] = Field(default_factory=list, description="The independent checks behind the verdict.")
+    estimate: schema.Optional[HealEstimate] = Field(None)
     reason: schema.Optional[schema.constr(max_length=4096)] = Field(None, description="Why, in words.")
     steps: list[str] = Field(default_factory=list, description="Fixes the heal applied, cheapest first.")
     failed_checks: list[str] = Field(default_factory=list, description="Promotion gate checks the candidate failed.")
@@ -482,8 +498,9 @@ class HistoryEntry(Described):
 
 
 class Candidate(Described):
-    """A healed adapter that passed the gate and awaits a person (Manual mode). Approve it by
-    setting spec.adapter.version to its version."""
+    """A healed adapter that passed the gate and awaits a person (Manual mode, or a verdict of
+    approve: no independent evidence supports the fix). Approve it by setting spec.adapter.version
+    to its version."""
 
     version: str = Field(..., description="The candidate's adapter version.")
     job: schema.Optional[str] = Field(None, description="Heal Job that made it.")

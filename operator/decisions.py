@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Literal, Mapping, NamedTuple, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -150,6 +150,10 @@ def heal_job_name(model_name: str, n: int) -> str:
 
 # ---- the heal Job's result ---------------------------------------------------------------------
 
+VERDICTS = ("promote", "approve", "reject", "nothing")
+ESTIMATE_NOTE_LIMIT = 500
+
+
 class _JobMessage(BaseModel):
     """The JSON `python -m model_handler.heal` writes to its termination log; unknown keys are
     ignored so a newer Job still reads."""
@@ -160,9 +164,12 @@ class _JobMessage(BaseModel):
     state: str | None = None
     promotable: bool | None = None
     passed: bool | None = None
+    verdict: Literal["promote", "approve", "reject", "nothing"] | None = None
     reason: str = ""
     steps: list[str] = []
     failed: list[str] = []
+    evidence: list[str] = []
+    estimate: Any = None
     rows: int | None = None
     sha256: str | None = None
     error: str | None = None
@@ -170,7 +177,16 @@ class _JobMessage(BaseModel):
 
 @dataclass(frozen=True)
 class JobResult:
-    """What a heal Job reported. `error` is set when it failed or its message is unusable."""
+    """What a heal Job reported. `error` is set when it failed or its message is unusable;
+    `promotable`: a candidate passed the safety checks and may be served (by the operator or, for
+    the verdict approve, by a person).
+
+    `verdict` is what the Job concluded: promote (the candidate passed the safety checks and
+    independent held-out evidence supports the fix), approve (it passed the safety checks, but no
+    independent evidence supports the fix: a person decides), reject (it failed a check), nothing
+    (no fix was needed or possible). `evidence` names the independent checks behind it; `estimate`
+    is a label-free estimate of accuracy before (served model) and after (candidate), see
+    `read_estimate`. A message from a Job older than verdicts gets one from `promotable`/`state`."""
 
     version: str | None = None
     parent: str | None = None
@@ -182,6 +198,36 @@ class JobResult:
     rows: int | None = None
     sha256: str | None = None
     error: str | None = None
+    verdict: str | None = None
+    evidence: tuple[str, ...] = ()
+    estimate: Mapping | None = None
+
+
+def read_estimate(raw) -> dict | None:
+    """A Job's `estimate` as `{"estimator": str, "before": float|None, "after": float|None,
+    "note": str}`. It informs people and never decides anything, so a malformed one is kept as
+    unknown values with a note saying why, not an error that would throw the heal away."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        return {"estimator": "", "before": None, "after": None,
+                "note": f"unreadable estimate: a {type(raw).__name__}, not an object"}
+    notes = [str(raw.get("note") or "")]
+
+    def accuracy(key: str) -> float | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0 <= value <= 1:
+            notes.append(f"{key} {value!r} is not an accuracy in [0, 1]")
+            return None
+        return round(float(value), 4)
+
+    estimator = raw.get("estimator")
+    return {"estimator": estimator[:100] if isinstance(estimator, str) else "",
+            "before": accuracy("before"), "after": accuracy("after"),
+            "note": "; ".join(filter(None, notes))[:ESTIMATE_NOTE_LIMIT]}
 
 
 def parse_job_result(termination_message: str | None) -> JobResult:
@@ -205,30 +251,56 @@ def parse_job_result(termination_message: str | None) -> JobResult:
         return JobResult(version=document.get("version") if isinstance(document.get("version"), str) else None,
                          error="termination message: " + "; ".join(
                              f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
-    if message.error is None and message.promotable is None and message.passed is None:
-        return JobResult(version=message.version, error="termination message says neither promotable nor error")
-    promotable = message.promotable if message.promotable is not None else bool(message.passed)
+    if message.error is None and message.promotable is None and message.passed is None and message.verdict is None:
+        return JobResult(version=message.version, error="termination message says neither promotable nor error, "
+                                                        "nor a verdict")
+    verdict = message.verdict
+    if verdict is not None:
+        # A Job with verdicts writes `promotable` for older operators (true for promote only, so
+        # they never promote what a person must approve); here the verdict says it.
+        promotable = verdict in ("promote", "approve")
+    else:   # a Job older than verdicts
+        promotable = message.promotable if message.promotable is not None else bool(message.passed)
+        if message.error is None:
+            verdict = "promote" if promotable else "reject" if message.state == "rejected" else "nothing"
     return JobResult(version=message.version, parent=message.parent, state=message.state,
                      promotable=promotable and message.error is None, reason=message.reason,
                      steps=tuple(message.steps), failed_checks=tuple(message.failed), rows=message.rows,
-                     sha256=message.sha256, error=f"heal Job failed: {message.error}" if message.error else None)
+                     sha256=message.sha256, error=f"heal Job failed: {message.error}" if message.error else None,
+                     verdict=verdict if message.error is None else None, evidence=tuple(message.evidence),
+                     estimate=read_estimate(message.estimate))
 
 
 class Promotion(NamedTuple):
-    action: str      # "promote" | "await-approval" | "reject"
+    action: str      # "promote" | "await-approval" | "reject" | "nothing"
     reason: str
 
 
+def approve_command(name: str, namespace: str, version: str) -> str:
+    """The command a person runs to promote a candidate."""
+    return (f"kubectl patch shm {name} -n {namespace} --type merge "
+            f"-p '{{\"spec\":{{\"adapter\":{{\"version\":\"{version}\"}}}}}}'")
+
+
 def promotion_action(mode: HealingMode | str, result: JobResult) -> Promotion:
-    """What to do with a finished heal. Only a candidate the gate passed is ever promoted; in
-    Manual mode, or when healing was turned Off while the Job ran, it waits for a person."""
+    """What to do with a finished heal, from the Job's verdict. Only a candidate that passed the
+    safety checks is ever offered, and only one that independent evidence supports (verdict
+    promote) is promoted without a person: in Auto mode. In Manual mode, or when healing was turned
+    Off while the Job ran, or when the verdict is approve, it waits for a person."""
     if result.error:
         return Promotion("reject", result.error)
-    if not result.promotable or not result.version:
+    if result.verdict == "nothing":
+        return Promotion("nothing", result.reason or "nothing to fix")
+    if result.verdict not in ("promote", "approve") or not result.promotable or not result.version:
         why = result.reason or (f"gate failed: {', '.join(result.failed_checks)}" if result.failed_checks
                                 else "no promotable candidate")
         return Promotion("reject", why)
     mode = HealingMode(mode)
+    if result.verdict == "approve":
+        return Promotion("await-approval",
+                         f"{result.version} passed the safety checks but no independent evidence supports the "
+                         f"fix{': ' + result.reason if result.reason else ''}; "
+                         f"set spec.adapter.version: {result.version} to promote it")
     if mode is HealingMode.AUTO:
         return Promotion("promote", f"{result.version} passed the gate: {result.reason}".rstrip(": "))
     why = "Manual mode" if mode is HealingMode.MANUAL else "healing was turned Off while the Job ran"

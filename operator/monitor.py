@@ -242,7 +242,8 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
     parent, version = target
     update(patch, status, healCount=count, recentHealStarts=[*recent, iso(t)], healsToday=len(recent) + 1,
            lastHeal={"job": job_name, "version": version, "parent": parent, "started": iso(t), "finished": None,
-                     "result": "Running", "reason": decision.reason, "steps": [], "failedChecks": []})
+                     "result": "Running", "reason": decision.reason, "steps": [], "failedChecks": [],
+                     "verdict": None, "evidence": [], "estimate": None})
     set_condition_in(patch, status, "Healing", True, "JobStarted", f"Job {job_name} heals {parent} -> {version}", t)
     kopf.info(body, reason="HealStarted", message=f"{decision.reason}; Job {job_name} heals {parent} -> {version} "
                                                   f"(drifting features: {(status.get('drift') or {}).get('topFeatures')})")
@@ -264,7 +265,9 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
         return
     pods = await k8s.list_pods(namespace, {"job-name": last["job"]})
     result = decisions.parse_job_result(next((m for m in map(k8s.termination_message, pods) if m), ""))
-    last.update(finished=iso(t), steps=list(result.steps), failedChecks=list(result.failed_checks))
+    last.update(finished=iso(t), steps=list(result.steps), failedChecks=list(result.failed_checks),
+                verdict=result.verdict, evidence=[e[:300] for e in result.evidence[:20]],
+                estimate=dict(result.estimate) if result.estimate else None)
     if "Failed" in done or result.error:
         failed = done.get("Failed") or {}
         # The Job's own reason first (DeadlineExceeded, BackoffLimitExceeded), then what the pod said.
@@ -291,15 +294,18 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
         kopf.info(body, reason="Promoting", message=f"{result.version} passed the gate; rolling out")
     elif action.action == "await-approval":
         last["result"] = "AwaitingApproval"
+        needs_approval = result.verdict == "approve"   # whatever the mode: no independent evidence
         update(patch, status, candidate={"version": result.version, "job": last["job"], "created": iso(t),
-                                         "reason": result.reason[:500]})
-        kopf.info(body, reason="CandidateReady",
-                  message=f"{action.reason}: kubectl patch shm {name} -n {namespace} --type merge "
-                          f"-p '{{\"spec\":{{\"adapter\":{{\"version\":\"{result.version}\"}}}}}}'")
+                                         "reason": (action.reason if needs_approval else result.reason)[:500]})
+        command = decisions.approve_command(name, namespace, result.version)
+        kopf.info(body, reason="NeedsApproval" if needs_approval else "CandidateReady",
+                  message=f"{action.reason[:800]}: {command}")
+    elif action.action == "nothing":
+        last["result"] = "NothingToFix"
+        kopf.info(body, reason="NothingToFix", message=action.reason[:1000])
     else:
-        last["result"] = "Rejected" if result.state == "rejected" else "NothingToFix"
-        kopf.info(body, reason="CandidateRejected" if result.state == "rejected" else "NothingToFix",
-                  message=action.reason[:1000])
+        last["result"] = "Rejected"
+        kopf.info(body, reason="CandidateRejected", message=action.reason[:1000])
     finish_heal(name, namespace, body, patch, status, last, t)
 
 

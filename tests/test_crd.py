@@ -363,6 +363,19 @@ def test_status_validates_and_round_trips_with_from_alias():
     assert crd.SelfHealingModelStatus.model_validate(dumped) == status
 
 
+def test_status_keeps_a_heals_verdict_evidence_and_estimate():
+    """What a heal Job concluded is in the schema (an API server prunes fields it does not know)."""
+    status = copy.deepcopy(STATUS)
+    status["lastHeal"].update(result="AwaitingApproval", verdict="approve", evidence=[],
+                              estimate={"estimator": "rule-agreement", "before": 0.61, "after": None,
+                                        "note": "no trusted rule fires on the moved classes"})
+    resource = {**example(), "status": status}
+    assert schema_errors(resource) == []
+    last = crd.SelfHealingModel.model_validate(resource).status.last_heal
+    assert (last.verdict, last.evidence, last.estimate.before, last.estimate.after) == ("approve", [], 0.61, None)
+    assert last.model_dump(mode="json", by_alias=True)["estimate"]["note"].startswith("no trusted rule")
+
+
 def test_status_from_a_newer_operator_still_reads():
     """Unknown status keys are ignored by the models (and pruned by the API server), never errors."""
     newer = copy.deepcopy(STATUS)
