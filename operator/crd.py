@@ -533,6 +533,19 @@ class RolloutStatus(Described):
                                              "the last good version only after at least rollback.minSamples.")
 
 
+class Performance(Described):
+    """A label-free estimate of the served model's accuracy (no label is ever used): from the last
+    finished heal that gave one, of its candidate after a promotion, else of the model served before
+    that heal. `basis` says which."""
+
+    estimator: str = Field("", description="How it was estimated (the heal Job's estimator).")
+    accuracy: schema.Optional[float] = Field(None, description="Estimated accuracy, 0..1; empty when unknown.")
+    basis: str = Field("", description='What was estimated: "served before heal <job>" or '
+                                       '"candidate <version> after heal <job>".')
+    display: str = Field("", description='The accuracy to two decimals, or "unknown" (the EST-ACC column).')
+    updated: schema.Optional[datetime.datetime] = Field(None, description="When it was written.")
+
+
 class SelfHealingModelStatus(Described):
     """Observed state, written by the operator only."""
 
@@ -550,6 +563,7 @@ class SelfHealingModelStatus(Described):
     history: t.Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = Field(
         default_factory=list, description=f"The last {MAX_HISTORY} adapter changes, oldest first.")
     candidate: schema.Optional[Candidate] = Field(None)
+    performance: schema.Optional[Performance] = Field(None)
     rollout: schema.Optional[RolloutStatus] = Field(None)
     heal_count: schema.Optional[int] = Field(None, description="Heal Jobs launched so far (names the next one).")
     refused_adapters: dict[str, str] = Field(
@@ -564,6 +578,8 @@ PRINTER_COLUMNS = [
      "description": "Weaker drift signal relative to its threshold (>= 1: both on)."},
     {"name": "Ready", "type": "string", "jsonPath": ".status.adapter.ready",
      "description": "Ready pods serving the desired adapter / pods wanted."},
+    {"name": "Est-Acc", "type": "string", "jsonPath": ".status.performance.display",
+     "description": "Label-free estimate of the served model's accuracy (status.performance), or unknown."},
     {"name": "Desired", "type": "string", "jsonPath": ".spec.adapter.version", "priority": 1},
     {"name": "Mode", "type": "string", "jsonPath": ".spec.healing.mode", "priority": 1},
 ]

@@ -309,6 +309,23 @@ def promotion_action(mode: HealingMode | str, result: JobResult) -> Promotion:
                      f"set spec.adapter.version: {result.version} to promote it")
 
 
+def performance(last_heal: Mapping, now: datetime) -> dict | None:
+    """status.performance from a finished heal's label-free estimate: the candidate's accuracy
+    after a promotion, else the served model's before the heal (what still serves). None if the
+    heal gave no estimate (an older Job, or one that failed before estimating): the last known
+    estimate stays, and its basis says which heal it came from."""
+    estimate = last_heal.get("estimate")
+    if not isinstance(estimate, Mapping) or last_heal.get("result") in (None, "Running"):
+        return None
+    job = last_heal.get("job") or "?"
+    if last_heal["result"] == "Promoted":
+        accuracy, basis = estimate.get("after"), f"candidate {last_heal.get('version')} after heal {job}"
+    else:
+        accuracy, basis = estimate.get("before"), f"served before heal {job}"
+    return {"estimator": estimate.get("estimator") or "", "accuracy": accuracy, "basis": basis,
+            "display": "unknown" if accuracy is None else f"{accuracy:.2f}", "updated": format_time(now)}
+
+
 # ---- rollback ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

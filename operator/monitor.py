@@ -311,6 +311,10 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
 
 def finish_heal(name, namespace, body, patch, status, last, t) -> None:
     update(patch, status, lastHeal=last)
+    estimated = decisions.performance(last, t)
+    if estimated is not None:
+        update(patch, status, performance=estimated)
+        metrics.observe_performance(namespace, name, estimated["accuracy"])
     set_condition_in(patch, status, "Healing", False, last["result"], last.get("reason") or "", t)
     if last["result"] == "Failed":
         kopf.warn(body, reason="HealFailed", message=f"Job {last['job']}: {last.get('reason')}"[:1000])

@@ -376,6 +376,20 @@ def test_status_keeps_a_heals_verdict_evidence_and_estimate():
     assert last.model_dump(mode="json", by_alias=True)["estimate"]["note"].startswith("no trusted rule")
 
 
+def test_status_shows_the_estimated_accuracy_in_a_column():
+    status = {**copy.deepcopy(STATUS), "performance": {
+        "estimator": "rule-agreement", "accuracy": 0.93, "display": "0.93", "basis": "candidate v2 after heal "
+        "fraud-heal-2", "updated": "2026-11-22T18:58:00Z"}}
+    resource = {**example(), "status": status}
+    assert schema_errors(resource) == []
+    assert crd.SelfHealingModel.model_validate(resource).status.performance.accuracy == 0.93
+    unknown = {**status, "performance": {"estimator": "", "display": "unknown", "basis": "served before heal x"}}
+    assert schema_errors({**example(), "status": unknown}) == []
+    (version,) = committed_crd()["spec"]["versions"]
+    columns = {c["name"].upper(): c for c in version["additionalPrinterColumns"]}
+    assert columns["EST-ACC"]["jsonPath"] == ".status.performance.display" and columns["EST-ACC"]["type"] == "string"
+
+
 def test_status_from_a_newer_operator_still_reads():
     """Unknown status keys are ignored by the models (and pruned by the API server), never errors."""
     newer = copy.deepcopy(STATUS)

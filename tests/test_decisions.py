@@ -312,6 +312,20 @@ def test_unreadable_result_is_rejected_with_the_parse_error():
     assert action == "reject" and "not JSON" in reason
 
 
+def test_performance_comes_from_a_finished_heals_estimate():
+    estimate = {"estimator": "em", "before": 0.41, "after": 0.934, "note": ""}
+    last = {"job": "fraud-heal-4", "version": "v3", "result": "Promoted", "estimate": estimate}
+    assert d.performance(last, NOW) == {"estimator": "em", "accuracy": 0.934, "display": "0.93",
+                                        "basis": "candidate v3 after heal fraud-heal-4",
+                                        "updated": "2026-11-22T19:00:00Z"}
+    for result in ("AwaitingApproval", "Rejected", "NothingToFix", "Failed"):
+        held = d.performance({**last, "result": result}, NOW)
+        assert (held["accuracy"], held["basis"]) == (0.41, "served before heal fraud-heal-4")
+    assert d.performance({**last, "estimate": {**estimate, "after": None}}, NOW)["display"] == "unknown"
+    assert d.performance({**last, "result": "Running"}, NOW) is None
+    assert d.performance({**last, "estimate": None}, NOW) is None
+
+
 # ---- rollback ----------------------------------------------------------------------------------
 
 BEFORE = d.RolloutSignals(samples=1000, rule_conflict=0.03, class_rates={"legit": 0.97, "fraud": 0.03})

@@ -129,3 +129,25 @@ def test_an_older_jobs_message_still_promotes(spec, cluster):
     status, patch = finish(spec, cluster, result(sha))     # no verdict, evidence or estimate
     assert status["lastHeal"]["result"] == "Promoted" and patch["spec"]["adapter"]["version"] == "v1"
     assert status["lastHeal"]["verdict"] == "promote" and "estimate" not in status["lastHeal"]
+
+
+def estimated_accuracy() -> float | None:
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value("selfheal_estimated_accuracy", {"namespace": "ns", "model": "m"})
+
+
+def test_performance_is_the_candidates_estimate_after_a_promotion_else_the_served_models(spec, cluster):
+    sha = candidate(spec)
+    status, _ = finish(spec, cluster, result(sha, verdict="promote", estimate=ESTIMATE))
+    assert status["performance"] == {"estimator": "rule-agreement", "accuracy": 0.93, "display": "0.93",
+                                     "basis": "candidate v1 after heal m-heal-1", "updated": iso(T)}
+    assert estimated_accuracy() == 0.93
+    status, _ = finish(spec, cluster, result(sha, verdict="approve", estimate=ESTIMATE))
+    assert status["performance"]["accuracy"] == 0.412 and status["performance"]["display"] == "0.41"
+    assert status["performance"]["basis"] == "served before heal m-heal-1"
+    unknown = {**ESTIMATE, "before": None, "note": "too few rule firings"}
+    status, _ = finish(spec, cluster, result(None, verdict="nothing", state="none", estimate=unknown))
+    assert status["performance"]["display"] == "unknown" and "accuracy" not in status["performance"]
+    assert estimated_accuracy() is None     # unknown: no stale number in Prometheus either
+    status, _ = finish(spec, cluster, result(sha))    # an older Job: no estimate, nothing written
+    assert "performance" not in status
