@@ -1,21 +1,37 @@
-"""The promotion gate: a candidate adapter is promoted only if checks it was not trained on say it
-is better and nothing says it is dangerous.
+"""The promotion gate: a candidate adapter ships automatically only when held-out evidence that its
+fixes did not optimise supports each fix, and nothing says it is dangerous.
 
-All checks run on held-out recent traffic that no healing step saw. Without labels "better" means:
-every fix the healer applied must improve the held-out quantity that fix is about (recalibration ->
-inputs look like the reference again; prior correction -> the held-out rows are more likely under
-the new prior; adapter training -> fewer conflicts with trusted rules). "Not dangerous" means:
-finite outputs, bounded adapter parameters, plausible class rates, no entropy collapse, limited
-disagreement with the cheaply fixed model, and no new conflicts with rules whose inputs did not drift.
+All checks run on held-out recent traffic that no healing step saw. Each check is either
+- **safety** (finite outputs, adapter size, plausible class rates, no entropy collapse, bounded
+  disagreement, no new conflicts with trusted rules, a prior correction that explains the held-out
+  rows better): any failure refuses the candidate; or
+- **evidence** for one fix, measuring something that fix did not optimise:
+  - recalibration: the held-out distribution of each mapped feature matches the training one,
+    tails included; its rank correlations with the features that did not move are those of the
+    training data (a monotone map cannot change ranks, so a pipeline change passes and a change
+    of population fails); trusted rules that read none of the mapped features agree as they did;
+  - prior correction: the EM interval excludes the old prior, and BBSE (hard predictions and the
+    confusion matrix) agrees with EM-BCTS (calibrated probabilities);
+  - adapter training: trusted-rule conflicts drop on held-out rows, and its ranking of the rows the
+    rules label does not get worse.
+  Evidence passes, fails (the fix is refuted: refused) or is not available.
+The verdict: `reject` on any failed safety or evidence check; `promote` when every fix has evidence
+and none against it; otherwise `approve`: safe, but nothing independent supports it, so a person
+decides (`spec.promotion.mode` is not enough to ship it).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
+from model_handler.labelshift import PriorEstimate
 from model_handler.model import SelfHealingNet
+from model_handler.rules import RuleSet
+from model_handler.sketches import ReferenceProfile
 from model_handler.training import QUANTILES
 
 
@@ -32,7 +48,15 @@ class GateConfig:
     min_rule_support: float = 0.5         # exponent: trusted rules must move >= ratio**this with a prior
     min_expected_fires: float = 5.0       # rule evidence below this many expected firings is no evidence
     prior_ratio_checked: float = 1.25     # classes whose prior moved less than this need no rule evidence
-    max_adapter_norm: float = 25.0        # L2 norm of the adapter's change from identity
+    max_adapter_norm: float = 25.0        # L2 norm of the adapter's change from identity (the
+                                          # recalibration excluded: a unit change of any size is judged
+                                          # by the evidence, not by how large it is)
+    max_mapped_psi: float = 0.1           # held-out PSI of a recalibrated feature vs the training bins
+    min_informative_correlation: float = 0.15   # |rank correlation| that makes a feature a witness
+    correlation_tolerance: float = 0.05   # plus 3 standard errors (1/sqrt(n)) of rank correlation
+    min_witness_fires: int = 20           # firings a rule needs on held-out rows to be a witness
+    witness_tolerance: float = 0.05       # extra conflict share a witness rule may show
+    rare_class: float = 0.1               # a class rarer than this has no absolute-distance escape
 
 
 @dataclass
@@ -42,26 +66,50 @@ class GateCheck:
     limit: float
     passed: bool
     detail: str = ""
+    kind: str = "safety"     # "safety", or "evidence" for the fix named in `fix`
+    fix: str = ""
 
 
 @dataclass
 class GateReport:
-    passed: bool
+    passed: bool                          # no safety or evidence check failed
     checks: list[GateCheck] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
         return [c.name for c in self.checks if not c.passed]
 
+    @property
+    def evidence(self) -> list[str]:
+        """The independent checks that support the candidate, with what they measured."""
+        return [f"{c.name}: {c.detail}" if c.detail else c.name
+                for c in self.checks if c.kind == "evidence" and c.passed]
+
+    @property
+    def unsupported(self) -> list[str]:
+        """Fixes without any passed evidence check."""
+        return [step for step in self.steps
+                if not any(c.kind == "evidence" and c.fix == step and c.passed for c in self.checks)]
+
+    @property
+    def verdict(self) -> str:
+        if not self.passed:
+            return "reject"
+        return "approve" if self.unsupported else "promote"
+
     def summary(self) -> str:
-        if self.passed:
-            return "passed all %d checks" % len(self.checks)
-        return "refused: " + "; ".join(f"{c.name} ({c.detail or f'{c.value:.4g} vs limit {c.limit:.4g}'})"
-                                       for c in self.checks if not c.passed)
+        if not self.passed:
+            return "refused: " + "; ".join(f"{c.name} ({c.detail or f'{c.value:.4g} vs limit {c.limit:.4g}'})"
+                                           for c in self.checks if not c.passed)
+        if self.unsupported:
+            return (f"passed {len(self.checks)} checks, but no independent evidence supports "
+                    f"{', '.join(self.unsupported)}: awaits approval")
+        return f"passed all {len(self.checks)} checks; evidence: {'; '.join(self.evidence)}"
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "failed": self.failed,
-                "checks": [asdict(c) for c in self.checks]}
+        return {"passed": self.passed, "verdict": self.verdict, "failed": self.failed,
+                "evidence": self.evidence, "checks": [asdict(c) for c in self.checks]}
 
 
 def input_psi(model: SelfHealingNet, x: torch.Tensor) -> float:
@@ -143,49 +191,148 @@ def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def adapter_change_norm(model: SelfHealingNet) -> float:
+    """Size of the learned part of the adapter (residual and logit bias). The input recalibration
+    is not counted: it undoes an upstream change, whose size says nothing about harm (a x100 unit
+    change of a feature that is not log-scaled needs a shift of about 224)."""
     a = model.adapter
-    return float(torch.sqrt(a.input_shift.pow(2).sum() + a.input_log_scale.pow(2).sum()
-                            + a.up.weight.pow(2).sum() + a.up.bias.pow(2).sum()
-                            + a.logit_bias.pow(2).sum()))
+    return float(torch.sqrt(a.up.weight.pow(2).sum() + a.up.bias.pow(2).sum() + a.logit_bias.pow(2).sum()))
+
+
+def _fires(model: SelfHealingNet, rules: RuleSet, x: np.ndarray) -> torch.Tensor:
+    """Rule firings on the inputs as `model` sees them, in training units (see restore_inputs)."""
+    return rules.fires(model.restore_inputs(x))
+
+
+def mapped_feature_psi(model: SelfHealingNet, x: np.ndarray, j: int) -> float:
+    """PSI of feature j as the model sees it (recalibrated) against the 20 training quantile bins,
+    tails included (5% of the training rows below the first quantile, 5% above the last)."""
+    q = np.asarray(model.spec.reference_quantiles)[j]
+    with torch.no_grad():
+        z = model.adapter.recalibrate(model.transform(torch.as_tensor(x, dtype=torch.float32))).numpy()[:, j]
+    ref = np.diff(np.concatenate([[0.0], QUANTILES, [1.0]]))
+    edges = np.unique(q)
+    if len(edges) < len(q):   # tied quantiles (a discrete or zero-inflated feature): merge their bins
+        ref = np.diff(np.concatenate([[0.0], [QUANTILES[np.searchsorted(q, e, side="right") - 1] for e in edges],
+                                      [1.0]]))
+    counts = np.bincount(np.searchsorted(edges, z, side="right"), minlength=len(ref))
+    p = (counts + 0.5) / (counts.sum() + 0.5 * len(ref))
+    return float(np.sum((p - ref) * np.log(p / ref)))
+
+
+def rank_correlation_gap(model: SelfHealingNet, x: np.ndarray, mapped: Sequence[int],
+                         config: GateConfig) -> tuple[float | None, float, str]:
+    """Largest change, from the training data, of the rank correlation between a mapped feature and
+    a feature that was not mapped, over pairs whose training correlation is informative. A monotone
+    map keeps ranks (a reflection flips them, and is applied here), so a pipeline change leaves
+    these as they were, while a change of population (one class moving) does not.
+    Returns (gap or None if no pair is informative, limit, detail)."""
+    reference = np.asarray(model.spec.rank_correlation)
+    if reference.size == 0 or len(x) < 30:
+        return None, 0.0, "no rank correlations in the model spec"
+    from model_handler.training import rank_correlation
+    now = rank_correlation(model.restore_inputs(x))
+    limit = config.correlation_tolerance + 3.0 / np.sqrt(len(x))
+    others = [k for k in range(reference.shape[0]) if k not in set(mapped)]
+    worst, detail = None, "no unmapped feature correlates with a mapped one"
+    for j in mapped:
+        for k in others:
+            if abs(reference[j, k]) < config.min_informative_correlation:
+                continue
+            gap = abs(now[j, k] - reference[j, k])
+            if worst is None or gap > worst:
+                worst = float(gap)
+                detail = (f"{model.spec.features[j]} vs {model.spec.features[k]}: rank correlation "
+                          f"{reference[j, k]:+.2f} in training, {now[j, k]:+.2f} now")
+    return worst, limit, detail
+
+
+def witness_conflicts(model: SelfHealingNet, rules: RuleSet, x: np.ndarray, trusted: np.ndarray,
+                      mapped: Sequence[int], baseline_share: np.ndarray,
+                      config: GateConfig) -> tuple[float | None, str]:
+    """Trusted rules that read none of the mapped features are witnesses the map cannot have bent:
+    the largest rise of a witness's conflict share over its training share (None: no witness
+    fired often enough)."""
+    fires = _fires(model, rules, x)
+    pred = model.predict_proba(x).argmax(1)
+    mapped_names = {model.spec.features[j] for j in mapped}
+    worst, detail = None, "no trusted rule that reads only unmapped features fires often enough"
+    for r, rule in enumerate(rules.rules):
+        if not trusted[r] or rule.features & mapped_names:
+            continue
+        f = fires[:, r]
+        n = int(f.sum())
+        if n < config.min_witness_fires:
+            continue
+        share = float((pred[f] != rules.labels[r]).float().mean())
+        rise = share - float(baseline_share[r]) - 3.0 * np.sqrt(max(baseline_share[r], 0.01) / n)
+        if worst is None or rise > worst:
+            worst, detail = rise, (f"rule {rule.name}: conflict share {share:.3f} on {n} firings "
+                                   f"(training {baseline_share[r]:.3f})")
+    return worst, detail
+
+
+def ranking_auc(scores: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> float | None:
+    """P(score of a positive row > score of a negative row); None without both kinds of rows."""
+    pos, neg = scores[positive].numpy(), scores[negative].numpy()
+    if len(pos) < 5 or len(neg) < 5:
+        return None
+    from scipy.stats import rankdata
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate: SelfHealingNet,
-                  x_holdout: np.ndarray, fires: torch.Tensor, rule_labels: torch.Tensor,
-                  trusted: np.ndarray, reference_fire_rates: np.ndarray, expected_prior: np.ndarray,
-                  steps: list[str], config: GateConfig = GateConfig()) -> GateReport:
+                  x_holdout: np.ndarray, rules: RuleSet, trusted: np.ndarray, reference: ReferenceProfile,
+                  expected_prior: np.ndarray, steps: list[str], config: GateConfig = GateConfig(), *,
+                  recalibrated: Sequence[int] = (), prior: PriorEstimate | None = None) -> GateReport:
     """Judge `candidate` on held-out rows.
 
     served: the model as it serves now (last good adapter); cheap_fixed: served + recalibration +
-    prior correction (the reference for adapter training); fires: rule firings on x_holdout;
-    trusted: bool mask of rules whose inputs did not drift; reference_fire_rates: each rule's
-    firing rate on the training data; expected_prior: the class prior the healer believes in.
+    prior correction (the reference for adapter training); trusted: bool mask of the rules the
+    healer trusts; reference: the training-time profile (rule firing and conflict rates);
+    expected_prior: the class prior the healer believes in; recalibrated: the feature indices the
+    candidate maps; prior: the label-shift estimate behind a prior correction.
     """
-    x = torch.as_tensor(x_holdout, dtype=torch.float32)
+    x_np = np.asarray(x_holdout, dtype=np.float32)
+    x = torch.as_tensor(x_np)
     checks: list[GateCheck] = []
 
-    def check(name: str, value: float, limit: float, passed: bool, detail: str = "") -> None:
-        checks.append(GateCheck(name, float(value), float(limit), bool(passed), detail))
+    def check(name: str, value: float, limit: float, passed: bool, detail: str = "",
+              kind: str = "safety", fix: str = "") -> None:
+        checks.append(GateCheck(name, float(value), float(limit), bool(passed), detail, kind, fix))
 
     with torch.no_grad():
         logits = candidate(x)
         finite = bool(torch.isfinite(logits).all())
         check("finite_outputs", float(finite), 1.0, finite, "" if finite else "non-finite logits")
         if not finite:
-            return GateReport(False, checks)
+            return GateReport(False, checks, list(steps))
         p_cand = torch.softmax(logits, 1)
         p_served = served.predict_proba(x)
         p_cheap = cheap_fixed.predict_proba(x)
     pred_cand, pred_served, pred_cheap = p_cand.argmax(1), p_served.argmax(1), p_cheap.argmax(1)
+    rule_labels = rules.labels
+    n_rules = len(rules)
+    baseline_share = ((reference.counts.counters["rule_conflicts"] + 1.0)
+                      / (reference.counts.counters["rule_fires"] + 10.0)) if reference.n_rules == n_rules \
+        else np.full(n_rules, 0.1)
 
     norm = adapter_change_norm(candidate)
     check("adapter_norm", norm, config.max_adapter_norm, norm <= config.max_adapter_norm)
 
-    # Every applied fix must improve the held-out quantity it is about.
     if "recalibrate" in steps:
-        before, after = input_psi(served, x), input_psi(candidate, x)
-        gain = (before - after) / max(before, 1e-9)
-        check("recalibration_improves_input_fit", gain, config.min_input_fit_gain,
-              gain >= config.min_input_fit_gain, f"input PSI {before:.3f} -> {after:.3f}")
+        for j in recalibrated:
+            value = mapped_feature_psi(candidate, x_np, j)
+            check(f"heldout_distribution_matches[{candidate.spec.features[j]}]", value, config.max_mapped_psi,
+                  value <= config.max_mapped_psi,
+                  f"held-out PSI {value:.3f} against the training bins, tails included", "evidence", "recalibrate")
+        gap, limit, detail = rank_correlation_gap(candidate, x_np, list(recalibrated), config)
+        if gap is not None:
+            check("rank_correlations_restored", gap, limit, gap <= limit, detail, "evidence", "recalibrate")
+        rise, detail = witness_conflicts(candidate, rules, x_np, trusted, list(recalibrated), baseline_share, config)
+        if rise is not None:
+            check("untouched_rules_agree", rise, config.witness_tolerance, rise <= config.witness_tolerance,
+                  detail, "evidence", "recalibrate")
     if "prior" in steps:
         assumed = _implied_prior(served)
         new = _implied_prior(candidate)
@@ -193,19 +340,45 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
         gain = mixture_log_likelihood(p_recal, assumed, new) - mixture_log_likelihood(p_recal, assumed, assumed)
         check("prior_improves_likelihood", gain, config.min_prior_fit_gain,
               gain >= config.min_prior_fit_gain, f"held-out log-likelihood gain {gain:.4f}")
-        support, limit, detail = prior_rule_support(assumed, new, fires, rule_labels, trusted,
-                                                    reference_fire_rates, config)
-        check("prior_supported_by_rules", support, limit, support >= limit, detail)
-    conflict_served = trusted_conflict_rate(pred_served, fires, rule_labels, trusted)
-    conflict_cheap = trusted_conflict_rate(pred_cheap, fires, rule_labels, trusted)
-    conflict_cand = trusted_conflict_rate(pred_cand, fires, rule_labels, trusted)
+        if prior is not None:
+            excluded = prior.excludes_source()
+            check("prior_interval_excludes_old_prior", float(excluded.any()), 1.0, bool(excluded.any()),
+                  f"EM-BCTS {np.round(prior.em, 4).tolist()}, 95% interval {np.round(prior.em_low, 4).tolist()}"
+                  f"..{np.round(prior.em_high, 4).tolist()}, old {np.round(prior.source, 4).tolist()}",
+                  "evidence", "prior")
+            agree = prior.agree()
+            if agree is not None:
+                check("label_shift_estimators_agree", float(agree), 1.0, agree,
+                      f"BBSE {np.round(prior.bbse, 4).tolist()} vs EM-BCTS {np.round(prior.em, 4).tolist()}",
+                      "evidence", "prior")
+        fires_hold = _fires(served, rules, x_np)
+        support, limit, detail = prior_rule_support(assumed, new, fires_hold, rule_labels, trusted,
+                                                    reference.rule_fire_rates if reference.n_rules == n_rules
+                                                    else np.zeros(n_rules), config)
+        if "fires often enough" not in detail:   # rules too rare to confirm: no evidence either way
+            check("prior_supported_by_rules", support, limit, support >= limit, detail, "evidence", "prior")
+
+    fires_cand = _fires(candidate, rules, x_np)
+    conflict_served = trusted_conflict_rate(pred_served, _fires(served, rules, x_np), rule_labels, trusted)
+    conflict_cheap = trusted_conflict_rate(pred_cheap, _fires(cheap_fixed, rules, x_np), rule_labels, trusted)
+    conflict_cand = trusted_conflict_rate(pred_cand, fires_cand, rule_labels, trusted)
     if "adapter" in steps:
         drop = conflict_cheap - conflict_cand
         check("adapter_reduces_rule_conflicts", drop, config.min_conflict_drop,
-              drop >= config.min_conflict_drop, f"trusted-rule conflicts {conflict_cheap:.4f} -> {conflict_cand:.4f}")
+              drop >= config.min_conflict_drop, f"held-out trusted-rule conflicts {conflict_cheap:.4f} -> "
+                                                f"{conflict_cand:.4f}", "evidence", "adapter")
         disagreement = float((pred_cand != pred_cheap).float().mean())
         check("disagreement_with_recalibrated_model", disagreement, config.max_disagreement,
               disagreement <= config.max_disagreement)
+        if p_cand.shape[1] == 2 and trusted.any():
+            mask = torch.as_tensor(trusted)
+            f = fires_cand[:, mask]
+            labels = rule_labels[mask]
+            positive, negative = (f & (labels == 1)).any(1), (f & (labels == 0)).any(1)
+            before, after = ranking_auc(p_cheap[:, 1], positive, negative), ranking_auc(p_cand[:, 1], positive, negative)
+            if before is not None and after is not None:
+                check("rule_ranking_kept", after - before, -0.02, after >= before - 0.02,
+                      f"AUC of rule-labelled held-out rows {before:.3f} -> {after:.3f}")
     rise = conflict_cand - conflict_served
     check("no_new_trusted_rule_conflicts", rise, config.conflict_tolerance, rise <= config.conflict_tolerance,
           f"trusted-rule conflicts {conflict_served:.4f} -> {conflict_cand:.4f}")
@@ -216,7 +389,8 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
     for c, (rate, expected) in enumerate(zip(rates, expected_prior)):
         ratio = max(rate, 1e-6) / max(expected, 1e-6)
         ratio = max(ratio, 1.0 / ratio)
-        ok = ratio <= config.max_class_rate_ratio or abs(rate - expected) <= config.max_class_rate_delta
+        near = abs(rate - expected) <= config.max_class_rate_delta and expected >= config.rare_class
+        ok = ratio <= config.max_class_rate_ratio or near
         if ratio > worst:
             worst, worst_detail = ratio, f"class {c}: predicted rate {rate:.3f}, expected {expected:.3f}"
         plausible &= ok
@@ -229,13 +403,15 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
     check("no_entropy_collapse", ratio, config.min_entropy_ratio,
           ratio >= config.min_entropy_ratio and not collapsed,
           "predicts a single class" if collapsed else f"mean entropy {ent_cheap:.3f} -> {ent_cand:.3f}")
-    return GateReport(all(c.passed for c in checks), checks)
+    return GateReport(all(c.passed for c in checks), checks, list(steps))
 
 
 def _implied_prior(model: SelfHealingNet) -> np.ndarray:
-    """The class prior a model's outputs are calibrated for: training prior tilted by its logit bias."""
+    """The class prior a model's outputs are calibrated for: training prior tilted by its logit bias
+    (divided by the calibration temperature: the bias is added to raw logits)."""
     prior = np.asarray(model.spec.train_prior, dtype=np.float64)
-    tilted = prior * np.exp(model.adapter.logit_bias.detach().double().numpy())
+    temperature = model.spec.calibration_temperature or 1.0
+    tilted = prior * np.exp(model.adapter.logit_bias.detach().double().numpy() / temperature)
     return tilted / tilted.sum()
 
 

@@ -3,18 +3,26 @@
 The Job, the benchmark and any other caller use `heal()`; nothing else implements healing.
 
 Cheapest fix first:
-1. Recalibration. A feature whose recent quantiles are an affine map of the training quantiles
-   (same shape, moved or scaled: a unit change, inflation) is mapped back by the adapter's input
-   recalibration. Analytic, no training.
-2. Prior correction. The class prior is re-estimated by EM (Saerens et al. 2002) on the
-   recalibrated model; a clear change becomes the adapter's logit bias.
-3. Adapter training. If trusted rules (those whose inputs did not drift) still conflict with the
-   predictions, the residual adapter is trained on the recent rows: rule votes as weak labels,
-   anchored to the model after steps 1-2 (KL), entropy minimisation only on confident rows
-   (EATA-style filtering), a class-balance term on the predicted marginal, an L2 pull to the last
-   good adapter, and a reset if the predictions collapse. Delayed labels, if given, add a
+1. Recalibration. A feature whose recent quantiles are an affine map of the training quantiles,
+   increasing (a unit change, inflation) or decreasing (a reflection: an upstream PCA refit that
+   flipped a component's sign), is mapped back by the adapter's input recalibration. Analytic, no
+   training. From then on rules read the inputs mapped back into training units.
+2. Prior correction. The class prior is estimated on the recalibrated model by EM on probabilities
+   calibrated with bias-corrected temperature scaling, with a bootstrap interval, and by BBSE
+   (model_handler.labelshift); a change whose interval excludes the old prior becomes the adapter's
+   logit bias. It does not depend on the rules.
+3. Adapter training. If trusted rules still conflict with the predictions beyond their training-time
+   rate, the residual adapter is trained on the recent rows: rule votes as weak labels, anchored
+   to the model after steps 1-2 (KL), entropy minimisation only on confident rows (EATA-style
+   filtering), a class-balance term on the predicted marginal, an L2 pull to the last good
+   adapter, and a reset if the predictions collapse. Delayed labels, if given, add a
    cross-entropy term on the labelled rows.
-Each step is judged by the promotion gate on held-out recent rows no step saw.
+Rule trust: a rule declared a `definition` is always trusted. A heuristic's trust is its training-
+time precision, lowered by how far its inputs moved *after* recalibration (a unit change that was
+mapped back costs no trust; a population moving into a region where the heuristic was never
+checked does).
+The promotion gate (model_handler.gate) judges every fix on held-out recent rows no step saw, and
+gives the verdict: promote, approve (safe but without independent evidence) or reject.
 """
 from __future__ import annotations
 
@@ -24,7 +32,8 @@ import numpy as np
 import torch
 
 from model_handler.drift import drift_scores
-from model_handler.gate import GateConfig, GateReport, _implied_prior, evaluate_gate
+from model_handler import labelshift
+from model_handler.gate import GateConfig, GateReport, _implied_prior, evaluate_gate, input_psi
 from model_handler.model import SelfHealingNet
 from model_handler.rules import RuleSet
 from model_handler.sketches import DriftSketch, ReferenceProfile
@@ -40,10 +49,12 @@ class HealConfig:
     affine_min_shift: float = 0.5       # in reference standard deviations
     affine_min_log_scale: float = 0.4   # |log| of the scale change (about x1.5)
     affine_min_r2: float = 0.97         # quantile-quantile fit quality: a *shape* change is not affine
+    reflection_min_gain: float = 0.02   # a decreasing map must fit this much better (r2) than an increasing one
     # 2. prior correction
     prior_min_ratio: float = 1.5        # estimated / assumed class rate, any class
     prior_min_delta: float = 0.02       # and at least this far apart in absolute terms
     em_iterations: int = 100
+    prior_bootstraps: int = 40          # bootstrap draws for the prior's interval
     # 3. adapter training
     min_trust: float = 0.5              # rules whose inputs drifted more than this abstain
     trust_psi_scale: float = 0.36       # trust = exp(-PSI / scale): 0.5 at PSI 0.25, a "major shift"
@@ -67,6 +78,18 @@ class HealResult:
     diagnosis: dict                     # what was measured (JSON-safe)
     gate: GateReport | None
     labels_used: int = 0
+    estimate: dict = field(default_factory=dict)   # label-free accuracy estimate, before and after
+
+    @property
+    def verdict(self) -> str:
+        """promote | approve (safe, no independent evidence: a person decides) | reject | nothing."""
+        if self.candidate is None or self.gate is None:
+            return "nothing"
+        return self.gate.verdict
+
+    @property
+    def evidence(self) -> list[str]:
+        return self.gate.evidence if self.gate is not None else []
 
     @property
     def promotable(self) -> bool:
@@ -80,19 +103,25 @@ class HealResult:
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "diagnosis": self.diagnosis, "promotable": self.promotable,
+                "verdict": self.verdict, "evidence": self.evidence, "estimate": self.estimate,
                 "reason": self.reason, "labels_used": self.labels_used,
                 "gate": self.gate.to_dict() if self.gate else None}
 
 
 # ---- 1. recalibration ------------------------------------------------------------------------
 
-def diagnose_affine(model: SelfHealingNet, x: torch.Tensor, config: HealConfig) -> dict[int, tuple[float, float, float]]:
-    """Per feature j: (shift, scale, r2) where recent z-quantiles ~= shift + scale * reference ones.
+def diagnose_affine(model: SelfHealingNet, x: torch.Tensor,
+                    config: HealConfig) -> dict[int, tuple[float, float, float, float]]:
+    """Per feature j: (shift, scale, r2, sign) where recent z-quantiles ~= shift + scale * reference
+    ones (sign +1), or shift - scale * reflected reference ones (sign -1: the feature was flipped).
 
     Quantiles are taken of the recalibrated inputs as served now, so a second unit change on top
-    of a first one composes correctly. Features with few distinct values are skipped. The fit uses
-    the central quantiles (20%..80%) only, so a few rows from before the change (a window's edge)
-    or a minority class cannot bend it.
+    of a first one composes correctly. Features with few distinct values are skipped. An
+    increasing map is fitted on the central quantiles (20%..80%) only, so a few rows from before
+    the change (a window's edge) or a minority class cannot bend it. A reflection shows in the
+    tails (a skewed feature's long tail changes side), so both directions are compared on all
+    quantiles, and a reflection must fit clearly better. A symmetric feature's reflection leaves
+    its distribution unchanged: no unlabeled data can show it, and none is claimed.
     """
     ref = np.asarray(model.spec.reference_quantiles)
     if ref.size == 0:
@@ -103,28 +132,39 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor, config: HealConfig) 
     central = (QUANTILES >= 0.2 - 1e-9) & (QUANTILES <= 0.8 + 1e-9)
     found = {}
     for j in range(z.shape[1]):
-        r, c = ref[j][central], now[j][central]
+        r, c = ref[j], now[j]
         if len(np.unique(r)) < 10 or np.std(r) < 1e-6:
             continue
-        scale, shift = np.polyfit(r, c, 1)
+        fits = {}
+        for sign, rr, cc in ((1.0, r[central], c[central]), (1.0, r, c), (-1.0, -r[::-1], c)):
+            scale, shift = np.polyfit(rr, cc, 1)
+            residual = cc - (shift + scale * rr)
+            fits.setdefault(sign, []).append((float(shift), float(scale),
+                                              1.0 - residual.var() / max(cc.var(), 1e-12)))
+        (shift, scale, r2), (_, _, r2_all) = fits[1.0]
+        flip_shift, flip_scale, flip_r2 = fits[-1.0][0]
+        if flip_scale > 0 and flip_r2 >= config.affine_min_r2 and flip_r2 > r2_all + config.reflection_min_gain:
+            found[j] = (flip_shift, flip_scale, flip_r2, -1.0)
+            continue
         if scale <= 0:
             continue
-        residual = c - (shift + scale * r)
-        r2 = 1.0 - residual.var() / max(c.var(), 1e-12)
         big = abs(shift) >= config.affine_min_shift or abs(np.log(scale)) >= config.affine_min_log_scale
         if big and r2 >= config.affine_min_r2:
-            found[j] = (float(shift), float(scale), float(r2))
+            found[j] = (shift, scale, r2, 1.0)
     return found
 
 
-def apply_recalibration(model: SelfHealingNet, found: dict[int, tuple[float, float, float]]) -> None:
-    """Compose z' = (z_now - shift) / scale with the adapter's current recalibration."""
+def apply_recalibration(model: SelfHealingNet, found: dict[int, tuple]) -> None:
+    """Compose u' = sign * (u - shift) / scale with the adapter's current recalibration
+    u = (z - s0) * exp(-l0) * g0 (g0 = +-1): s = s0 + shift * g0 * exp(l0), l = l0 + log(scale),
+    g = g0 * sign."""
     a = model.adapter
     with torch.no_grad():
-        for j, (shift, scale, _) in found.items():
-            # current: u = (z - s0) * exp(-l0); new: (u - shift) / scale
-            a.input_shift[j] = a.input_shift[j] + shift * torch.exp(a.input_log_scale[j])
+        for j, (shift, scale, *rest) in found.items():
+            sign = rest[1] if len(rest) > 1 else 1.0
+            a.input_shift[j] = a.input_shift[j] + shift * a.input_sign[j] * torch.exp(a.input_log_scale[j])
             a.input_log_scale[j] = a.input_log_scale[j] + float(np.log(scale))
+            a.input_sign[j] = a.input_sign[j] * sign
 
 
 # ---- 2. prior correction ---------------------------------------------------------------------
@@ -218,16 +258,46 @@ def train_adapter(model: SelfHealingNet, anchor: SelfHealingNet, x: torch.Tensor
 
 # ---- the whole heal ------------------------------------------------------------------------
 
-def rule_facts(model: SelfHealingNet, x: np.ndarray, rules: RuleSet, reference: ReferenceProfile,
-               psi_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per rule: trust in [0, 1] on these rows (weight-free; low when the rule's inputs drifted),
-    and the rule's firing and conflict rates (per row) on the training data."""
+def rule_trust(model: SelfHealingNet, x: np.ndarray, rules: RuleSet, reference: ReferenceProfile,
+               psi_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per rule: trust in [0, 1] on these rows, and its input PSI after the model's recalibration.
+
+    A `definition` holds whatever the traffic does: trust 1. A heuristic starts from its training-
+    time precision (1 - its smoothed conflict share) and loses trust as its inputs move beyond what
+    the recalibration explained (rules read the inputs mapped back into training units)."""
+    restored = model.restore_inputs(x)
     sketch = DriftSketch.empty(reference, len(rules))
-    sketch.update(x, model.predict_proba(x).numpy(), rules.fires(x).numpy(), rules.labels.numpy())
-    scores = drift_scores(sketch, reference, rules, psi_scale=psi_scale)
-    trust = np.array([r.trust / max(rule.weight, 1e-9) for r, rule in zip(scores.rules, rules.rules)])
-    counters, n = reference.counts.counters, max(reference.n, 1)
-    return trust, counters["rule_fires"] / n, counters["rule_conflicts"] / n
+    sketch.update(restored, model.predict_proba(x).numpy(), rules.fires(restored).numpy(), rules.labels.numpy())
+    scores = drift_scores(sketch, reference, rules, min_samples=0)
+    psi = np.array([r.input_psi for r in scores.rules])
+    precision = np.array([1.0 - r.reference_conflict_rate for r in scores.rules])
+    trust = np.where(rules.definitions, 1.0, precision * np.exp(-psi / psi_scale))
+    return trust, psi
+
+
+def calibrated_probs(model: SelfHealingNet, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The model's probabilities after its bias-corrected temperature scaling (identity if none)."""
+    with torch.no_grad():
+        logits = model(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
+    return labelshift.calibrated(logits, model.spec.calibration_temperature or 1.0, model.spec.calibration_bias)
+
+
+def estimate_accuracy(model: SelfHealingNet, x: np.ndarray, expected_prior: np.ndarray,
+                      max_input_psi: float = 0.25) -> tuple[float | None, str]:
+    """Label-free accuracy estimate (CBPE-style: mean calibrated confidence), or None with the
+    reason where its assumptions visibly fail: inputs still far from the training data (confidence
+    then says nothing: a model that flags everything after a unit change is sure and wrong), or
+    class rates far from any prior the evidence supports."""
+    shift = input_psi(model, torch.as_tensor(x, dtype=torch.float32))
+    if shift > max_input_psi:
+        return None, f"inputs still far from the training data (mean PSI {shift:.2f}): confidence is not accuracy"
+    probs = calibrated_probs(model, x)
+    rates = np.bincount(probs.argmax(1), minlength=probs.shape[1]) / len(probs)
+    ratio = np.maximum(rates, 1e-6) / np.maximum(expected_prior, 1e-6)
+    if np.any((ratio > 3) & (rates > 0.05)) or np.any(ratio < 1 / 3):
+        return None, (f"predicted class rates {np.round(rates, 3).tolist()} are implausible for the prior "
+                      f"{np.round(expected_prior, 3).tolist()}")
+    return float(probs.max(1).mean()), "mean calibrated confidence (CBPE)"
 
 
 def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference: ReferenceProfile,
@@ -260,41 +330,50 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         labels_used = int((labels[fit] >= 0).sum())
 
     served = model
-    trust, ref_fire_rates, ref_conflict_rates = rule_facts(model, x_recent[fit], rules, reference,
-                                                            config.trust_psi_scale)
     candidate = model.copy()
     steps: list[str] = []
     diagnosis: dict = {"rows": len(x_recent), "fit_rows": len(fit), "holdout_rows": n_hold}
+    train_prior = np.asarray(model.spec.train_prior, dtype=np.float64)
 
     found = diagnose_affine(candidate, x_fit, config)
-    diagnosis["recalibrated_features"] = {model.spec.features[j]: {"shift": s, "scale": k, "r2": r}
-                                          for j, (s, k, r) in found.items()}
+    diagnosis["recalibrated_features"] = {model.spec.features[j]: {"shift": s, "scale": k, "r2": r, "sign": g}
+                                          for j, (s, k, r, g) in found.items()}
     if found:
         apply_recalibration(candidate, found)
         steps.append("recalibrate")
     stages = [(list(steps), candidate.copy())]  # each fix on top of the previous: cheapest first
 
     assumed = _implied_prior(candidate)
-    estimated = estimate_prior_em(candidate.predict_proba(x_fit), assumed, config.em_iterations)
-    diagnosis["prior"] = {"assumed": assumed.round(4).tolist(), "estimated": estimated.round(4).tolist()}
+    estimate = labelshift.estimate(calibrated_probs(candidate, x_fit), assumed,
+                                   np.asarray(model.spec.confusion) if model.spec.confusion else None,
+                                   bootstraps=config.prior_bootstraps, seed=config.seed)
+    diagnosis["prior"] = {"assumed": assumed.round(4).tolist(), **estimate.to_dict()}
     expected_prior = assumed
-    if prior_changed(estimated, assumed, config):
+    prior_estimate = None
+    if prior_changed(estimate.em, assumed, config) and estimate.excludes_source().any():
+        temperature = model.spec.calibration_temperature or 1.0
         with torch.no_grad():
-            candidate.adapter.logit_bias += torch.as_tensor(np.log(estimated / assumed), dtype=torch.float32)
+            candidate.adapter.logit_bias += torch.as_tensor(temperature * np.log(estimate.em / assumed),
+                                                            dtype=torch.float32)
         steps.append("prior")
-        expected_prior = estimated
+        expected_prior, prior_estimate = estimate.em, estimate
         stages.append((list(steps), candidate.copy()))
     cheap_fixed = candidate.copy()
 
+    trust, rule_psi = rule_trust(cheap_fixed, x_recent[fit], rules, reference, config.trust_psi_scale)
+    ref_conflict_rates = (reference.counts.counters["rule_conflicts"] / max(reference.n, 1)
+                          if reference.n_rules == len(rules) else np.zeros(len(rules)))
     trusted = trust >= config.min_trust
-    fires_fit = rules.fires(x_fit)
+    fires_fit = rules.fires(cheap_fixed.restore_inputs(x_recent[fit]))
     pred = cheap_fixed.predict_proba(x_fit).argmax(1)
     conflicts = (fires_fit & (pred[:, None] != rules.labels[None, :])).float().mean(0).numpy()
     # Rules are imperfect: only conflicts beyond each rule's training-time rate call for training.
     excess = float(np.clip(conflicts - ref_conflict_rates, 0, None)[trusted].sum())
-    diagnosis["rules"] = {r.name: {"trust": round(float(t), 3), "trusted": bool(ok),
+    diagnosis["rules"] = {r.name: {"trust": round(float(t), 3), "trusted": bool(ok), "kind": r.kind,
+                                   "input_psi": round(float(ps), 3),
                                    "conflict_rate": round(float(c), 4), "reference": round(float(rc), 4)}
-                          for r, t, ok, c, rc in zip(rules.rules, trust, trusted, conflicts, ref_conflict_rates)}
+                          for r, t, ok, ps, c, rc in zip(rules.rules, trust, trusted, rule_psi, conflicts,
+                                                         ref_conflict_rates)}
     diagnosis["excess_conflict_rate"] = round(excess, 4)
     if excess >= config.min_conflict or labels_used:
         mask = torch.as_tensor(trusted)
@@ -303,27 +382,40 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         diagnosis["training"] = train_adapter(candidate, cheap_fixed, x_fit, dist, mass, config, y_fit)
         steps.append("adapter")
 
-    if not steps:
-        diagnosis["reason"] = ("no fix needed: no affine input shift, no prior change, trusted rules agree "
-                               f"(excess conflict rate {excess:.4f} < {config.min_conflict})")
-        return HealResult(None, steps, diagnosis, None, labels_used)
     x_hold = x_recent[hold]
-    fires_hold = rules.fires(torch.as_tensor(x_hold))
+    before, why_before = estimate_accuracy(served, x_hold, _implied_prior(served) if not prior_estimate
+                                           else expected_prior)
+    estimator = "CBPE (mean calibrated confidence)"
+    if not steps:
+        diagnosis["reason"] = ("no fix needed: no affine input shift, no supported prior change, trusted rules "
+                               f"agree (excess conflict rate {excess:.4f} < {config.min_conflict})")
+        return HealResult(None, steps, diagnosis, None, labels_used,
+                          {"estimator": estimator, "before": before, "after": None, "note": why_before})
 
     def judge(model_: SelfHealingNet, steps_: list[str]) -> GateReport:
-        return evaluate_gate(served, cheap_fixed, model_, x_hold, fires_hold, rules.labels, trusted,
-                             ref_fire_rates, expected_prior, steps_, config.gate)
+        return evaluate_gate(served, cheap_fixed, model_, x_hold, rules, trusted, reference,
+                             expected_prior if "prior" in steps_ else assumed, steps_, config.gate,
+                             recalibrated=list(found) if "recalibrate" in steps_ else [],
+                             prior=prior_estimate if "prior" in steps_ else None)
+
+    def result(model_: SelfHealingNet, steps_: list[str], report: GateReport) -> HealResult:
+        after, why_after = estimate_accuracy(model_, x_hold, expected_prior if "prior" in steps_ else train_prior)
+        note = "; ".join(f"{when}: {why}" for when, value, why in (("before", before, why_before),
+                                                                   ("after", after, why_after)) if value is None)
+        return HealResult(model_, steps_, diagnosis, report, labels_used,
+                          {"estimator": estimator, "before": before, "after": after,
+                           "note": note or "both estimates stand"})
 
     report = judge(candidate, steps)
     if not report.passed:
         # If the full candidate is refused, the cheaper fixes under it may still stand on their own:
-        # try them from the most to the least complete; the first the gate accepts wins.
+        # try them from the most to the least complete; the first the gate does not refuse wins.
         diagnosis["refused"] = {"+".join(steps): report.failed}
         for stage_steps, stage_model in reversed(stages):
             if not stage_steps or stage_steps == steps:
                 continue
             stage_report = judge(stage_model, stage_steps)
             if stage_report.passed:
-                return HealResult(stage_model, stage_steps, diagnosis, stage_report, labels_used)
+                return result(stage_model, stage_steps, stage_report)
             diagnosis["refused"]["+".join(stage_steps)] = stage_report.failed
-    return HealResult(candidate, steps, diagnosis, report, labels_used)
+    return result(candidate, steps, report)

@@ -53,6 +53,15 @@ class ModelSpec:
     # Per-feature quantiles (5%..95%) of the normalised training inputs: lets healing tell a
     # unit change (same shape, moved and scaled) from a change of shape.
     reference_quantiles: list[list[float]] = field(default_factory=list)
+    # Fitted on labelled source rows the backbone did not train on (empty/1.0 for older models):
+    # bias-corrected temperature scaling of the logits and P(predicted | true), what label-shift
+    # estimation needs (model_handler.labelshift), and the Spearman rank correlations of the
+    # training features, what tells a pipeline change (monotone: ranks keep their relations) from
+    # a change of population (healing.recalibration_evidence).
+    calibration_temperature: float = 1.0
+    calibration_bias: list[float] = field(default_factory=list)
+    confusion: list[list[float]] = field(default_factory=list)
+    rank_correlation: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.features) == 0 or len(set(self.features)) != len(self.features):
@@ -77,6 +86,8 @@ class ReflexiveAdapter(nn.Module):
         super().__init__()
         self.input_shift = nn.Parameter(torch.zeros(n_features))
         self.input_log_scale = nn.Parameter(torch.zeros(n_features))
+        # +1, or -1 where an upstream change reflected a feature (a PCA refit flipping a component)
+        self.input_sign = nn.Parameter(torch.ones(n_features), requires_grad=False)
         self.down = nn.Linear(width, rank)
         self.up = nn.Linear(rank, width)
         self.logit_bias = nn.Parameter(torch.zeros(n_classes))
@@ -86,6 +97,7 @@ class ReflexiveAdapter(nn.Module):
         with torch.no_grad():
             self.input_shift.zero_()
             self.input_log_scale.zero_()
+            self.input_sign.fill_(1.0)
             # down is random (a fixed seed keeps `base` reproducible), up is zero: h + 0 == h.
             gen = torch.Generator().manual_seed(0)
             bound = 1.0 / math.sqrt(self.down.in_features)
@@ -96,7 +108,11 @@ class ReflexiveAdapter(nn.Module):
             self.logit_bias.zero_()
 
     def recalibrate(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.input_shift) * torch.exp(-self.input_log_scale)
+        return (z - self.input_shift) * torch.exp(-self.input_log_scale) * self.input_sign
+
+    def unrecalibrate(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of `recalibrate`."""
+        return z * self.input_sign * torch.exp(self.input_log_scale) + self.input_shift
 
     def residual(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.up(torch.relu(self.down(h)))
@@ -126,6 +142,27 @@ class SelfHealingNet(nn.Module):
         x = torch.where(self.log_mask, signed_log1p(x), x)
         return (x - self.norm_mean) / self.norm_std
 
+    def untransform(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of `transform`."""
+        x = z * self.norm_std + self.norm_mean
+        return torch.where(self.log_mask, torch.sign(x) * torch.expm1(torch.abs(x)), x)
+
+    @torch.no_grad()
+    def restore_inputs(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Raw inputs with the adapter's recalibration applied, in the units of the training data:
+        what a rule written for those units must read after an upstream unit change was healed.
+        Features the recalibration leaves alone are returned unchanged (bit for bit)."""
+        array = np.asarray(x, dtype=np.float32)
+        a = self.adapter
+        moved = ((a.input_shift != 0) | (a.input_log_scale != 0) | (a.input_sign != 1)).numpy()
+        if not moved.any():
+            return array
+        t = torch.as_tensor(array)
+        restored = self.untransform(a.recalibrate(self.transform(t))).numpy()
+        out = array.copy()
+        out[:, moved] = restored[:, moved]
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.adapter.recalibrate(self.transform(x))
         h = self.adapter.residual(self.backbone(z))
@@ -153,6 +190,8 @@ class SelfHealingNet(nn.Module):
     def load_adapter_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Validate fully, then load: a refused adapter leaves the current one untouched."""
         expected = self.adapter.state_dict()
+        if "input_sign" not in tensors:   # adapters written before reflections were healable
+            tensors = {**tensors, "input_sign": torch.ones_like(expected["input_sign"])}
         missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
         if missing or unexpected:
             raise AdapterError(f"adapter tensors do not match the model: missing {sorted(missing)}, "
@@ -199,7 +238,7 @@ class FoldedPredictor:
             return t.detach().cpu().double().numpy()
 
         adapter = model.adapter
-        inverse_scale = np.exp(-array(adapter.input_log_scale))
+        inverse_scale = np.exp(-array(adapter.input_log_scale)) * array(adapter.input_sign)
         # z = ((t - mean) / std - shift) * inverse_scale  ==  t * scale + offset
         scale = inverse_scale / array(model.norm_std)
         offset = -(array(model.norm_mean) / array(model.norm_std) + array(adapter.input_shift)) * inverse_scale

@@ -38,7 +38,10 @@ MAX_NESTING = 50          # parentheses, `not`, unary minus and function calls, 
 MAX_TREE_DEPTH = 200      # height of the parsed tree (long `a + b + c ...` chains)
 NUMPY_MAX_ROWS = 4096     # `fires` evaluates CPU batches up to this size with numpy, larger ones with torch
 RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-RULE_KEYS = ("name", "when", "label", "weight")
+RULE_KEYS = ("name", "when", "label", "weight", "kind")
+# `definition`: holds by definition whatever the traffic does (trusted even when its inputs moved);
+# `heuristic` (the default): an analyst's rule of thumb, trusted as far as the evidence agrees.
+RULE_KINDS = ("heuristic", "definition")
 KEYWORDS = {"and", "or", "not", "true", "false"}
 FUNCTIONS = {"abs", "log"}
 
@@ -414,6 +417,7 @@ class Rule:
     label: str
     weight: float
     features: frozenset[str]
+    kind: str = "heuristic"
 
 
 class RuleSet:
@@ -428,6 +432,7 @@ class RuleSet:
         self._compiled_numpy = [compile_node(tree, NUMPY) for tree in trees]
         self.labels = torch.tensor([self.classes.index(r.label) for r in self.rules], dtype=torch.long)
         self.weights = torch.tensor([r.weight for r in self.rules], dtype=torch.float32)
+        self.definitions = np.array([r.kind == "definition" for r in self.rules], dtype=bool)
         self.feature_index = [sorted(_features_read(tree)) for tree in trees]
 
     @classmethod
@@ -485,12 +490,14 @@ class RuleSet:
         return fired
 
     def to_dicts(self) -> list[dict]:
-        return [{"name": r.name, "when": r.when, "label": r.label, "weight": r.weight} for r in self.rules]
+        return [{"name": r.name, "when": r.when, "label": r.label, "weight": r.weight,
+                 **({"kind": r.kind} if r.kind != "heuristic" else {})} for r in self.rules]
 
     def hash(self) -> str:
         """sha256 of the rules in canonical form: spacing and redundant parentheses do not count."""
         canonical = [{"name": r.name, "when": tree.canonical(self.features), "label": r.label,
-                      "weight": r.weight} for r, tree in zip(self.rules, self._trees)]
+                      "weight": r.weight, **({"kind": r.kind} if r.kind != "heuristic" else {})}
+                     for r, tree in zip(self.rules, self._trees)]
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -560,8 +567,11 @@ def _parse_rule(spec: object, index: int, features: list[str], classes: list[str
         valid = False
     if not valid:
         raise RuleError(f"weight must be a finite number > 0, got {_shown(weight)}", rule=name)
+    kind = spec.get("kind", "heuristic")
+    if kind not in RULE_KINDS:
+        raise RuleError(f"kind must be one of {', '.join(RULE_KINDS)}, got {_shown(kind)}", rule=name)
     features_read = frozenset(features[i] for i in _features_read(tree))
-    return Rule(name, spec["when"], label, float(weight), features_read), tree
+    return Rule(name, spec["when"], label, float(weight), features_read, kind), tree
 
 
 def _shown(value: object, limit: int = 80) -> str:

@@ -94,8 +94,12 @@ class ReferenceProfile:
     """Bin edges and statistics of the training data; `counts` is a DriftSketch of that data."""
 
     def __init__(self, features: Sequence[str], classes: Sequence[str], edges: Sequence[np.ndarray],
-                 mean: np.ndarray, std: np.ndarray, rules_hash: str | None = None):
+                 mean: np.ndarray, std: np.ndarray, rules_hash: str | None = None,
+                 confusion: np.ndarray | None = None):
         self.features, self.classes = list(features), list(classes)
+        # P(predicted i | true j) on labelled held-out source rows, if the trainer had them: what a
+        # BBSE label-shift estimate needs (drift.label_shift). Not part of the fingerprint.
+        self.confusion = None if confusion is None else _confusion(confusion, len(self.classes))
         self.edges = [np.asarray(e, dtype=np.float64) for e in edges]
         self.mean, self.std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
         self.rules_hash = rules_hash
@@ -110,7 +114,8 @@ class ReferenceProfile:
 
     @classmethod
     def fit(cls, x, probs, rule_fires, rule_labels, features: Sequence[str], classes: Sequence[str],
-            bins: int = 10, *, rules_hash: str | None = None) -> ReferenceProfile:
+            bins: int = 10, *, rules_hash: str | None = None,
+            confusion: np.ndarray | None = None) -> ReferenceProfile:
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
             raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
         if len(classes) < 2:
@@ -127,7 +132,7 @@ class ReferenceProfile:
             edges.append(_bin_edges(values, bins))
             if len(values):
                 mean[column], std[column] = values.mean(), values.std()
-        profile = cls(features, classes, edges, mean, std, rules_hash)
+        profile = cls(features, classes, edges, mean, std, rules_hash, confusion)
         profile.counts = DriftSketch.empty(profile, rule_fires.shape[1], rules_hash)
         profile.counts.update(x, probs, rule_fires, rule_labels)
         return profile
@@ -181,7 +186,8 @@ class ReferenceProfile:
         return {"format": FORMAT, "features": self.features, "classes": self.classes,
                 "edges": {name: [float(v) for v in e] for name, e in zip(self.features, self.edges)},
                 "mean": floats(self.mean), "std": floats(self.std), "rules_hash": self.rules_hash,
-                "counts": self.counts.to_dict()}
+                "counts": self.counts.to_dict(),
+                **({"confusion": self.confusion.tolist()} if self.confusion is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> ReferenceProfile:
@@ -203,9 +209,32 @@ class ReferenceProfile:
             raise SketchError("reference profile edges must be finite and strictly increasing")
         if len(mean) != len(features) or len(std) != len(features):
             raise SketchError(f"reference profile mean/std must have {len(features)} values")
-        profile = cls(features, classes, edges, mean, std, d.get("rules_hash"))
+        try:
+            profile = cls(features, classes, edges, mean, std, d.get("rules_hash"), d.get("confusion"))
+        except ValueError as error:
+            raise SketchError(f"malformed reference profile: {error}") from None
         profile.counts = DriftSketch.from_dict(counts, profile)
         return profile
+
+
+def _confusion(matrix, n_classes: int) -> np.ndarray:
+    """A [C, C] column-stochastic matrix P(predicted i | true j), checked."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (n_classes, n_classes) or not np.isfinite(m).all() or (m < 0).any() \
+            or not np.allclose(m.sum(0), 1.0, atol=1e-6):
+        raise ValueError(f"confusion must be a [{n_classes}, {n_classes}] matrix of P(predicted | true) "
+                         "whose columns sum to 1")
+    return m
+
+
+def confusion_matrix(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """P(predicted i | true j) of labelled rows; a class without rows gets the identity column."""
+    predicted = np.asarray(probs).argmax(1)
+    counts = np.zeros((n_classes, n_classes))
+    np.add.at(counts, (predicted, np.asarray(labels, dtype=np.int64)), 1.0)
+    totals = counts.sum(0)
+    out = np.where(totals > 0, counts / np.maximum(totals, 1), np.eye(n_classes))
+    return out
 
 
 def _bin_edges(values: np.ndarray, bins: int) -> np.ndarray:

@@ -1,12 +1,13 @@
-"""Drift scores and the heal trigger on synthetic traffic: quiet on stationary data, firing only
-when inputs moved AND the model disagrees with trusted rules, and holding its state in between."""
+"""Drift scores and the heal trigger on synthetic traffic: quiet on stationary data, firing when any
+signal (input shift, label shift, rule conflict) moves beyond noise and persists, naming it, and
+holding its state in between."""
 import json
 import math
 
 import numpy as np
 import pytest
 
-from model_handler.drift import DriftScores, HealTrigger, drift_scores, psi
+from model_handler.drift import DriftScores, HealTrigger, describe, drift_scores, psi
 from model_handler.rules import RuleSet
 from model_handler.sketches import DriftSketch, ReferenceProfile, SketchError
 
@@ -76,7 +77,9 @@ def test_stationary_window_scores_are_small(reference):
     assert new_merchant.name == "new_merchant" and not new_merchant.abstained
     assert new_merchant.fire_rate == pytest.approx(1 - math.exp(-0.3), abs=0.03)
     assert new_merchant.conflict_rate == pytest.approx(new_merchant.reference_conflict_rate, abs=0.05)
-    assert new_merchant.trust == pytest.approx(1.0, abs=0.03)
+    # a heuristic rule is trusted as far as it was right at training time
+    assert new_merchant.trust == pytest.approx(1.0 - new_merchant.reference_conflict_rate)
+    assert scores.label_shift < 0.2 and scores.label_p > 0.01 and scores.input_p > 0.01
 
 
 def test_unit_change_shifts_inputs_and_conflicts_with_trusted_rules(reference):
@@ -87,19 +90,46 @@ def test_unit_change_shifts_inputs_and_conflicts_with_trusted_rules(reference):
     assert scores.feature_psi["merchant_age"] < 0.02
     assert scores.prediction_shift > 0.1
     by_name = {r.name: r for r in scores.rules}
-    assert by_name["new_merchant"].conflict_rate > 0.9 and by_name["new_merchant"].trust > 0.95
+    assert by_name["new_merchant"].conflict_rate > 0.9 and by_name["new_merchant"].trust > 0.7
     assert by_name["big_amount"].abstained            # amount > 150 no longer happens
-    assert by_name["big_amount"].trust < 0.1          # its input drifted: barely trusted
+    assert by_name["big_amount"].input_psi > 2        # its input drifted ...
+    # ... which does not lower its trust: a covariate shift leaves a correct rule correct
+    assert by_name["big_amount"].trust == pytest.approx(1.0 - by_name["big_amount"].reference_conflict_rate)
     assert scores.rule_conflict > 0.3
+    assert scores.label_shift > 0.4 and scores.label_p < 1e-6 and scores.input_p < 1e-6
     json.dumps(scores.to_dict(), allow_nan=False)      # the operator puts this in the CR status
 
 
-def test_drifted_rule_inputs_lower_the_conflict_score(reference):
+def test_a_definition_keeps_full_trust_when_its_inputs_drift(reference):
+    # The old score silenced rules whose inputs moved (trust = exp(-PSI)): on a shift in the rules'
+    # own inputs the rule signal read ~0 exactly when it was needed.
     rows = traffic(2000, np.random.default_rng(3), amount_scale=0.01)
-    strict = scores_for(reference, rows, psi_scale=0.05)
-    lenient = scores_for(reference, rows, psi_scale=100.0)
-    assert strict.rules[0].trust < lenient.rules[0].trust
-    assert strict.rule_conflict < lenient.rule_conflict
+    definitional = RuleSet.from_dicts([dict(r, kind="definition") for r in RULES.to_dicts()], FEATURES, CLASSES)
+    sketch = DriftSketch.empty(reference, len(RULES), definitional.hash())
+    sketch.update(rows[0], rows[1], rows[2], RULES.labels)
+    reference_d = ReferenceProfile.fit(*traffic(20_000, np.random.default_rng(0)), definitional.labels,
+                                       FEATURES, CLASSES, rules_hash=definitional.hash())
+    defined = drift_scores(sketch, reference_d, definitional)
+    heuristic = scores_for(reference, rows)
+    assert [r.trust for r in defined.rules] == [r["weight"] for r in definitional.to_dicts()]
+    assert all(h.trust < d.trust for h, d in zip(heuristic.rules, defined.rules))
+    assert defined.rule_conflict > heuristic.rule_conflict > 0.3
+
+
+def test_silent_rule_signal_says_why(reference):
+    # every rule that fires reads a drifted feature: the status must say so, not just read 0
+    only_amount = RuleSet.from_dicts([{"name": "big_amount", "when": "amount > 150", "label": "fraud"}],
+                                     FEATURES, CLASSES)
+    x, probs, _ = traffic(20_000, np.random.default_rng(0))
+    ref = ReferenceProfile.fit(x, probs, only_amount.fires(x).numpy(), only_amount.labels, FEATURES, CLASSES,
+                               rules_hash=only_amount.hash())
+    x2, probs2, _ = traffic(2000, np.random.default_rng(4), amount_scale=3.0)
+    sketch = DriftSketch.empty(ref, 1, only_amount.hash())
+    sketch.update(x2, probs2, only_amount.fires(x2).numpy(), only_amount.labels)
+    scores = drift_scores(sketch, ref, only_amount)
+    assert scores.input_shift > 0.1
+    assert "reads a drifted feature" in scores.silent["rules"] or "agrees with the rules" in scores.silent["rules"]
+    assert "rules silent" in describe(scores, HealTrigger())
 
 
 def test_small_windows_are_insufficient_and_rare_rules_abstain(reference):
@@ -165,7 +195,8 @@ def test_unit_change_is_declared_after_persistence_checks(reference):
 
 
 @pytest.mark.parametrize("only", ["input", "conflict"])
-def test_one_signal_alone_is_never_a_drift(reference, only):
+def test_one_persistent_signal_alone_opens_a_diagnosis(reference, only):
+    # The old trigger needed both signals: a drift the rules cannot see was never declared.
     rng = np.random.default_rng(12)
     trigger = HealTrigger(persistence=2)
     if only == "input":   # traffic moved to the night, but neither model nor rules read the hour
@@ -176,14 +207,25 @@ def test_one_signal_alone_is_never_a_drift(reference, only):
     if only == "input":
         assert min(s.input_shift for s in scores) > 1 and max(s.rule_conflict for s in scores) < 0.05
     else:
-        assert min(s.rule_conflict for s in scores) > 0.2 and max(s.input_shift for s in scores) < 0.1
-    assert not any(trigger.update(s) for s in scores)
+        assert min(s.rule_conflict for s in scores) > 0.1 and max(s.input_shift for s in scores) < 0.1
+    declared = [trigger.update(s) for s in scores]
+    assert declared[:2] == [False, True] and all(declared[1:])
+    assert ("input" if only == "input" else "rules") in trigger.signals
 
 
-def fake(input_shift, rule_conflict, insufficient=False):
+def fake(input_shift, rule_conflict, insufficient=False, label_shift=0.0, p=0.0):
     return DriftScores(samples=10 if insufficient else 1000, insufficient=insufficient,
                        input_shift=input_shift, prediction_shift=0.0, entropy_shift=0.0,
-                       rule_conflict=rule_conflict)
+                       rule_conflict=rule_conflict, label_shift=label_shift, input_p=p, label_p=p)
+
+
+def test_a_signal_needs_significance_as_well_as_size():
+    trigger = HealTrigger(persistence=1)
+    assert trigger.update(fake(5.0, 0.0, p=0.5)) is False          # large but within noise (a tiny window)
+    assert trigger.update(fake(0.0, 0.0, label_shift=1.0, p=0.5)) is False
+    assert trigger.update(fake(0.0, 0.0, label_shift=1.0, p=1e-4)) is True and trigger.signals == ("label",)
+    assert trigger.update(fake(0.0, 0.0, label_shift=0.3)) is True                  # between off and on
+    assert trigger.update(fake(0.0, 0.0, label_shift=0.1)) is False                 # all below off
 
 
 def test_hysteresis_between_off_and_on():
@@ -213,7 +255,12 @@ def test_trigger_state_round_trips_and_validates():
     assert restored == trigger and restored.consecutive == 2
     assert [restored.update(fake(1.0, 1.0)) for _ in range(2)] == [False, True]
     restored.reset()
-    assert restored.to_dict() == {"consecutive": 0, "drifting": False}
+    assert restored.to_dict() == {"consecutive": 0, "drifting": False, "signals": []}
+    assert HealTrigger.from_dict({"consecutive": 1, "drifting": False}).signals == ()   # older status
+    for bad in ({"consecutive": 0, "drifting": False, "signals": ["vibes"]}, {"consecutive": 0, "drifting": False,
+                                                                              "extra": 1}):
+        with pytest.raises(ValueError, match="trigger state"):
+            HealTrigger.from_dict(bad)
     for bad in ({"consecutive": -1, "drifting": False}, {"consecutive": 1}, {"consecutive": 1, "drifting": "yes"}):
         with pytest.raises(ValueError, match="trigger state"):
             HealTrigger.from_dict(bad)

@@ -75,12 +75,10 @@ def test_gate_refuses_a_harmful_adapter_and_says_why(world):
     with torch.no_grad():
         harmful.adapter.logit_bias.copy_(torch.tensor([0.0, 6.0]))  # flag (almost) everything
     x = s.clean_test.x[:1500]
-    fires = rules.fires(x)
     trusted = np.ones(len(rules), bool)
-    report = evaluate_gate(model, model, harmful, x, fires, rules.labels, trusted,
-                           reference.counts.counters["rule_fires"] / reference.n, np.asarray(model.spec.train_prior),
+    report = evaluate_gate(model, model, harmful, x, rules, trusted, reference, np.asarray(model.spec.train_prior),
                            ["prior"], GateConfig())
-    assert not report.passed
+    assert not report.passed and report.verdict == "reject"
     assert "class_rates_plausible" in report.failed
     assert "prior_supported_by_rules" in report.failed
     assert "class_rates_plausible" in report.summary()
