@@ -235,9 +235,11 @@ class Rule(SpecModel):
 
 
 class DriftSpec(SpecModel):
-    """When drift is declared: both signals (input shift as the largest per-feature PSI, and the
-    rise of rule conflict) at or above their `on` thresholds for `persistence` checks in a row;
-    cleared once both fall below the `off` thresholds (hysteresis, so the state cannot flap)."""
+    """When drift is declared: any of three signals (input shift as the largest per-feature PSI;
+    label shift, the log-ratio of the class prior estimated from the predictions to the training
+    prior; the rise of conflict with trusted rules) at or above its `on` threshold for `persistence`
+    checks in a row. Drift opens a diagnosis (a heal Job); promotion asks for independent evidence.
+    It clears once every signal is below its `off` threshold (hysteresis, so the state cannot flap)."""
 
     window_rows: schema.conint(ge=50, le=10_000_000) = Field(
         500, description="Rows (merged over all pods) in one drift window.")
@@ -249,8 +251,13 @@ class DriftSpec(SpecModel):
     input_off: NonNegative = Field(0.07, description="Input shift below which drift may clear; <= inputOn.")
     conflict_on: Fraction = Field(0.05, description="Rule conflict (share, 0..1) that counts as on.")
     conflict_off: Fraction = Field(0.025, description="Rule conflict below which drift may clear; <= conflictOn.")
+    label_shift_on: NonNegative = Field(
+        0.4, description="Label shift that counts as on: max over classes of |log(q/pi)|, q the class prior "
+                         "estimated from the window's predicted-class counts, pi the training prior (0.4 is a "
+                         "class rate x1.5 or /1.5).")
+    label_shift_off: NonNegative = Field(0.2, description="Label shift below which drift may clear; <= labelShiftOn.")
     persistence: schema.conint(ge=1, le=100) = Field(
-        2, description="Consecutive windows with both signals on before drift is declared.")
+        2, description="Consecutive windows with a signal on before drift is declared.")
 
 
 class HealingObjective(SpecModel):
@@ -411,18 +418,25 @@ class Condition(Described):
 class TriggerState(Described):
     """State of the drift hysteresis (model_handler.drift.HealTrigger)."""
 
-    consecutive: int = Field(0, description="Windows in a row with both signals on.")
+    consecutive: int = Field(0, description="Windows in a row with a signal on.")
     drifting: bool = Field(False, description="Drift declared and not yet cleared.")
+    signals: list[str] = Field(
+        default_factory=list, description="Signals on in the last window with enough rows: input, label, rules.")
 
 
 class DriftStatus(Described):
     """Summary of the last drift check (numbers, never raw sketches)."""
 
     score: schema.Optional[float] = Field(
-        None, description="The weaker of the two signals relative to its on threshold: >= 1 means both are on.")
+        None, description="The strongest of the three signals relative to its on threshold: >= 1 means one reached it.")
     input_shift: schema.Optional[float] = Field(None, description="Largest per-feature PSI of the window.")
+    label_shift: schema.Optional[float] = Field(
+        None, description="Max over classes of |log(q/pi)|: the class prior estimated from the window's predictions "
+                          "(q) against the training prior (pi).")
     rule_conflict: schema.Optional[float] = Field(None, description="Trust-weighted excess rule conflict, 0..1.")
     prediction_shift: schema.Optional[float] = Field(None, description="PSI of the predicted class rates.")
+    signals: list[str] = Field(
+        default_factory=list, description="Signals on in the last window with enough rows: input, label, rules.")
     top_features: list[str] = Field(default_factory=list, description="Features that moved most.")
     samples: schema.Optional[int] = Field(None, description="Rows in the window.")
     adapter: schema.Optional[str] = Field(
@@ -575,7 +589,7 @@ PRINTER_COLUMNS = [
      "description": "Adapter version served by all ready pods."},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Drift", "type": "number", "jsonPath": ".status.drift.score",
-     "description": "Weaker drift signal relative to its threshold (>= 1: both on)."},
+     "description": "Strongest drift signal relative to its on threshold (>= 1: a signal reached it)."},
     {"name": "Ready", "type": "string", "jsonPath": ".status.adapter.ready",
      "description": "Ready pods serving the desired adapter / pods wanted."},
     {"name": "Est-Acc", "type": "string", "jsonPath": ".status.performance.display",

@@ -148,6 +148,23 @@ def heal_job_name(model_name: str, n: int) -> str:
     return f"{prefix}-{digest}{suffix}" if prefix else f"h{digest}{suffix}"
 
 
+# ---- drift ---------------------------------------------------------------------------------------
+
+DRIFT_REASONS = {"input": "InputShift", "label": "LabelShift", "rules": "RuleConflict"}
+
+
+def drift_reason(signals: Sequence[str]) -> str:
+    """The DriftDetected reason for the signals on: InputShift, LabelShift, RuleConflict, or
+    SeveralSignals."""
+    known = [s for s in DRIFT_REASONS if s in set(signals)]
+    unknown = sorted(set(signals) - set(DRIFT_REASONS))
+    if unknown:
+        raise ValueError(f"unknown drift signals {unknown}; known: {list(DRIFT_REASONS)}")
+    if not known:
+        raise ValueError("no signal is on: drift has no reason")
+    return DRIFT_REASONS[known[0]] if len(known) == 1 else "SeveralSignals"
+
+
 # ---- the heal Job's result ---------------------------------------------------------------------
 
 VERDICTS = ("promote", "approve", "reject", "nothing")
@@ -449,6 +466,8 @@ def _threshold_problems(spec: SelfHealingModelSpec) -> list[str]:
          f"{drift.input_off:g} is above inputOn {drift.input_on:g}: drift could never clear"),
         (drift.conflict_off > drift.conflict_on, "spec.drift.conflictOff",
          f"{drift.conflict_off:g} is above conflictOn {drift.conflict_on:g}: drift could never clear"),
+        (drift.label_shift_off > drift.label_shift_on, "spec.drift.labelShiftOff",
+         f"{drift.label_shift_off:g} is above labelShiftOn {drift.label_shift_on:g}: drift could never clear"),
         (drift.min_samples > drift.window_rows, "spec.drift.minSamples",
          f"{drift.min_samples} is above windowRows {drift.window_rows}: no window would ever count"),
         (healing.min_rows > healing.training_window_rows, "spec.healing.minRows",

@@ -23,8 +23,8 @@ from shm_operator import decisions, k8s, metrics
 from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchserve_model_name
 from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
-from shm_operator.signals import (PodUnreachable, WindowState, class_rates, drift_summary, fetch_pod_status,
-                                  ingest, score_window, trigger_from)
+from shm_operator.signals import (PodUnreachable, WindowState, class_rates, describe, drift_summary,
+                                  fetch_pod_status, ingest, score_window, trigger_from)
 from shm_operator.status import (full_spec, iso, now, parse_time, phase_of, refresh_phase, set_condition_in, update,
                                  update_adapter, update_rollout, without_nulls)
 
@@ -125,15 +125,31 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
         if trigger.consecutive == 1 and not was:
             drift["onset"] = iso(t)  # this window already saw the drift: every row after it is drifted
         metrics.observe_drift(namespace, name, summary)
-        if drifting != was:
-            set_condition_in(patch, status, "DriftDetected", drifting, "BothSignals" if drifting else "Cleared",
-                             f"input shift {scores.input_shift:.3f}, rule conflict {scores.rule_conflict:.3f}, "
-                             f"top features {scores.top_features}", t)
+        report_drift(body, patch, status, scores, trigger, was, t)
     last_check = parse_time(before.get("lastCheck"))
     changed = changed or not same({**drift, "lastCheck": None}, {**before, "lastCheck": None})
     if changed or last_check is None or (t - last_check).total_seconds() >= LAST_CHECK_REFRESH_SECONDS:
         update(patch, status, drift={**drift, "lastCheck": iso(t)})
     return summary
+
+
+def report_drift(body, patch, status, scores, trigger, was: bool, t) -> None:
+    """DriftDetected names the signals on (InputShift, LabelShift, RuleConflict, SeveralSignals) and
+    why the others are silent; an Event when drift is declared and when it clears. While drifting,
+    the condition follows a change of the signals on, without an Event."""
+    message = describe(scores, trigger)
+    if trigger.drifting and trigger.signals:
+        reason = decisions.drift_reason(trigger.signals)
+        if not was:
+            set_condition_in(patch, status, "DriftDetected", True, reason, message, t)
+            kopf.info(body, reason="DriftDetected", message=message[:1000])
+        elif reason != next((c.get("reason") for c in status.get("conditions") or []
+                             if c.get("type") == "DriftDetected"), None):
+            set_condition_in(patch, status, "DriftDetected", True, reason, message, t)
+    elif was and not trigger.drifting:
+        set_condition_in(patch, status, "DriftDetected", False, "Cleared", f"every signal is below its off "
+                                                                           f"threshold: {message}", t)
+        kopf.info(body, reason="DriftCleared", message=message[:1000])
 
 
 def window_adapter(status: dict, seen: dict) -> str | None:

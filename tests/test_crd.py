@@ -306,6 +306,13 @@ def test_defaults_mirror_the_model_handler():
         assert getattr(spec.promotion.gate, name) == getattr(gate_config, name), name
 
 
+def test_label_shift_defaults_mirror_the_trigger():
+    spec = crd.SelfHealingModel.model_validate(MINIMAL).spec
+    trigger = drift.HealTrigger()
+    assert (spec.drift.label_shift_on, spec.drift.label_shift_off) == (trigger.label_on, trigger.label_off)
+    assert example()["spec"]["drift"].get("labelShiftOn", 0.4) == trigger.label_on
+
+
 def test_name_patterns_agree_with_the_rule_language():
     assert crd.MAX_RULE_CHARS == rules.MAX_EXPRESSION_CHARS
     assert crd.CLASS_NAME == f"^{rules.RULE_NAME.pattern}$"
@@ -388,6 +395,18 @@ def test_status_shows_the_estimated_accuracy_in_a_column():
     (version,) = committed_crd()["spec"]["versions"]
     columns = {c["name"].upper(): c for c in version["additionalPrinterColumns"]}
     assert columns["EST-ACC"]["jsonPath"] == ".status.performance.display" and columns["EST-ACC"]["type"] == "string"
+
+
+def test_status_names_the_drift_signals():
+    status = copy.deepcopy(STATUS)
+    status["drift"].update(labelShift=0.52, signals=["label", "rules"],
+                           trigger={"consecutive": 2, "drifting": True, "signals": ["label", "rules"]})
+    resource = {**example(), "status": status}
+    assert schema_errors(resource) == []
+    parsed = crd.SelfHealingModel.model_validate(resource).status.drift
+    assert (parsed.label_shift, parsed.signals, parsed.trigger.signals) == (0.52, ["label", "rules"], ["label", "rules"])
+    older = copy.deepcopy(STATUS)      # a trigger state saved before signals still reads
+    assert crd.SelfHealingModel.model_validate({**example(), "status": older}).status.drift.trigger.signals == []
 
 
 def test_status_from_a_newer_operator_still_reads():

@@ -141,6 +141,23 @@ def test_heal_job_name_needs_a_positive_integer(n):
         d.heal_job_name("fraud", n)
 
 
+# ---- drift -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signals, reason", [
+    (["input"], "InputShift"), (("label",), "LabelShift"), (["rules"], "RuleConflict"),
+    (["input", "rules"], "SeveralSignals"), (["label", "input", "rules"], "SeveralSignals"),
+])
+def test_drift_reason_names_the_signal(signals, reason):
+    assert d.drift_reason(signals) == reason
+    assert re.fullmatch(crd.CONDITION_REASON, reason)
+
+
+@pytest.mark.parametrize("signals", [[], ["inputs"]])
+def test_drift_reason_refuses_what_is_no_signal(signals):
+    with pytest.raises(ValueError):
+        d.drift_reason(signals)
+
+
 # ---- the Job's termination message -------------------------------------------------------------
 # The shapes `python -m model_handler.heal` writes (see model_handler/heal.py).
 
@@ -418,6 +435,8 @@ def test_a_numeric_rule_condition_is_refused():
 @pytest.mark.parametrize("changes, expected", [
     ({"drift__inputOff": 0.2}, "spec.drift.inputOff: 0.2 is above inputOn 0.1: drift could never clear"),
     ({"drift__conflictOff": 0.06}, "spec.drift.conflictOff: 0.06 is above conflictOn 0.05"),
+    ({"drift__labelShiftOff": 0.5}, "spec.drift.labelShiftOff: 0.5 is above labelShiftOn 0.4: drift could never clear"),
+    ({"drift__labelShiftOn": 0.1}, "spec.drift.labelShiftOff: 0.2 is above labelShiftOn 0.1"),
     ({"drift__minSamples": 600}, "spec.drift.minSamples: 600 is above windowRows 500"),
     ({"healing__minRows": 4000}, "spec.healing.minRows: 4000 is above trainingWindowRows 3000"),
     ({"promotion__rollback__watchSeconds": 20}, "spec.promotion.rollback.watchSeconds: 20s is shorter than"),

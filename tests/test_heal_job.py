@@ -46,6 +46,8 @@ def test_job_heals_a_unit_change_and_registers_a_candidate(model_dir, tmp_path):
     assert code == 0, proc.stderr
     assert result["state"] == "candidate" and result["promotable"], result
     assert "recalibrate" in result["steps"] and result["labelsUsed"] == 0
+    assert result["verdict"] == "promote" and result["evidence"], result
+    assert set(result["estimate"]) == {"estimator", "before", "after", "note"} and result["estimate"]["estimator"]
     registry = AdapterRegistry(storage.as_uri(), "ns", "fraud")
     data, meta = registry.get("v1")
     assert meta.state == "candidate" and meta.creator == "fraud-heal-v1" and meta.parent is None
@@ -55,6 +57,7 @@ def test_job_heals_a_unit_change_and_registers_a_candidate(model_dir, tmp_path):
     # A second heal starts from v1 (its parent) and finds nothing left to fix.
     code, result, _ = run_job(model_dir, storage, tmp_path, version="v2", parent="v1")
     assert code == 0 and result["state"] == "none" and not result["promotable"], result
+    assert result["verdict"] == "nothing" and "v2" not in AdapterRegistry(storage.as_uri(), "ns", "fraud").versions()
 
 
 def test_job_reports_too_little_traffic_without_failing(model_dir, tmp_path):

@@ -26,10 +26,11 @@ POD = {"metadata": {"name": "m-serving-0", "uid": "pod-1"},
        "status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}
 
 
-def traffic(n, rng, *, amount_scale=1.0, broken_model=False):
-    """Rows, a model's probabilities, and rule firings (the generator of tests/test_drift.py)."""
+def traffic(n, rng, *, amount_scale=1.0, broken_model=False, night_only=False):
+    """Rows and a model's probabilities (the generator of tests/test_drift.py). The model ignores
+    `hour` and no rule reads it: `night_only` moves the inputs and nothing else."""
     x = np.column_stack([rng.lognormal(3.5, 1.0, n) * amount_scale, rng.exponential(100, n),
-                         rng.integers(0, 24, n), rng.poisson(2, n)]).astype(np.float32)
+                         rng.integers(0, 6 if night_only else 24, n), rng.poisson(2, n)]).astype(np.float32)
     new_merchant = (x[:, 1] < 30) * (-3.0 if broken_model else 3.0)
     logit = 1.5 * (np.log(np.maximum(x[:, 0], 1e-3)) - 4.5) + new_merchant + 0.5 * (x[:, 3] - 2) - 0.5
     fraud = 1 / (1 + np.exp(-logit))
@@ -115,4 +116,42 @@ def test_a_window_below_min_samples_is_no_evidence(monkeypatch):
     lax = Model(monkeypatch, windowRows=100, minSamples=100, persistence=1)
     lax.spec["drift"]["minSamples"] = 500    # (an invalid spec, kept off by validation: here only the scores)
     lax.check(120, amount_scale=100.0, broken_model=True)
-    assert lax.status["drift"]["trigger"] == {"consecutive": 0, "drifting": False}
+    assert lax.status["drift"]["trigger"] == {"consecutive": 0, "drifting": False, "signals": []}
+
+
+def test_drift_detected_names_its_signal_and_each_change_is_an_event(monkeypatch):
+    model = Model(monkeypatch, windowRows=500, minSamples=200, persistence=2)
+    model.events.clear()
+    for _ in range(2):
+        model.check(500, night_only=True)      # only the inputs move: the model ignores `hour`
+    detected = model.condition("DriftDetected")
+    assert (detected["status"], detected["reason"]) == ("True", "InputShift")
+    assert model.status["drift"]["signals"] == ["input"] and model.status["drift"]["trigger"]["signals"] == ["input"]
+    assert "signals on: input" in detected["message"] and "hour" in detected["message"]
+    for signal in ("label", "rules"):   # why the other signals are silent
+        assert f"{signal} silent: " in detected["message"] or f"{signal} off: " in detected["message"]
+    assert "label off: 0.0" in detected["message"] and "below labelShiftOn 0.4" in detected["message"]
+    assert [r for r, _ in model.events] == ["DriftDetected"] and model.events[0][1] == detected["message"]
+
+    model.check(500, night_only=True, broken_model=True)   # the model breaks too: more signals, no new Event
+    again = model.condition("DriftDetected")
+    assert again["reason"] == "SeveralSignals" and again["lastTransitionTime"] == detected["lastTransitionTime"]
+    assert {"input", "rules"} <= set(model.status["drift"]["signals"])
+    assert [r for r, _ in model.events] == ["DriftDetected"]
+
+    model.check(500)                                        # clean traffic: every signal below off
+    cleared = model.condition("DriftDetected")
+    assert (cleared["status"], cleared["reason"]) == ("False", "Cleared")
+    assert [r for r, _ in model.events] == ["DriftDetected", "DriftCleared"]
+    assert model.status["drift"]["signals"] == [] and "labelShift" in model.status["drift"]
+
+
+def test_label_shift_thresholds_come_from_the_spec(monkeypatch):
+    """spec.drift.labelShiftOn/Off reach the trigger: a broken model moves the predicted class
+    rates; with labelShiftOn above what it reaches, the label signal stays off."""
+    loose = Model(monkeypatch, windowRows=500, persistence=1, labelShiftOn=0.01, labelShiftOff=0.0)
+    loose.check(500, broken_model=True)
+    strict = Model(monkeypatch, windowRows=500, persistence=1, labelShiftOn=50.0, labelShiftOff=40.0)
+    strict.check(500, broken_model=True)
+    assert loose.status["drift"]["labelShift"] == strict.status["drift"]["labelShift"] > 0.01
+    assert "label" in loose.status["drift"]["signals"] and "label" not in strict.status["drift"]["signals"]
