@@ -140,7 +140,7 @@ def verdict_of(result) -> str:
 def estimate_of(result) -> dict:
     """The label-free accuracy estimate, before (served) and after (candidate); null = unknown."""
     raw = getattr(result, "estimate", None)
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or not raw:
         return {"estimator": "", "before": None, "after": None, "note": "this heal gives no accuracy estimate"}
 
     def number(value):

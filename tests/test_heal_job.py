@@ -112,6 +112,8 @@ def test_a_result_without_verdicts_gets_one_from_promotable():
     assert heal_job.verdict_of(old_result(False)) == "reject"
     assert heal_job.verdict_of(old_result(False, candidate=None)) == "nothing"
     assert heal_job.estimate_of(old_result())["before"] is None
+    empty = SimpleNamespace(**vars(old_result()), estimate={})   # HealResult's default: no estimate
+    assert heal_job.estimate_of(empty)["note"] == "this heal gives no accuracy estimate"
 
 
 def test_a_result_with_a_verdict_keeps_it_and_its_estimate():
