@@ -75,3 +75,32 @@ def scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         out.update(f1=float(np.mean([f1(y, pred, c) for c in range(probs.shape[1])])),
                    roc_auc=float("nan"), pr_auc=float("nan"))
     return out
+
+
+def positive_class(y_train: np.ndarray, n_classes: int) -> int | None:
+    """The minority class of a binary task whose minority is rare (under 30% of training rows):
+    the class F1 and PR-AUC are about. None where they do not apply (multi-class, balanced)."""
+    if n_classes != 2:
+        return None
+    shares = np.bincount(y_train, minlength=2) / max(len(y_train), 1)
+    minority = int(np.argmin(shares))
+    return minority if shares[minority] < 0.3 else None
+
+
+def task_scores(y: np.ndarray, probs: np.ndarray, positive: int | None) -> dict[str, float | None]:
+    """accuracy and balanced accuracy always; F1 and PR-AUC of the `positive` class where one is
+    given (rare-positive binary tasks), else None."""
+    pred = probs.argmax(1)
+    out: dict[str, float | None] = {"accuracy": accuracy(y, pred), "balanced_accuracy": balanced_accuracy(y, pred),
+                                    "f1": None, "pr_auc": None, "roc_auc": None}
+    if positive is not None:
+        hit = (y == positive).astype(np.int64)
+        out.update(f1=f1(hit, (pred == positive).astype(np.int64)), pr_auc=pr_auc(hit, probs[:, positive]),
+                   roc_auc=roc_auc(hit, probs[:, positive]), flag_rate=float((pred == positive).mean()))
+    return out
+
+
+def harms(method: dict, none: dict, keys: list[str], margin: float) -> list[str]:
+    """The metrics in `keys` on which `method` is worse than `none` by more than `margin`."""
+    return [k for k in keys if method.get(k) is not None and none.get(k) is not None
+            and not np.isnan(method[k]) and not np.isnan(none[k]) and method[k] < none[k] - margin]

@@ -52,6 +52,8 @@ class GateConfig:
                                           # recalibration excluded: a unit change of any size is judged
                                           # by the evidence, not by how large it is)
     max_mapped_psi: float = 0.1           # held-out PSI of a recalibrated feature vs the training bins
+    min_repair: float = 0.4               # log(1.5): a plain shift must bring predicted class rates this much
+                                          # closer to the training prior than leaving the feature alone
     min_informative_correlation: float = 0.15   # |rank correlation| that makes a feature a witness
     correlation_tolerance: float = 0.05   # plus 3 standard errors (1/sqrt(n)) of rank correlation
     min_witness_fires: int = 20           # firings a rule needs on held-out rows to be a witness
@@ -203,47 +205,73 @@ def _fires(model: SelfHealingNet, rules: RuleSet, x: np.ndarray) -> torch.Tensor
     return rules.fires(model.restore_inputs(x))
 
 
-def mapped_feature_psi(model: SelfHealingNet, x: np.ndarray, j: int) -> float:
-    """PSI of feature j as the model sees it (recalibrated) against the 20 training quantile bins,
-    tails included (5% of the training rows below the first quantile, 5% above the last)."""
-    q = np.asarray(model.spec.reference_quantiles)[j]
-    with torch.no_grad():
-        z = model.adapter.recalibrate(model.transform(torch.as_tensor(x, dtype=torch.float32))).numpy()[:, j]
-    ref = np.diff(np.concatenate([[0.0], QUANTILES, [1.0]]))
-    edges = np.unique(q)
-    if len(edges) < len(q):   # tied quantiles (a discrete or zero-inflated feature): merge their bins
-        ref = np.diff(np.concatenate([[0.0], [QUANTILES[np.searchsorted(q, e, side="right") - 1] for e in edges],
-                                      [1.0]]))
-    counts = np.bincount(np.searchsorted(edges, z, side="right"), minlength=len(ref))
-    p = (counts + 0.5) / (counts.sum() + 0.5 * len(ref))
-    return float(np.sum((p - ref) * np.log(p / ref)))
+def mapped_feature_psi(model: SelfHealingNet, reference: ReferenceProfile, x: np.ndarray, j: int) -> float:
+    """PSI of feature j as the model sees it, mapped back into training units, against the training
+    data's own bins (deciles, tails in the open-ended outer bins; ties and point masses counted as
+    they were)."""
+    from model_handler.drift import psi
+
+    restored = model.restore_inputs(x)
+    column = restored[:, j]
+    counts = np.bincount(np.searchsorted(reference.edges[j], column[np.isfinite(column)], side="right"),
+                         minlength=len(reference.edges[j]) + 1)
+    ref = reference.counts.feature_counts(j)[:-1]   # the last slot counts non-finite values
+    return psi(ref, counts)
 
 
-def rank_correlation_gap(model: SelfHealingNet, x: np.ndarray, mapped: Sequence[int],
-                         config: GateConfig) -> tuple[float | None, float, str]:
-    """Largest change, from the training data, of the rank correlation between a mapped feature and
-    a feature that was not mapped, over pairs whose training correlation is informative. A monotone
+def rank_correlation_gaps(model: SelfHealingNet, x: np.ndarray, mapped: Sequence[int],
+                          config: GateConfig) -> tuple[dict[int, tuple[float, str]], float]:
+    """Per mapped feature: the root-mean-square change, from the training data, of its rank
+    correlations with the other features (in training units), over pairs whose training
+    correlation is informative. A monotone
     map keeps ranks (a reflection flips them, and is applied here), so a pipeline change leaves
     these as they were, while a change of population (one class moving) does not.
-    Returns (gap or None if no pair is informative, limit, detail)."""
+    Real populations also drift in their relations (ULB's second day weakens several): the limit
+    adds the median change of the informative pairs of features that were left alone, so a mapped
+    feature must keep its relations as well as the untouched ones kept theirs.
+    Returns ({feature: (gap, detail)} for features with an informative pair, limit)."""
     reference = np.asarray(model.spec.rank_correlation)
-    if reference.size == 0 or len(x) < 30:
-        return None, 0.0, "no rank correlations in the model spec"
+    limit = config.correlation_tolerance + 3.0 / np.sqrt(max(len(x), 1))
+    if reference.size == 0 or len(x) < 30 or not len(mapped):
+        return {}, limit
     from model_handler.training import rank_correlation
     now = rank_correlation(model.restore_inputs(x))
-    limit = config.correlation_tolerance + 3.0 / np.sqrt(len(x))
     others = [k for k in range(reference.shape[0]) if k not in set(mapped)]
-    worst, detail = None, "no unmapped feature correlates with a mapped one"
+    background = [abs(now[k, m] - reference[k, m]) for i, k in enumerate(others) for m in others[i + 1:]
+                  if abs(reference[k, m]) >= config.min_informative_correlation]
+    if background:
+        limit += float(np.median(background))
+    gaps = {}
     for j in mapped:
-        for k in others:
-            if abs(reference[j, k]) < config.min_informative_correlation:
-                continue
-            gap = abs(now[j, k] - reference[j, k])
-            if worst is None or gap > worst:
-                worst = float(gap)
-                detail = (f"{model.spec.features[j]} vs {model.spec.features[k]}: rank correlation "
-                          f"{reference[j, k]:+.2f} in training, {now[j, k]:+.2f} now")
-    return worst, limit, detail
+        # every other feature is a witness, mapped ones included: an increasing map keeps ranks, and a
+        # reflection is applied in the restored inputs
+        pairs = [k for k in range(reference.shape[0])
+                 if k != j and abs(reference[j, k]) >= config.min_informative_correlation]
+        if not pairs:
+            continue
+        diffs = np.abs(now[j, pairs] - reference[j, pairs])
+        worst = pairs[int(np.argmax(diffs))]
+        gaps[j] = (float(np.sqrt(np.mean(diffs ** 2))),
+                   f"{model.spec.features[j]}: rms change {np.sqrt(np.mean(diffs ** 2)):.3f} over {len(pairs)} "
+                   f"informative pairs; largest vs {model.spec.features[worst]}: {reference[j, worst]:+.2f} in "
+                   f"training, {now[j, worst]:+.2f} now")
+    return gaps, limit
+
+
+def class_rate_distance(model: SelfHealingNet, x: torch.Tensor, prior: np.ndarray) -> float:
+    """Largest |log| ratio of a predicted class rate to the prior (smoothed by half a row)."""
+    pred = model.predict_proba(x).argmax(1).numpy()
+    rates = (np.bincount(pred, minlength=len(prior)) + 0.5) / (len(pred) + 0.5 * len(prior))
+    return float(np.max(np.abs(np.log(rates / np.asarray(prior)))))
+
+
+def without_map(candidate: SelfHealingNet, served: SelfHealingNet, j: int) -> SelfHealingNet:
+    """The candidate with feature j's recalibration put back as `served` has it."""
+    clone = candidate.copy()
+    with torch.no_grad():
+        for name in ("input_shift", "input_log_scale", "input_sign"):
+            getattr(clone.adapter, name)[j] = getattr(served.adapter, name)[j]
+    return clone
 
 
 def witness_conflicts(model: SelfHealingNet, rules: RuleSet, x: np.ndarray, trusted: np.ndarray,
@@ -284,14 +312,15 @@ def ranking_auc(scores: torch.Tensor, positive: torch.Tensor, negative: torch.Te
 def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate: SelfHealingNet,
                   x_holdout: np.ndarray, rules: RuleSet, trusted: np.ndarray, reference: ReferenceProfile,
                   expected_prior: np.ndarray, steps: list[str], config: GateConfig = GateConfig(), *,
-                  recalibrated: Sequence[int] = (), prior: PriorEstimate | None = None) -> GateReport:
+                  recalibrated: dict[int, str] | None = None, prior: PriorEstimate | None = None) -> GateReport:
     """Judge `candidate` on held-out rows.
 
     served: the model as it serves now (last good adapter); cheap_fixed: served + recalibration +
     prior correction (the reference for adapter training); trusted: bool mask of the rules the
     healer trusts; reference: the training-time profile (rule firing and conflict rates);
     expected_prior: the class prior the healer believes in; recalibrated: the feature indices the
-    candidate maps; prior: the label-shift estimate behind a prior correction.
+    candidate maps, with the kind of change diagnosed ("unit change x100", "reflection ...",
+    "affine"); prior: the label-shift estimate behind a prior correction.
     """
     x_np = np.asarray(x_holdout, dtype=np.float32)
     x = torch.as_tensor(x_np)
@@ -321,14 +350,31 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
     check("adapter_norm", norm, config.max_adapter_norm, norm <= config.max_adapter_norm)
 
     if "recalibrate" in steps:
-        for j in recalibrated:
-            value = mapped_feature_psi(candidate, x_np, j)
+        prior_now = np.asarray(served.spec.train_prior, dtype=np.float64)
+        mapped_distance = class_rate_distance(candidate, x, prior_now)
+        recalibrated = dict(recalibrated or {})
+        for j, kind in recalibrated.items():
+            name = candidate.spec.features[j]
+            if kind.startswith("unit change"):
+                # an exact unit factor: what a pipeline change does and a drifting population does not
+                check(f"pipeline_change[{name}]", 1.0, 1.0, True, kind, "evidence", "recalibrate")
+            else:
+                # A plain shift or scale, or a reflection, may be a population that moved (its model
+                # still right: leave it) or a pipeline/price change (its model now wrong): it must
+                # repair the predictions.
+                gain = class_rate_distance(without_map(candidate, served, j), x, prior_now) - mapped_distance
+                check(f"map_repairs_predictions[{name}]", gain, config.min_repair,
+                      gain >= config.min_repair,
+                      f"{kind}: predicted class rates {gain:+.2f} (log ratio) closer to the training prior with "
+                      f"the map than without", "evidence", "recalibrate")
+            value = mapped_feature_psi(candidate, reference, x_np, j)
             check(f"heldout_distribution_matches[{candidate.spec.features[j]}]", value, config.max_mapped_psi,
                   value <= config.max_mapped_psi,
                   f"held-out PSI {value:.3f} against the training bins, tails included", "evidence", "recalibrate")
-        gap, limit, detail = rank_correlation_gap(candidate, x_np, list(recalibrated), config)
-        if gap is not None:
-            check("rank_correlations_restored", gap, limit, gap <= limit, detail, "evidence", "recalibrate")
+        gaps, limit = rank_correlation_gaps(candidate, x_np, list(recalibrated), config)
+        for j, (gap, detail) in gaps.items():
+            check(f"rank_correlations_restored[{candidate.spec.features[j]}]", gap, limit, gap <= limit, detail,
+                  "evidence", "recalibrate")
         rise, detail = witness_conflicts(candidate, rules, x_np, trusted, list(recalibrated), baseline_share, config)
         if rise is not None:
             check("untouched_rules_agree", rise, config.witness_tolerance, rise <= config.witness_tolerance,

@@ -46,8 +46,8 @@ class HealConfig:
     min_rows: int = 200
     seed: int = 0
     # 1. recalibration
-    affine_min_shift: float = 0.5       # in reference standard deviations
-    affine_min_log_scale: float = 0.4   # |log| of the scale change (about x1.5)
+    affine_min_shift: float = 0.3       # in reference standard deviations
+    affine_min_log_scale: float = 0.25  # |log| of the scale change (about x1.3)
     affine_min_r2: float = 0.97         # quantile-quantile fit quality: a *shape* change is not affine
     reflection_min_gain: float = 0.02   # a decreasing map must fit this much better (r2) than an increasing one
     # 2. prior correction
@@ -110,24 +110,80 @@ class HealResult:
 
 # ---- 1. recalibration ------------------------------------------------------------------------
 
+# Factors between units that upstream systems actually switch between. Powers of ten (cents,
+# metres, grams, milliseconds) are far apart, so a fitted scale within a factor 1.5 of one is taken
+# as exact (a window of one part of the day fits a noisy scale: 77 for a x100 change); the others
+# (minutes, hours, days, KiB) only within UNIT_SNAP.
+DECIMAL_FACTORS = (10.0, 100.0, 1000.0, 1e4, 1e6)
+DECIMAL_SNAP = float(np.log(1.5))
+UNIT_FACTORS = (60.0, 3600.0, 86400.0, 1024.0)
+UNIT_SNAP = 0.05
+
+
+def snap_unit_change(model: SelfHealingNet, j: int, shift: float, scale: float) -> tuple[float, float, float | None]:
+    """A z-space affine fit of feature j, replaced by the exact map of a plain unit change x -> F x
+    when the fit is within UNIT_SNAP of one (returns F, else None): the fit is made on a window
+    of noisy quantiles, the upstream change is exact, and point masses (a price of exactly 1.00)
+    must land in the same bins as in training."""
+    mean, std = float(model.norm_mean[j]), float(model.norm_std[j])
+    if bool(model.log_mask[j]):
+        # log1p(F x) ~ log1p(x) + log F for the bulk of a heavy-tailed feature: a shift, scale ~1
+        if abs(np.log(scale)) > DECIMAL_SNAP:
+            return shift, scale, None
+        factor = float(np.exp(shift * std))
+    else:
+        # x_now = a + b x_ref with b = scale, a = mean (1 - scale) + std shift; a plain unit change has
+        # a ~ 0 (a noisy window leaves some offset: up to a quarter of the feature's spread)
+        a = mean * (1 - scale) + std * shift
+        if abs(a) > 0.25 * abs(scale) * max(abs(mean), std):
+            return shift, scale, None
+        factor = scale
+    for f, tolerance in [*((f, DECIMAL_SNAP) for f in DECIMAL_FACTORS), *((f, UNIT_SNAP) for f in UNIT_FACTORS)]:
+        for candidate in (f, 1.0 / f):
+            if abs(np.log(factor / candidate)) <= tolerance:
+                if bool(model.log_mask[j]):
+                    return float(np.log(candidate) / std), 1.0, candidate
+                return float((candidate - 1.0) * mean / std), float(candidate), candidate
+    return shift, scale, None
+
+
+def reflected_by_ranks(model: SelfHealingNet, x: np.ndarray, j: int, min_corr: float = 0.15) -> bool | None:
+    """Do feature j's rank correlations with the other features say it was reflected? True when
+    they fit the training ones with their signs flipped far better than as they were (on at least
+    two informative pairs), False when clearly not, None when no pair is informative."""
+    reference = np.asarray(model.spec.rank_correlation)
+    if reference.size == 0 or len(x) < 100:
+        return None
+    from model_handler.training import rank_correlation
+    others = [k for k in range(reference.shape[0]) if k != j and abs(reference[j, k]) >= min_corr]
+    if len(others) < 2:
+        return None
+    now = rank_correlation(np.asarray(x, dtype=np.float64)[:, [j, *others]])[0, 1:]
+    ref = reference[j, others]
+    kept, flipped = float(((now - ref) ** 2).sum()), float(((now + ref) ** 2).sum())
+    return flipped * 2 < kept
+
+
 def diagnose_affine(model: SelfHealingNet, x: torch.Tensor,
-                    config: HealConfig) -> dict[int, tuple[float, float, float, float]]:
-    """Per feature j: (shift, scale, r2, sign) where recent z-quantiles ~= shift + scale * reference
+                    config: HealConfig) -> dict[int, tuple[float, float, float, float, str]]:
+    """Per feature j: (shift, scale, r2, sign, kind) where recent z-quantiles ~= shift + scale * reference
     ones (sign +1), or shift - scale * reflected reference ones (sign -1: the feature was flipped).
 
     Quantiles are taken of the recalibrated inputs as served now, so a second unit change on top
     of a first one composes correctly. Features with few distinct values are skipped. An
     increasing map is fitted on the central quantiles (20%..80%) only, so a few rows from before
-    the change (a window's edge) or a minority class cannot bend it. A reflection shows in the
-    tails (a skewed feature's long tail changes side), so both directions are compared on all
-    quantiles, and a reflection must fit clearly better. A symmetric feature's reflection leaves
-    its distribution unchanged: no unlabeled data can show it, and none is claimed.
+    the change (a window's edge) or a minority class cannot bend it, and snapped to an exact unit
+    change where it is one. A reflection is decided by the feature's rank correlations with the
+    others where they are informative (a flip reverses them all), else by its tails (a skewed
+    feature's long tail changes side). A symmetric feature that correlates with nothing shows no
+    reflection in unlabeled data, and none is claimed.
     """
     ref = np.asarray(model.spec.reference_quantiles)
     if ref.size == 0:
         return {}
     with torch.no_grad():
         z = model.adapter.recalibrate(model.transform(x)).numpy()
+    restored = model.restore_inputs(x.numpy() if isinstance(x, torch.Tensor) else x)
     now = np.quantile(z, QUANTILES, axis=0).T
     central = (QUANTILES >= 0.2 - 1e-9) & (QUANTILES <= 0.8 + 1e-9)
     found = {}
@@ -143,14 +199,18 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor,
                                               1.0 - residual.var() / max(cc.var(), 1e-12)))
         (shift, scale, r2), (_, _, r2_all) = fits[1.0]
         flip_shift, flip_scale, flip_r2 = fits[-1.0][0]
-        if flip_scale > 0 and flip_r2 >= config.affine_min_r2 and flip_r2 > r2_all + config.reflection_min_gain:
-            found[j] = (flip_shift, flip_scale, flip_r2, -1.0)
+        by_ranks = reflected_by_ranks(model, restored, j)
+        by_tails = flip_r2 > r2_all + config.reflection_min_gain
+        if flip_scale > 0 and flip_r2 >= config.affine_min_r2 and (by_ranks if by_ranks is not None else by_tails):
+            found[j] = (flip_shift, flip_scale, flip_r2, -1.0, "reflection" + (" (rank correlations flipped)"
+                                                                           if by_ranks else " (tails)"))
             continue
         if scale <= 0:
             continue
         big = abs(shift) >= config.affine_min_shift or abs(np.log(scale)) >= config.affine_min_log_scale
         if big and r2 >= config.affine_min_r2:
-            found[j] = (shift, scale, r2, 1.0)
+            shift, scale, factor = snap_unit_change(model, j, shift, scale)
+            found[j] = (shift, scale, r2, 1.0, f"unit change x{factor:g}" if factor else "affine")
     return found
 
 
@@ -300,6 +360,35 @@ def estimate_accuracy(model: SelfHealingNet, x: np.ndarray, expected_prior: np.n
     return float(probs.max(1).mean()), "mean calibrated confidence (CBPE)"
 
 
+def prune_recalibration(served: SelfHealingNet, found: dict[int, tuple], x_hold: np.ndarray, rules: RuleSet,
+                        reference: ReferenceProfile, config: HealConfig) -> tuple[dict[int, tuple], dict[str, list]]:
+    """Keep the features whose own held-out evidence does not refute their map. Features move for
+    different reasons at once (a unit change next to a natural drift of the population): one
+    refuted map must not sink the others, and must not ship either."""
+    dropped: dict[str, list] = {}
+    trusted = np.zeros(len(rules), dtype=bool)   # witnesses are judged with the whole candidate
+    for _ in range(len(found)):
+        if not found:
+            break
+        trial = served.copy()
+        apply_recalibration(trial, found)
+        report = evaluate_gate(served, trial, trial, x_hold, rules, trusted, reference,
+                               _implied_prior(trial), ["recalibrate"], config.gate,
+                               recalibrated={j: v[4] for j, v in found.items()})
+        refuted = {}
+        for j in found:
+            name = served.spec.features[j]
+            failed = [c.name.split("[")[0] for c in report.checks if not c.passed and c.name.endswith(f"[{name}]")]
+            if failed:
+                refuted[j] = failed
+        if not refuted:
+            break
+        for j, failed in refuted.items():
+            dropped[served.spec.features[j]] = failed
+            del found[j]
+    return found, dropped
+
+
 def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference: ReferenceProfile,
          config: HealConfig = HealConfig(), labels: np.ndarray | None = None) -> HealResult:
     """Build a candidate adapter for `model` (served with its last good adapter) from recent rows.
@@ -336,8 +425,13 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
     train_prior = np.asarray(model.spec.train_prior, dtype=np.float64)
 
     found = diagnose_affine(candidate, x_fit, config)
-    diagnosis["recalibrated_features"] = {model.spec.features[j]: {"shift": s, "scale": k, "r2": r, "sign": g}
-                                          for j, (s, k, r, g) in found.items()}
+    x_hold = x_recent[hold]
+    found, dropped = prune_recalibration(served, found, x_hold, rules, reference, config)
+    if dropped:
+        diagnosis["recalibration_refused"] = dropped
+    diagnosis["recalibrated_features"] = {model.spec.features[j]: {"shift": s, "scale": k, "r2": r, "sign": g,
+                                                                   "kind": kind}
+                                          for j, (s, k, r, g, kind) in found.items()}
     if found:
         apply_recalibration(candidate, found)
         steps.append("recalibrate")
@@ -382,7 +476,6 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         diagnosis["training"] = train_adapter(candidate, cheap_fixed, x_fit, dist, mass, config, y_fit)
         steps.append("adapter")
 
-    x_hold = x_recent[hold]
     before, why_before = estimate_accuracy(served, x_hold, _implied_prior(served) if not prior_estimate
                                            else expected_prior)
     estimator = "CBPE (mean calibrated confidence)"
@@ -395,7 +488,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
     def judge(model_: SelfHealingNet, steps_: list[str]) -> GateReport:
         return evaluate_gate(served, cheap_fixed, model_, x_hold, rules, trusted, reference,
                              expected_prior if "prior" in steps_ else assumed, steps_, config.gate,
-                             recalibrated=list(found) if "recalibrate" in steps_ else [],
+                             recalibrated={j: v[4] for j, v in found.items()} if "recalibrate" in steps_ else {},
                              prior=prior_estimate if "prior" in steps_ else None)
 
     def result(model_: SelfHealingNet, steps_: list[str], report: GateReport) -> HealResult:

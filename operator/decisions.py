@@ -17,6 +17,8 @@ from typing import Any, Literal, Mapping, NamedTuple, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+# The one rule for naming a new adapter version lives with the registry; re-exported for bench.loop.
+from model_handler.registry import next_version, version_number  # noqa: F401
 from model_handler.rules import FUNCTIONS, KEYWORDS, RuleError, RuleSet
 from shm_operator.crd import (CONDITION_REASON, CONDITION_TYPE, MAX_HISTORY, HealingMode, Phase, RollbackSpec,
                               SelfHealingModelSpec)

@@ -19,12 +19,12 @@ import kopf
 
 from model_handler.registry import RegistryError, next_version
 from model_handler.rules import RuleSet
-from shm_operator import decisions, k8s, metrics
+from shm_operator import decisions, k8s, metrics, policy
 from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchserve_model_name
 from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
 from shm_operator.signals import (PodUnreachable, WindowState, class_rates, describe, drift_summary,
-                                  fetch_pod_status, ingest, score_window, trigger_from)
+                                  fetch_pod_status, ingest)
 from shm_operator.status import (full_spec, iso, now, parse_time, phase_of, refresh_phase, set_condition_in, update,
                                  update_adapter, update_rollout, without_nulls)
 
@@ -113,17 +113,15 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
     memo["window_rows"] = 0 if window is not None else rows
     summary = None
     if window is not None:
-        scores = score_window(window, state, rules, spec["drift"])
-        trigger = trigger_from(spec["drift"], drift.get("trigger"))
-        was = trigger.drifting
-        drifting = trigger.update(scores)
-        since = drift.get("since") if was and drifting else (iso(t) if drifting else None)
-        summary = {**drift_summary(scores, trigger, since, class_rates(window)),
+        scores = policy.score(window, state.reference, rules, spec["drift"])
+        judged = policy.judge_window(scores, spec["drift"], drift.get("trigger"), drift.get("since"), iso(t))
+        trigger, was, drifting = judged.trigger, judged.was, judged.drifting
+        summary = {**drift_summary(scores, trigger, judged.since, class_rates(window)),
                    "adapter": window_adapter(status, seen)}
         memo["reference_class_rates"] = class_rates(state.reference.counts)
         drift.update(summary)
-        if trigger.consecutive == 1 and not was:
-            drift["onset"] = iso(t)  # this window already saw the drift: every row after it is drifted
+        if judged.onset:
+            drift["onset"] = judged.onset  # this window already saw the drift: every row after it is drifted
         metrics.observe_drift(namespace, name, summary)
         report_drift(body, patch, status, scores, trigger, was, t)
     last_check = parse_time(before.get("lastCheck"))
@@ -304,12 +302,11 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
                 await asyncio.to_thread(registry.set_state, result.version, "rejected", problem[:500])
             return finish_heal(name, namespace, body, patch, status, last, t)
     last["reason"] = action.reason[:1000]
+    last["result"] = policy.heal_outcome(action, result)
     if action.action == "promote":
-        last["result"] = "Promoted"
         change_version(patch, result.version, "operator", f"healed by {last['job']}: {result.reason}")
         kopf.info(body, reason="Promoting", message=f"{result.version} passed the gate; rolling out")
     elif action.action == "await-approval":
-        last["result"] = "AwaitingApproval"
         needs_approval = result.verdict == "approve"   # whatever the mode: no independent evidence
         update(patch, status, candidate={"version": result.version, "job": last["job"], "created": iso(t),
                                          "reason": (action.reason if needs_approval else result.reason)[:500]})
@@ -317,11 +314,10 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
         kopf.info(body, reason="NeedsApproval" if needs_approval else "CandidateReady",
                   message=f"{action.reason[:800]}: {command}")
     elif action.action == "nothing":
-        last["result"] = "NothingToFix"
         kopf.info(body, reason="NothingToFix", message=action.reason[:1000])
     else:
-        last["result"] = "Rejected"
-        kopf.info(body, reason="CandidateRejected", message=action.reason[:1000])
+        kopf.info(body, reason="CandidateRejected" if last["result"] == "Rejected" else "NothingToFix",
+                  message=action.reason[:1000])
     finish_heal(name, namespace, body, patch, status, last, t)
 
 
@@ -359,22 +355,12 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
     limits = decisions.RollbackLimits.from_spec(SelfHealingModelSpec.model_validate(spec).promotion.rollback)
     elapsed = (t - parse_time(rollout["complete"])).total_seconds()
     base = rollout.get("baseline") or {}
-    pre = decisions.RolloutSignals(base.get("samples", 0), base.get("ruleConflict", 0.0), base.get("classRates") or {})
     if fresh is not None:
         rollout["watchedRows"] = int(rollout.get("watchedRows") or 0) + int(fresh["samples"])
-        # Harm must show against both the window before the rollout and the training data: a
-        # heal that ends a collapse changes class rates a lot, but back towards the training ones.
-        rates = (fresh.get("classRates") or {}) if pre.class_rates else {}
-        live = decisions.RolloutSignals(fresh["samples"], fresh["ruleConflict"], rates)
-        decision = decisions.rollback_check(pre, live, limits, elapsed)
         # The training data's class rates are the model's, not the rollout's: if none were known when
         # the rollout began (an operator restarted just before it had no window yet), use today's.
         reference = base.get("referenceClassRates") or memo.get("reference_class_rates") or {}
-        if decision.act and reference and rates:
-            versus_training = decisions.rollback_check(
-                decisions.RolloutSignals(pre.samples, pre.rule_conflict, reference), live, limits, elapsed)
-            if not versus_training.act:
-                decision = versus_training
+        decision = policy.rollout_verdict(base, fresh, reference, limits, elapsed)
         if decision.act and rollout.get("from"):
             return await roll_back(name, namespace, spec, status, body, patch, rollout, decision.reason, t)
         if decision.code == "HarmNotRolledBack":
@@ -385,7 +371,7 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
         return
     update_rollout(patch, status, rollout, None)
     rows = int(rollout.get("watchedRows") or 0)
-    if rows >= limits.min_samples:
+    if policy.vouched(rows, limits):
         update_adapter(patch, status, lastGood=rollout["to"])
         kopf.info(body, reason="RolloutHealthy",
                   message=f"adapter {rollout['to']} watched for {elapsed:.0f}s on {rows} live rows: no harm")

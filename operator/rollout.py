@@ -20,6 +20,7 @@ from model_handler.model import AdapterError, adapter_from_bytes
 from model_handler.registry import (BASE_VERSION, AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
                                     RegistryError)
 from shm_operator import decisions, metrics
+from shm_operator.policy import baseline, baseline_of
 from shm_operator.status import iso, set_condition_in, start_rollout, update, update_adapter
 
 log = logging.getLogger(__name__)
@@ -167,20 +168,6 @@ def watched(by: str, version: str, status: dict) -> bool:
     operator) retreats to, and the operator must never fight such a retreat."""
     last_good = (status.get("adapter") or {}).get("lastGood")
     return by != "rollback" and version not in (BASE_VERSION, last_good)
-
-
-def baseline(drift: dict) -> dict:
-    return {"samples": drift.get("samples") or 0, "ruleConflict": drift.get("ruleConflict") or 0.0,
-            "classRates": drift.get("classRates") or {}}
-
-
-def baseline_of(drift: dict, version: str | None) -> dict | None:
-    """The last drift window as a rollout's baseline, if `version` alone served it. A window from an
-    earlier adapter, or one that mixed two during a rollout, would judge the new adapter against
-    the wrong thing: the chaos benchmark saw a harmful adapter pass its watch that way."""
-    if version is None or drift.get("adapter") != version or not drift.get("samples"):
-        return None
-    return baseline(drift)
 
 
 def clear_pending(patch, status: dict) -> None:

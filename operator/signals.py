@@ -102,10 +102,11 @@ def ingest(state: WindowState, pod_uid: str, status: dict) -> None:
     state.add(pod_uid, sketch)
 
 
-def score_window(window: DriftSketch, state: WindowState, rules: RuleSet, drift_spec: dict) -> DriftScores:
-    """Score a full window with spec.drift's settings (a window below `minSamples` rows is never
-    evidence of drift)."""
-    return drift.drift_scores(window, state.reference, rules, min_samples=drift_spec.get("minSamples", 200))
+def score_window(window: DriftSketch, state: WindowState, rules: RuleSet) -> DriftScores:
+    """Deprecated: scores with drift_scores' default minSamples (200), whatever spec.drift says. The
+    operator scores with `policy.score`; this stays only for tests/test_bench_loop.py, which shows
+    the old behaviour."""
+    return drift.drift_scores(window, state.reference, rules)
 
 
 def trigger_from(drift_spec: dict, saved: dict | None) -> HealTrigger:

@@ -11,9 +11,19 @@ def test_quick_benchmark_on_two_scenarios(tmp_path):
                    capture_output=True)
     result = json.loads(out.read_text())
     collapse = result["scenarios"]["fraud_unit_change"]["methods"]
-    assert set(collapse) == {"none", "oracle", "tent", "norm_stats", "em_prior", "selfheal"}
+    assert set(collapse) == {"none", "oracle", "tent", "norm_stats", "em_prior", "em_bcts", "bbse", "selfheal"}
     for method in collapse.values():
-        assert {"accuracy", "f1", "pr_auc", "labels_used", "gap_closed", "harmful_promotions"} <= set(method)
+        assert {"accuracy", "primary", "f1", "pr_auc", "clean", "labels_used", "gap_closed", "harmful_promotions",
+                "promotions"} <= set(method)
+    healed = collapse["selfheal"]
+    assert {"jobs", "approvals_pending", "nothing_to_fix", "rejected", "rollbacks"} <= set(healed)
+    assert healed["jobs"] >= healed["promotions"] >= 1
+    assert collapse["em_bcts"]["labels_used"] > 0 and collapse["bbse"]["labels_used"] > 0   # source validation
+    scenario = result["scenarios"]["fraud_unit_change"]
+    assert scenario["clean_counts"] is False and scenario["harm_keys"] == ["primary", "f1", "pr_auc"]
+    assert scenario["detection"]["declared_runs"] == 1
+    assert scenario["detection"]["mean_delay_rows"] <= 2 * scenario["detection"]["window_rows"]
+    assert scenario["stationary"]["windows"] > 0 and scenario["stationary"]["promotions"] == 0
     # the collapse target: unhealed collapses, oracle >= 0.90, selfheal >= 0.85 with 0 labels
     assert collapse["none"]["accuracy"] < 0.5
     assert collapse["oracle"]["accuracy"] >= 0.90
@@ -23,3 +33,7 @@ def test_quick_benchmark_on_two_scenarios(tmp_path):
     control = result["scenarios"]["fraud_stale_rule"]
     assert control["negative_control"] is True
     assert control["methods"]["selfheal"]["harmful_promotions"] == 0
+    assert control["clean_counts"] is True and "clean" in control["harm_keys"]
+    # the gate probe heals whatever the trigger said: on the collapse it finds the recalibration
+    probe = result["scenarios"]["fraud_unit_change"]["gate_probe"]
+    assert probe["runs"] == 1 and probe["recalibrated"] == 1

@@ -106,6 +106,12 @@ def build_scenario(x: np.ndarray, y: np.ndarray, seed: int = 0, quick: bool = Fa
         stream=to_split(x, y, stream),
         holdout=to_split(x, y, holdout),
         extra={"shifted_features": None, "source": f"{ARCHIVE.requirement}:{MEMBER}",
+               "metric": "accuracy", "clean_counts": True,    # the people under 40 keep coming
+               # the closest Adult has to a definition: income counts capital gains, and a gain over
+               # 7,000 almost always comes with income over 50K (train precision 0.98) at any age.
+               # capital_gain is one of the features the subgroup shifts, so this rule reads a
+               # shifted feature and its input drift must not cost it its trust
+               "definition_rules": ["big_capital_gain"],
                "subgroup": {"train": f"age < {AGE_SPLIT}", "served": f"age >= {AGE_SPLIT}"}},
     )
 

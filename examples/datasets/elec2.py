@@ -91,6 +91,7 @@ def build_scenario(x: np.ndarray, y: np.ndarray, seed: int = 0, quick: bool = Fa
         stream=to_split(x, y, stream),
         holdout=to_split(x, y, holdout),
         extra={"shifted_features": None, "source": f"{ARCHIVE.requirement}:{MEMBER}",
+               "metric": "accuracy", "clean_counts": True,    # gradual natural drift
                "rows": {"source": [start, end], "stream": [end, end + n_stream],
                         "holdout": [end + n_stream, end + n_stream + n_holdout]}},
     )

@@ -142,6 +142,8 @@ def build_scenario(kind: str, time: np.ndarray, x: np.ndarray, y: np.ndarray, se
         stream=to_split(apply_shift(kind, x[stream]), y[stream]),
         holdout=to_split(apply_shift(kind, x[holdout]), y[holdout]),
         extra={"shifted_features": list(shifted), "metric": "balanced_accuracy",
+               # a label shift keeps the old inputs; a unit or pipeline change replaces them
+               "clean_counts": kind == "prior",
                "metric_note": METRIC_NOTE,
                "source": f"{ARCHIVE.requirement}:{MEMBER}",
                "fraud_rate": {"train": float(np.mean(y[train] == FRAUD)),

@@ -1,0 +1,102 @@
+"""The steps of the operator's per-model loop that the healing benchmark replays, as pure functions.
+
+monitor.py gathers the facts (pods' sketches, the Job's result, the clock) and applies what these
+return; `bench.healing` calls the same functions on a simulated clock, so the benchmark measures
+the operator's own decisions: how a window is scored, when drift is declared and since when, what
+a finished heal Job leads to, and whether a rollout harmed. No Kubernetes, no I/O, no Kopf.
+Together with `decisions.should_heal`, `decisions.promotion_action`, `signals.WindowState` and
+`signals.trigger_from` this is the whole decision path from traffic to a promoted adapter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from model_handler.drift import DriftScores, HealTrigger, drift_scores
+from model_handler.rules import RuleSet
+from model_handler.sketches import DriftSketch, ReferenceProfile
+from shm_operator.decisions import Decision, JobResult, Promotion, RollbackLimits, RolloutSignals, rollback_check
+from shm_operator.signals import trigger_from
+
+
+def score(window: DriftSketch, reference: ReferenceProfile, rules: RuleSet, drift_spec: Mapping) -> DriftScores:
+    """Score a full window; `spec.drift.minSamples` says how many rows make a window evidence."""
+    return drift_scores(window, reference, rules, min_samples=int(drift_spec.get("minSamples", 200)))
+
+
+@dataclass(frozen=True)
+class WindowJudgement:
+    """What one scored window does to the drift state kept in status.drift."""
+
+    trigger: HealTrigger      # thresholds from spec.drift, state updated by this window
+    was: bool                 # drift was declared before this window
+    drifting: bool            # drift is declared after it
+    since: str | None         # status.drift.since: when the current declaration began
+    onset: str | None         # a new status.drift.onset (this window began a run of on-windows), else None
+
+
+def judge_window(scores: DriftScores, drift_spec: Mapping, saved_trigger: Mapping | None, since: str | None,
+                 now: str) -> WindowJudgement:
+    """Feed one window to the trigger rebuilt from the spec and the saved state.
+
+    The onset is the time the first of a run of on-windows completed: that window already saw the
+    drift, so every row sampled after it is drifted and a heal Job trains on rows since then."""
+    trigger = trigger_from(dict(drift_spec), dict(saved_trigger) if saved_trigger else None)
+    was = trigger.drifting
+    drifting = trigger.update(scores)
+    since = since if was and drifting else (now if drifting else None)
+    onset = now if trigger.consecutive == 1 and not was else None
+    return WindowJudgement(trigger, was, drifting, since, onset)
+
+
+def heal_outcome(action: Promotion, result: JobResult) -> str:
+    """status.lastHeal.result of a heal Job that completed without error, given its promotion action
+    (the Job's verdict: nothing ends NothingToFix; reject ends Rejected, or NothingToFix where the
+    Job stored no rejected candidate)."""
+    if action.action == "promote":
+        return "Promoted"
+    if action.action == "await-approval":
+        return "AwaitingApproval"
+    if action.action == "nothing":
+        return "NothingToFix"
+    return "Rejected" if result.state == "rejected" else "NothingToFix"
+
+
+# ---- the rollback watch ------------------------------------------------------------------------
+
+def baseline(drift: Mapping) -> dict:
+    return {"samples": drift.get("samples") or 0, "ruleConflict": drift.get("ruleConflict") or 0.0,
+            "classRates": drift.get("classRates") or {}}
+
+
+def baseline_of(drift: Mapping, version: str | None) -> dict | None:
+    """The last drift window as a rollout's baseline, if `version` alone served it. A window from an
+    earlier adapter, or one that mixed two during a rollout, would judge the new adapter against
+    the wrong thing: the chaos benchmark saw a harmful adapter pass its watch that way."""
+    if version is None or drift.get("adapter") != version or not drift.get("samples"):
+        return None
+    return baseline(drift)
+
+
+def rollout_verdict(base: Mapping, fresh: Mapping, reference_rates: Mapping[str, float], limits: RollbackLimits,
+                    elapsed_seconds: float) -> Decision:
+    """Judge one live window (a drift summary) of a rollout against its baseline.
+
+    Harm must show against both the window before the rollout and the training data: a heal that
+    ends a collapse changes class rates a lot, but back towards the training ones."""
+    pre = RolloutSignals(base.get("samples", 0), base.get("ruleConflict", 0.0), base.get("classRates") or {})
+    rates = (fresh.get("classRates") or {}) if pre.class_rates else {}
+    live = RolloutSignals(fresh["samples"], fresh["ruleConflict"], rates)
+    decision = rollback_check(pre, live, limits, elapsed_seconds)
+    if decision.act and reference_rates and rates:
+        versus_training = rollback_check(RolloutSignals(pre.samples, pre.rule_conflict, reference_rates), live,
+                                         limits, elapsed_seconds)
+        if not versus_training.act:
+            decision = versus_training
+    return decision
+
+
+def vouched(watched_rows: int, limits: RollbackLimits) -> bool:
+    """A watch that ended without harm makes its version the last good one only if live traffic
+    (at least rollback.minSamples rows) was judged: time alone proves nothing."""
+    return watched_rows >= limits.min_samples
