@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -91,33 +92,99 @@ def run(args: argparse.Namespace) -> dict:
     started = datetime.now(timezone.utc)
     if len(x) < heal_config.min_rows:
         return {"version": args.version, "parent": args.parent, "state": "none", "promotable": False,
+                "verdict": "nothing", "evidence": [],
                 "rows": int(len(x)), "skippedShards": store.skipped,
                 "reason": f"not enough sampled traffic: {len(x)} rows, need {heal_config.min_rows}"}
     result = heal(model, x, rules, reference, heal_config)
+    verdict = verdict_of(result)
     summary = {"version": args.version, "parent": args.parent, "rows": int(len(x)),
-               "skippedShards": store.skipped, "steps": result.steps, "promotable": result.promotable,
+               "skippedShards": store.skipped, "steps": result.steps,
+               # for operators older than verdicts: true only for promote, so they never promote
+               # by themselves a candidate that a person must approve
+               "promotable": verdict == "promote", "verdict": verdict,
+               "evidence": [str(e) for e in (getattr(result, "evidence", None) or [])],
+               "estimate": estimate_of(result),
                "labelsUsed": result.labels_used, "reason": result.reason[:1000],
                "failed": result.gate.failed if result.gate else []}
-    if result.candidate is None:
+    if result.candidate is None or verdict == "nothing":
         return {**summary, "state": "none"}
-    state = "candidate" if result.promotable else "rejected"
+    state = "candidate" if verdict in ("promote", "approve") else "rejected"
     data = adapter_to_bytes(result.candidate.adapter_state(), {"version": args.version, "parent": args.parent})
     meta = registry.put(args.version, data, {
         "parent": args.parent, "base_model_hash": model_hash(model_dir), "rules_hash": rules.hash(),
         "training_window": {"start": since.isoformat() if since else None, "end": started.isoformat(),
                             "rows": int(len(x))}, "creator": args.job_name,
         "labels_used": result.labels_used, "state": state, "reason": result.reason[:2000],
-        "gate": {"report": result.gate.to_dict() if result.gate else None, "diagnosis": result.diagnosis}})
+        "gate": {"report": result.gate.to_dict() if result.gate else None, "diagnosis": result.diagnosis,
+                 "verdict": verdict, "evidence": summary["evidence"], "estimate": summary["estimate"]}})
     return {**summary, "state": state, "sha256": meta.sha256}
 
 
-def write_termination(path: str, result: dict) -> None:
-    """The operator parses this; keep it under Kubernetes' 4 KiB limit by trimming the reason."""
-    result = {k: redact(v) if isinstance(v, str) else v for k, v in result.items()}
-    text = json.dumps(result, separators=(",", ":"))
-    while len(text.encode()) > TERMINATION_LIMIT and len(result.get("reason", "")) > 20:
+VERDICTS = ("promote", "approve", "reject", "nothing")
+
+
+def verdict_of(result) -> str:
+    """The heal's verdict (promote, approve, reject, nothing; shm_operator.decisions reads it).
+    A HealResult older than verdicts gets one from `promotable`: promote or reject, or nothing
+    without a candidate."""
+    verdict = getattr(result, "verdict", None)
+    if verdict is not None:
+        if verdict not in VERDICTS:
+            raise ValueError(f"heal returned verdict {verdict!r}, not one of {', '.join(VERDICTS)}")
+        return verdict
+    if result.candidate is None:
+        return "nothing"
+    return "promote" if result.promotable else "reject"
+
+
+def estimate_of(result) -> dict:
+    """The label-free accuracy estimate, before (served) and after (candidate); null = unknown."""
+    raw = getattr(result, "estimate", None)
+    if not isinstance(raw, dict) or not raw:
+        return {"estimator": "", "before": None, "after": None, "note": "this heal gives no accuracy estimate"}
+
+    def number(value):
+        return round(float(value), 4) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value) else None
+
+    return {"estimator": str(raw.get("estimator") or ""), "before": number(raw.get("before")),
+            "after": number(raw.get("after")), "note": str(raw.get("note") or "")}
+
+
+def fit_termination(result: dict) -> str:
+    """The result as compact JSON under Kubernetes' 4 KiB: what trims first is the evidence (each
+    line shortened, then the last lines dropped, counted), then the estimate's note, then the
+    reason. The verdict and the names the operator acts on are never trimmed."""
+    def text(r):
+        return json.dumps(r, separators=(",", ":"))
+
+    def fits(r):
+        return len(text(r).encode()) <= TERMINATION_LIMIT
+
+    evidence = list(result.get("evidence") or [])
+    if not fits(result) and evidence:
+        evidence = [e if len(e) <= 200 else e[:197] + "..." for e in evidence]
+        result = {**result, "evidence": evidence}
+    kept = len(evidence)
+    while not fits(result) and kept > 0:
+        kept -= 1
+        result = {**result, "evidence": evidence[:kept] + [f"... {len(evidence) - kept} more not shown"]}
+    estimate = result.get("estimate")
+    if not fits(result) and isinstance(estimate, dict) and len(estimate.get("note") or "") > 100:
+        result = {**result, "estimate": {**estimate, "note": estimate["note"][:97] + "..."}}
+    while not fits(result) and len(result.get("reason", "")) > 20:
         result = {**result, "reason": result["reason"][: len(result["reason"]) // 2] + "..."}
-        text = json.dumps(result, separators=(",", ":"))
+    return text(result)
+
+
+def write_termination(path: str, result: dict) -> None:
+    """The operator parses this; keep it under Kubernetes' 4 KiB limit (fit_termination)."""
+    result = {k: redact(v) if isinstance(v, str) else
+              [redact(e) if isinstance(e, str) else e for e in v] if isinstance(v, list) else v
+              for k, v in result.items()}
+    if isinstance(result.get("estimate"), dict) and isinstance(result["estimate"].get("note"), str):
+        result["estimate"] = {**result["estimate"], "note": redact(result["estimate"]["note"])}
+    text = fit_termination(result)
     try:
         Path(path).write_text(text)
     except OSError as err:  # outside Kubernetes the path may not exist; stdout still has it

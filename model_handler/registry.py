@@ -22,7 +22,7 @@ import re
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -37,6 +37,8 @@ META_FILE = "meta.json"
 ADAPTER_STATES = ("candidate", "promoted", "rejected", "rolled-back")
 # Versions end up in Kubernetes labels and file names: keep them label-friendly.
 VERSION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+# The numbered versions heals create: v1, v2, ... (no leading zero, so each number has one name).
+VERSION_NUMBER = re.compile(r"v([1-9][0-9]*)")
 # Namespace and model become path components: Kubernetes names, never "/" or "..".
 _NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 _SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -152,6 +154,23 @@ def check_state(state: str) -> str:
     if state not in ADAPTER_STATES:
         raise ValueError(f"unknown adapter state {state!r}; expected one of {', '.join(ADAPTER_STATES)}")
     return state
+
+
+def version_number(version: str) -> int | None:
+    """n of a `v<n>` version, else None."""
+    match = VERSION_NUMBER.fullmatch(version)
+    return int(match.group(1)) if match else None
+
+
+def next_version(existing: Iterable[str]) -> str:
+    """v1, v2, ...: one past the highest `v<n>` taken. Numbers are never reused, not even one whose
+    adapter was deleted, so a version name always means one adapter in history and Events.
+    Other names (`base`, hand-made ones such as `v2-hotfix`, `v01`) are left alone.
+
+    The one rule for naming a new version: the registry (`AdapterRegistry.next_version`) and the
+    operator (which names a heal Job's version once, when it creates the Job) both use it."""
+    numbers = [n for n in map(version_number, existing) if n is not None]
+    return f"v{max(numbers, default=0) + 1}"
 
 
 def natural_key(name: str) -> tuple:
@@ -436,9 +455,8 @@ class AdapterRegistry:
         return updated
 
     def next_version(self) -> str:
-        """`v<n+1>` for the largest committed `v<n>`; `v1` when there is none."""
-        numbers = [int(v[1:]) for v in self.versions() if re.fullmatch(r"v\d+", v)]
-        return f"v{max(numbers, default=0) + 1}"
+        """`next_version` of the committed versions: `v<n+1>` for the largest `v<n>`, else `v1`."""
+        return next_version(self.versions())
 
     def lineage(self, version: str) -> list[str]:
         """`[version, parent, grandparent, ..., "base"]`, following each meta's parent."""

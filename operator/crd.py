@@ -235,9 +235,11 @@ class Rule(SpecModel):
 
 
 class DriftSpec(SpecModel):
-    """When drift is declared: both signals (input shift as the largest per-feature PSI, and the
-    rise of rule conflict) at or above their `on` thresholds for `persistence` checks in a row;
-    cleared once both fall below the `off` thresholds (hysteresis, so the state cannot flap)."""
+    """When drift is declared: any of three signals (input shift as the largest per-feature PSI;
+    label shift, the log-ratio of the class prior estimated from the predictions to the training
+    prior; the rise of conflict with trusted rules) at or above its `on` threshold for `persistence`
+    checks in a row. Drift opens a diagnosis (a heal Job); promotion asks for independent evidence.
+    It clears once every signal is below its `off` threshold (hysteresis, so the state cannot flap)."""
 
     window_rows: schema.conint(ge=50, le=10_000_000) = Field(
         500, description="Rows (merged over all pods) in one drift window.")
@@ -249,8 +251,13 @@ class DriftSpec(SpecModel):
     input_off: NonNegative = Field(0.07, description="Input shift below which drift may clear; <= inputOn.")
     conflict_on: Fraction = Field(0.05, description="Rule conflict (share, 0..1) that counts as on.")
     conflict_off: Fraction = Field(0.025, description="Rule conflict below which drift may clear; <= conflictOn.")
+    label_shift_on: NonNegative = Field(
+        0.4, description="Label shift that counts as on: max over classes of |log(q/pi)|, q the class prior "
+                         "estimated from the window's predicted-class counts, pi the training prior (0.4 is a "
+                         "class rate x1.5 or /1.5).")
+    label_shift_off: NonNegative = Field(0.2, description="Label shift below which drift may clear; <= labelShiftOn.")
     persistence: schema.conint(ge=1, le=100) = Field(
-        2, description="Consecutive windows with both signals on before drift is declared.")
+        2, description="Consecutive windows with a signal on before drift is declared.")
 
 
 class HealingObjective(SpecModel):
@@ -411,18 +418,25 @@ class Condition(Described):
 class TriggerState(Described):
     """State of the drift hysteresis (model_handler.drift.HealTrigger)."""
 
-    consecutive: int = Field(0, description="Windows in a row with both signals on.")
+    consecutive: int = Field(0, description="Windows in a row with a signal on.")
     drifting: bool = Field(False, description="Drift declared and not yet cleared.")
+    signals: list[str] = Field(
+        default_factory=list, description="Signals on in the last window with enough rows: input, label, rules.")
 
 
 class DriftStatus(Described):
     """Summary of the last drift check (numbers, never raw sketches)."""
 
     score: schema.Optional[float] = Field(
-        None, description="The weaker of the two signals relative to its on threshold: >= 1 means both are on.")
+        None, description="The strongest of the three signals relative to its on threshold: >= 1 means one reached it.")
     input_shift: schema.Optional[float] = Field(None, description="Largest per-feature PSI of the window.")
+    label_shift: schema.Optional[float] = Field(
+        None, description="Max over classes of |log(q/pi)|: the class prior estimated from the window's predictions "
+                          "(q) against the training prior (pi).")
     rule_conflict: schema.Optional[float] = Field(None, description="Trust-weighted excess rule conflict, 0..1.")
     prediction_shift: schema.Optional[float] = Field(None, description="PSI of the predicted class rates.")
+    signals: list[str] = Field(
+        default_factory=list, description="Signals on in the last window with enough rows: input, label, rules.")
     top_features: list[str] = Field(default_factory=list, description="Features that moved most.")
     samples: schema.Optional[int] = Field(None, description="Rows in the window.")
     adapter: schema.Optional[str] = Field(
@@ -456,6 +470,16 @@ class AdapterStatus(Described):
                           "drift window of the served version, which its rollback watch compares with.")
 
 
+class HealEstimate(Described):
+    """A label-free estimate of accuracy from a heal Job: of the served model before the heal and of
+    its candidate after; an empty value is unknown, and `note` says why."""
+
+    estimator: str = Field("", description="How it was estimated (the estimator's name).")
+    before: schema.Optional[float] = Field(None, description="Estimated accuracy of the served model, 0..1.")
+    after: schema.Optional[float] = Field(None, description="Estimated accuracy of the candidate, 0..1.")
+    note: str = Field("", description="Why a value is unknown, or what limits the estimate.")
+
+
 class LastHeal(Described):
     """The most recent healing Job."""
 
@@ -465,7 +489,13 @@ class LastHeal(Described):
     started: schema.Optional[datetime.datetime] = Field(None, description="When the Job was created.")
     finished: schema.Optional[datetime.datetime] = Field(None, description="When its result was read.")
     result: schema.Optional[str] = Field(
-        None, description="Running, Promoted, AwaitingApproval, Rejected or Failed.")
+        None, description="Running, Promoted, AwaitingApproval, Rejected, NothingToFix or Failed.")
+    verdict: schema.Optional[str] = Field(
+        None, description="The Job's verdict: promote (independent held-out evidence supports the fix), approve "
+                          "(it passed the safety checks, but no independent evidence supports it: a person decides, "
+                          "whatever the mode), reject, or nothing (nothing to fix).")
+    evidence: list[str] = Field(default_factory=list, description="The independent checks behind the verdict.")
+    estimate: schema.Optional[HealEstimate] = Field(None)
     reason: schema.Optional[schema.constr(max_length=4096)] = Field(None, description="Why, in words.")
     steps: list[str] = Field(default_factory=list, description="Fixes the heal applied, cheapest first.")
     failed_checks: list[str] = Field(default_factory=list, description="Promotion gate checks the candidate failed.")
@@ -482,8 +512,9 @@ class HistoryEntry(Described):
 
 
 class Candidate(Described):
-    """A healed adapter that passed the gate and awaits a person (Manual mode). Approve it by
-    setting spec.adapter.version to its version."""
+    """A healed adapter that passed the gate and awaits a person (Manual mode, or a verdict of
+    approve: no independent evidence supports the fix). Approve it by setting spec.adapter.version
+    to its version."""
 
     version: str = Field(..., description="The candidate's adapter version.")
     job: schema.Optional[str] = Field(None, description="Heal Job that made it.")
@@ -516,6 +547,19 @@ class RolloutStatus(Described):
                                              "the last good version only after at least rollback.minSamples.")
 
 
+class Performance(Described):
+    """A label-free estimate of the served model's accuracy (no label is ever used): from the last
+    finished heal that gave one, of its candidate after a promotion, else of the model served before
+    that heal. `basis` says which."""
+
+    estimator: str = Field("", description="How it was estimated (the heal Job's estimator).")
+    accuracy: schema.Optional[float] = Field(None, description="Estimated accuracy, 0..1; empty when unknown.")
+    basis: str = Field("", description='What was estimated: "served before heal <job>" or '
+                                       '"candidate <version> after heal <job>".')
+    display: str = Field("", description='The accuracy to two decimals, or "unknown" (the EST-ACC column).')
+    updated: schema.Optional[datetime.datetime] = Field(None, description="When it was written.")
+
+
 class SelfHealingModelStatus(Described):
     """Observed state, written by the operator only."""
 
@@ -533,6 +577,7 @@ class SelfHealingModelStatus(Described):
     history: t.Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = Field(
         default_factory=list, description=f"The last {MAX_HISTORY} adapter changes, oldest first.")
     candidate: schema.Optional[Candidate] = Field(None)
+    performance: schema.Optional[Performance] = Field(None)
     rollout: schema.Optional[RolloutStatus] = Field(None)
     heal_count: schema.Optional[int] = Field(None, description="Heal Jobs launched so far (names the next one).")
     refused_adapters: dict[str, str] = Field(
@@ -544,9 +589,11 @@ PRINTER_COLUMNS = [
      "description": "Adapter version served by all ready pods."},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Drift", "type": "number", "jsonPath": ".status.drift.score",
-     "description": "Weaker drift signal relative to its threshold (>= 1: both on)."},
+     "description": "Strongest drift signal relative to its on threshold (>= 1: a signal reached it)."},
     {"name": "Ready", "type": "string", "jsonPath": ".status.adapter.ready",
      "description": "Ready pods serving the desired adapter / pods wanted."},
+    {"name": "Est-Acc", "type": "string", "jsonPath": ".status.performance.display",
+     "description": "Label-free estimate of the served model's accuracy (status.performance), or unknown."},
     {"name": "Desired", "type": "string", "jsonPath": ".spec.adapter.version", "priority": 1},
     {"name": "Mode", "type": "string", "jsonPath": ".spec.healing.mode", "priority": 1},
 ]

@@ -13,10 +13,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Literal, Mapping, NamedTuple, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+# The one rule for naming a new adapter version lives with the registry; re-exported for bench.loop.
+from model_handler.registry import next_version, version_number  # noqa: F401
 from model_handler.rules import FUNCTIONS, KEYWORDS, RuleError, RuleSet
 from shm_operator.crd import (CONDITION_REASON, CONDITION_TYPE, MAX_HISTORY, HealingMode, Phase, RollbackSpec,
                               SelfHealingModelSpec)
@@ -26,7 +28,6 @@ TERMINATION_MESSAGE_LIMIT = 4096       # bytes the kubelet keeps of a container'
 CONDITION_MESSAGE_LIMIT = 32768        # metav1.Condition.message
 DNS_LABEL_LIMIT = 63                   # a Job's name becomes its pods' job-name label value
 QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?")
-VERSION_NUMBER = re.compile(r"v([1-9][0-9]*)")
 UTC = timezone.utc
 
 
@@ -106,18 +107,30 @@ def should_heal(*, now: datetime, drifting: bool, mode: HealingMode | str, heali
                     "HealNeeded")
 
 
-def next_version(existing: Sequence[str]) -> str:
-    """v1, v2, ...: one past the highest `v<n>` taken. Numbers are never reused, not even one whose
-    adapter was deleted, so a version name always means one adapter in history and Events.
-    Other names (`base`, hand-made ones such as `v2-hotfix`) are left alone."""
-    numbers = [int(m.group(1)) for name in existing if (m := VERSION_NUMBER.fullmatch(name))]
-    return f"v{max(numbers, default=0) + 1}"
+class HealTarget(NamedTuple):
+    parent: str
+    version: str
 
 
-def version_number(version: str) -> int | None:
-    """n of a `v<n>` version, else None."""
-    match = VERSION_NUMBER.fullmatch(version)
-    return int(match.group(1)) if match else None
+def heal_job_target(job: Mapping) -> HealTarget | None:
+    """The parent and version a heal Job was created with, from its container's arguments (what it
+    really runs). A heal's version is chosen once, when its Job is created: a later pass that finds
+    the Job (an operator restarted before it wrote the status) must take the version from here,
+    never choose again from the registry, which by then may hold the Job's own candidate. None if
+    the Job does not say (not a heal Job of this operator)."""
+    containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    args = [str(a) for a in ((containers[0].get("args") or []) if containers else [])]
+
+    def option(name: str) -> str | None:
+        for i, arg in enumerate(args):
+            if arg == name and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(name + "="):
+                return arg[len(name) + 1:]
+        return None
+
+    version, parent = option("--version"), option("--parent") or "base"
+    return HealTarget(parent, version) if version else None
 
 
 def heal_job_name(model_name: str, n: int) -> str:
@@ -137,7 +150,28 @@ def heal_job_name(model_name: str, n: int) -> str:
     return f"{prefix}-{digest}{suffix}" if prefix else f"h{digest}{suffix}"
 
 
+# ---- drift ---------------------------------------------------------------------------------------
+
+DRIFT_REASONS = {"input": "InputShift", "label": "LabelShift", "rules": "RuleConflict"}
+
+
+def drift_reason(signals: Sequence[str]) -> str:
+    """The DriftDetected reason for the signals on: InputShift, LabelShift, RuleConflict, or
+    SeveralSignals."""
+    known = [s for s in DRIFT_REASONS if s in set(signals)]
+    unknown = sorted(set(signals) - set(DRIFT_REASONS))
+    if unknown:
+        raise ValueError(f"unknown drift signals {unknown}; known: {list(DRIFT_REASONS)}")
+    if not known:
+        raise ValueError("no signal is on: drift has no reason")
+    return DRIFT_REASONS[known[0]] if len(known) == 1 else "SeveralSignals"
+
+
 # ---- the heal Job's result ---------------------------------------------------------------------
+
+VERDICTS = ("promote", "approve", "reject", "nothing")
+ESTIMATE_NOTE_LIMIT = 500
+
 
 class _JobMessage(BaseModel):
     """The JSON `python -m model_handler.heal` writes to its termination log; unknown keys are
@@ -149,9 +183,12 @@ class _JobMessage(BaseModel):
     state: str | None = None
     promotable: bool | None = None
     passed: bool | None = None
+    verdict: Literal["promote", "approve", "reject", "nothing"] | None = None
     reason: str = ""
     steps: list[str] = []
     failed: list[str] = []
+    evidence: list[str] = []
+    estimate: Any = None
     rows: int | None = None
     sha256: str | None = None
     error: str | None = None
@@ -159,7 +196,16 @@ class _JobMessage(BaseModel):
 
 @dataclass(frozen=True)
 class JobResult:
-    """What a heal Job reported. `error` is set when it failed or its message is unusable."""
+    """What a heal Job reported. `error` is set when it failed or its message is unusable;
+    `promotable`: a candidate passed the safety checks and may be served (by the operator or, for
+    the verdict approve, by a person).
+
+    `verdict` is what the Job concluded: promote (the candidate passed the safety checks and
+    independent held-out evidence supports the fix), approve (it passed the safety checks, but no
+    independent evidence supports the fix: a person decides), reject (it failed a check), nothing
+    (no fix was needed or possible). `evidence` names the independent checks behind it; `estimate`
+    is a label-free estimate of accuracy before (served model) and after (candidate), see
+    `read_estimate`. A message from a Job older than verdicts gets one from `promotable`/`state`."""
 
     version: str | None = None
     parent: str | None = None
@@ -171,6 +217,36 @@ class JobResult:
     rows: int | None = None
     sha256: str | None = None
     error: str | None = None
+    verdict: str | None = None
+    evidence: tuple[str, ...] = ()
+    estimate: Mapping | None = None
+
+
+def read_estimate(raw) -> dict | None:
+    """A Job's `estimate` as `{"estimator": str, "before": float|None, "after": float|None,
+    "note": str}`. It informs people and never decides anything, so a malformed one is kept as
+    unknown values with a note saying why, not an error that would throw the heal away."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        return {"estimator": "", "before": None, "after": None,
+                "note": f"unreadable estimate: a {type(raw).__name__}, not an object"}
+    notes = [str(raw.get("note") or "")]
+
+    def accuracy(key: str) -> float | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0 <= value <= 1:
+            notes.append(f"{key} {value!r} is not an accuracy in [0, 1]")
+            return None
+        return round(float(value), 4)
+
+    estimator = raw.get("estimator")
+    return {"estimator": estimator[:100] if isinstance(estimator, str) else "",
+            "before": accuracy("before"), "after": accuracy("after"),
+            "note": "; ".join(filter(None, notes))[:ESTIMATE_NOTE_LIMIT]}
 
 
 def parse_job_result(termination_message: str | None) -> JobResult:
@@ -194,36 +270,79 @@ def parse_job_result(termination_message: str | None) -> JobResult:
         return JobResult(version=document.get("version") if isinstance(document.get("version"), str) else None,
                          error="termination message: " + "; ".join(
                              f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
-    if message.error is None and message.promotable is None and message.passed is None:
-        return JobResult(version=message.version, error="termination message says neither promotable nor error")
-    promotable = message.promotable if message.promotable is not None else bool(message.passed)
+    if message.error is None and message.promotable is None and message.passed is None and message.verdict is None:
+        return JobResult(version=message.version, error="termination message says neither promotable nor error, "
+                                                        "nor a verdict")
+    verdict = message.verdict
+    if verdict is not None:
+        # A Job with verdicts writes `promotable` for older operators (true for promote only, so
+        # they never promote what a person must approve); here the verdict says it.
+        promotable = verdict in ("promote", "approve")
+    else:   # a Job older than verdicts
+        promotable = message.promotable if message.promotable is not None else bool(message.passed)
+        if message.error is None:
+            verdict = "promote" if promotable else "reject" if message.state == "rejected" else "nothing"
     return JobResult(version=message.version, parent=message.parent, state=message.state,
                      promotable=promotable and message.error is None, reason=message.reason,
                      steps=tuple(message.steps), failed_checks=tuple(message.failed), rows=message.rows,
-                     sha256=message.sha256, error=f"heal Job failed: {message.error}" if message.error else None)
+                     sha256=message.sha256, error=f"heal Job failed: {message.error}" if message.error else None,
+                     verdict=verdict if message.error is None else None, evidence=tuple(message.evidence),
+                     estimate=read_estimate(message.estimate))
 
 
 class Promotion(NamedTuple):
-    action: str      # "promote" | "await-approval" | "reject"
+    action: str      # "promote" | "await-approval" | "reject" | "nothing"
     reason: str
 
 
+def approve_command(name: str, namespace: str, version: str) -> str:
+    """The command a person runs to promote a candidate."""
+    return (f"kubectl patch shm {name} -n {namespace} --type merge "
+            f"-p '{{\"spec\":{{\"adapter\":{{\"version\":\"{version}\"}}}}}}'")
+
+
 def promotion_action(mode: HealingMode | str, result: JobResult) -> Promotion:
-    """What to do with a finished heal. Only a candidate the gate passed is ever promoted; in
-    Manual mode, or when healing was turned Off while the Job ran, it waits for a person."""
+    """What to do with a finished heal, from the Job's verdict. Only a candidate that passed the
+    safety checks is ever offered, and only one that independent evidence supports (verdict
+    promote) is promoted without a person: in Auto mode. In Manual mode, or when healing was turned
+    Off while the Job ran, or when the verdict is approve, it waits for a person."""
     if result.error:
         return Promotion("reject", result.error)
-    if not result.promotable or not result.version:
+    if result.verdict == "nothing":
+        return Promotion("nothing", result.reason or "nothing to fix")
+    if result.verdict not in ("promote", "approve") or not result.promotable or not result.version:
         why = result.reason or (f"gate failed: {', '.join(result.failed_checks)}" if result.failed_checks
                                 else "no promotable candidate")
         return Promotion("reject", why)
     mode = HealingMode(mode)
+    if result.verdict == "approve":
+        return Promotion("await-approval",
+                         f"{result.version} passed the safety checks but no independent evidence supports the "
+                         f"fix{': ' + result.reason if result.reason else ''}; "
+                         f"set spec.adapter.version: {result.version} to promote it")
     if mode is HealingMode.AUTO:
         return Promotion("promote", f"{result.version} passed the gate: {result.reason}".rstrip(": "))
     why = "Manual mode" if mode is HealingMode.MANUAL else "healing was turned Off while the Job ran"
     return Promotion("await-approval",
                      f"{why}: {result.version} passed the gate; "
                      f"set spec.adapter.version: {result.version} to promote it")
+
+
+def performance(last_heal: Mapping, now: datetime) -> dict | None:
+    """status.performance from a finished heal's label-free estimate: the candidate's accuracy
+    after a promotion, else the served model's before the heal (what still serves). None if the
+    heal gave no estimate (an older Job, or one that failed before estimating): the last known
+    estimate stays, and its basis says which heal it came from."""
+    estimate = last_heal.get("estimate")
+    if not isinstance(estimate, Mapping) or last_heal.get("result") in (None, "Running"):
+        return None
+    job = last_heal.get("job") or "?"
+    if last_heal["result"] == "Promoted":
+        accuracy, basis = estimate.get("after"), f"candidate {last_heal.get('version')} after heal {job}"
+    else:
+        accuracy, basis = estimate.get("before"), f"served before heal {job}"
+    return {"estimator": estimate.get("estimator") or "", "accuracy": accuracy, "basis": basis,
+            "display": "unknown" if accuracy is None else f"{accuracy:.2f}", "updated": format_time(now)}
 
 
 # ---- rollback ----------------------------------------------------------------------------------
@@ -349,6 +468,8 @@ def _threshold_problems(spec: SelfHealingModelSpec) -> list[str]:
          f"{drift.input_off:g} is above inputOn {drift.input_on:g}: drift could never clear"),
         (drift.conflict_off > drift.conflict_on, "spec.drift.conflictOff",
          f"{drift.conflict_off:g} is above conflictOn {drift.conflict_on:g}: drift could never clear"),
+        (drift.label_shift_off > drift.label_shift_on, "spec.drift.labelShiftOff",
+         f"{drift.label_shift_off:g} is above labelShiftOn {drift.label_shift_on:g}: drift could never clear"),
         (drift.min_samples > drift.window_rows, "spec.drift.minSamples",
          f"{drift.min_samples} is above windowRows {drift.window_rows}: no window would ever count"),
         (healing.min_rows > healing.training_window_rows, "spec.healing.minRows",

@@ -65,6 +65,31 @@ async def ensure(obj: dict, namespace: str) -> None:
             raise _retry(f"patch {obj['kind']} {namespace}/{name}", err2) from err2
 
 
+async def create_or_read(obj: dict, namespace: str) -> dict:
+    """Create `obj` and return it as stored; if one of that name exists, return the existing one
+    unchanged. For objects whose content is fixed at creation (a Job's pod template is immutable,
+    and its arguments name what it makes): the caller adopts what exists instead of rewriting it."""
+    api_name, suffix = _KINDS[obj["kind"]]
+    api = getattr(client, api_name)(await api_client())
+    name = obj["metadata"]["name"]
+    try:
+        result = await getattr(api, f"create_{suffix}")(namespace, obj, _preload_content=False)
+        body = await result.json()
+    except ApiException as err:
+        if err.status != 409:
+            raise _retry(f"create {obj['kind']} {namespace}/{name}", err) from err
+        body = {"kind": "Status", "code": 409}
+    if body.get("kind") == "Status":    # raw responses do not raise: a 409 may arrive as a Status body
+        if body.get("code") != 409:
+            raise kopf.TemporaryError(f"create {obj['kind']} {namespace}/{name}: {body.get('message')}", delay=5)
+        existing = await read(obj["kind"], namespace, name)
+        if existing is None:            # deleted in between: the next pass creates it
+            raise kopf.TemporaryError(f"{obj['kind']} {namespace}/{name} exists and vanished", delay=2)
+        return existing
+    log.info("created %s %s/%s", obj["kind"], namespace, name)
+    return body
+
+
 async def read(kind: str, namespace: str, name: str) -> dict | None:
     api_name, suffix = _KINDS[kind]
     api = getattr(client, api_name)(await api_client())

@@ -17,14 +17,14 @@ import logging
 import aiohttp
 import kopf
 
-from model_handler.registry import RegistryError
+from model_handler.registry import RegistryError, next_version
 from model_handler.rules import RuleSet
 from shm_operator import decisions, k8s, metrics, policy
 from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchserve_model_name
 from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
-from shm_operator.signals import (PodUnreachable, WindowState, class_rates, drift_summary, fetch_pod_status,
-                                  ingest)
+from shm_operator.signals import (PodUnreachable, WindowState, class_rates, describe, drift_summary,
+                                  fetch_pod_status, ingest)
 from shm_operator.status import (full_spec, iso, now, parse_time, phase_of, refresh_phase, set_condition_in, update,
                                  update_adapter, update_rollout, without_nulls)
 
@@ -123,15 +123,31 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
         if judged.onset:
             drift["onset"] = judged.onset  # this window already saw the drift: every row after it is drifted
         metrics.observe_drift(namespace, name, summary)
-        if drifting != was:
-            set_condition_in(patch, status, "DriftDetected", drifting, "BothSignals" if drifting else "Cleared",
-                             f"input shift {scores.input_shift:.3f}, rule conflict {scores.rule_conflict:.3f}, "
-                             f"top features {scores.top_features}", t)
+        report_drift(body, patch, status, scores, trigger, was, t)
     last_check = parse_time(before.get("lastCheck"))
     changed = changed or not same({**drift, "lastCheck": None}, {**before, "lastCheck": None})
     if changed or last_check is None or (t - last_check).total_seconds() >= LAST_CHECK_REFRESH_SECONDS:
         update(patch, status, drift={**drift, "lastCheck": iso(t)})
     return summary
+
+
+def report_drift(body, patch, status, scores, trigger, was: bool, t) -> None:
+    """DriftDetected names the signals on (InputShift, LabelShift, RuleConflict, SeveralSignals) and
+    why the others are silent; an Event when drift is declared and when it clears. While drifting,
+    the condition follows a change of the signals on, without an Event."""
+    message = describe(scores, trigger)
+    if trigger.drifting and trigger.signals:
+        reason = decisions.drift_reason(trigger.signals)
+        if not was:
+            set_condition_in(patch, status, "DriftDetected", True, reason, message, t)
+            kopf.info(body, reason="DriftDetected", message=message[:1000])
+        elif reason != next((c.get("reason") for c in status.get("conditions") or []
+                             if c.get("type") == "DriftDetected"), None):
+            set_condition_in(patch, status, "DriftDetected", True, reason, message, t)
+    elif was and not trigger.drifting:
+        set_condition_in(patch, status, "DriftDetected", False, "Cleared", f"every signal is below its off "
+                                                                           f"threshold: {message}", t)
+        kopf.info(body, reason="DriftCleared", message=message[:1000])
 
 
 def window_adapter(status: dict, seen: dict) -> str | None:
@@ -214,22 +230,34 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
         max_heals_per_day=spec["healing"]["maxHealsPerDay"])
     if not decision.act:
         return
-    try:
-        versions = await asyncio.to_thread(registry_for(name, namespace, spec).versions)
-    except RegistryError as err:
-        return registry_unreachable(body, patch, status, "cannot start a heal", err, t)
     count = (status.get("healCount") or 0) + 1
-    version = decisions.next_version(versions)
     job_name = decisions.heal_job_name(name, count)
-    parent = (status.get("adapter") or {}).get("lastGood") or "base"
-    config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
-    job = heal_job(name, namespace, spec, job_name, parent, version, config,
-                   since=(status.get("drift") or {}).get("onset"))
-    kopf.adopt(job, owner=body)
-    await k8s.ensure(job, namespace)  # the same name again after a crash is a no-op, never a duplicate
+    # A Job of this name exists if an earlier pass created it and stopped before its status write
+    # landed (an operator restart): adopt it, and the version it makes, never launch or name another.
+    job = await k8s.read("Job", namespace, job_name)
+    if job is None:
+        try:
+            versions = await asyncio.to_thread(registry_for(name, namespace, spec).versions)
+        except RegistryError as err:
+            return registry_unreachable(body, patch, status, "cannot start a heal", err, t)
+        parent = (status.get("adapter") or {}).get("lastGood") or "base"
+        config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
+        job = heal_job(name, namespace, spec, job_name, parent, next_version(versions), config,
+                       since=(status.get("drift") or {}).get("onset"))
+        kopf.adopt(job, owner=body)
+        job = await k8s.create_or_read(job, namespace)
+    target = decisions.heal_job_target(job)
+    if target is None or ((job.get("metadata") or {}).get("labels") or {}).get(MODEL_LABEL) != name:
+        # not a heal Job of this model (something else took the name): skip the name
+        update(patch, status, healCount=count)
+        kopf.warn(body, reason="HealJobNameTaken", message=f"Job {job_name} exists but is no heal Job of this "
+                                                           "model; the next heal takes the next name")
+        return
+    parent, version = target
     update(patch, status, healCount=count, recentHealStarts=[*recent, iso(t)], healsToday=len(recent) + 1,
            lastHeal={"job": job_name, "version": version, "parent": parent, "started": iso(t), "finished": None,
-                     "result": "Running", "reason": decision.reason, "steps": [], "failedChecks": []})
+                     "result": "Running", "reason": decision.reason, "steps": [], "failedChecks": [],
+                     "verdict": None, "evidence": [], "estimate": None})
     set_condition_in(patch, status, "Healing", True, "JobStarted", f"Job {job_name} heals {parent} -> {version}", t)
     kopf.info(body, reason="HealStarted", message=f"{decision.reason}; Job {job_name} heals {parent} -> {version} "
                                                   f"(drifting features: {(status.get('drift') or {}).get('topFeatures')})")
@@ -251,7 +279,9 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
         return
     pods = await k8s.list_pods(namespace, {"job-name": last["job"]})
     result = decisions.parse_job_result(next((m for m in map(k8s.termination_message, pods) if m), ""))
-    last.update(finished=iso(t), steps=list(result.steps), failedChecks=list(result.failed_checks))
+    last.update(finished=iso(t), steps=list(result.steps), failedChecks=list(result.failed_checks),
+                verdict=result.verdict, evidence=[e[:300] for e in result.evidence[:20]],
+                estimate=dict(result.estimate) if result.estimate else None)
     if "Failed" in done or result.error:
         failed = done.get("Failed") or {}
         # The Job's own reason first (DeadlineExceeded, BackoffLimitExceeded), then what the pod said.
@@ -277,19 +307,26 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
         change_version(patch, result.version, "operator", f"healed by {last['job']}: {result.reason}")
         kopf.info(body, reason="Promoting", message=f"{result.version} passed the gate; rolling out")
     elif action.action == "await-approval":
+        needs_approval = result.verdict == "approve"   # whatever the mode: no independent evidence
         update(patch, status, candidate={"version": result.version, "job": last["job"], "created": iso(t),
-                                         "reason": result.reason[:500]})
-        kopf.info(body, reason="CandidateReady",
-                  message=f"{action.reason}: kubectl patch shm {name} -n {namespace} --type merge "
-                          f"-p '{{\"spec\":{{\"adapter\":{{\"version\":\"{result.version}\"}}}}}}'")
+                                         "reason": (action.reason if needs_approval else result.reason)[:500]})
+        command = decisions.approve_command(name, namespace, result.version)
+        kopf.info(body, reason="NeedsApproval" if needs_approval else "CandidateReady",
+                  message=f"{action.reason[:800]}: {command}")
+    elif action.action == "nothing":
+        kopf.info(body, reason="NothingToFix", message=action.reason[:1000])
     else:
-        kopf.info(body, reason="CandidateRejected" if result.state == "rejected" else "NothingToFix",
+        kopf.info(body, reason="CandidateRejected" if last["result"] == "Rejected" else "NothingToFix",
                   message=action.reason[:1000])
     finish_heal(name, namespace, body, patch, status, last, t)
 
 
 def finish_heal(name, namespace, body, patch, status, last, t) -> None:
     update(patch, status, lastHeal=last)
+    estimated = decisions.performance(last, t)
+    if estimated is not None:
+        update(patch, status, performance=estimated)
+        metrics.observe_performance(namespace, name, estimated["accuracy"])
     set_condition_in(patch, status, "Healing", False, last["result"], last.get("reason") or "", t)
     if last["result"] == "Failed":
         kopf.warn(body, reason="HealFailed", message=f"Job {last['job']}: {last.get('reason')}"[:1000])

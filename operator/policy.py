@@ -50,11 +50,15 @@ def judge_window(scores: DriftScores, drift_spec: Mapping, saved_trigger: Mappin
 
 
 def heal_outcome(action: Promotion, result: JobResult) -> str:
-    """status.lastHeal.result of a heal Job that completed without error, given its promotion action."""
+    """status.lastHeal.result of a heal Job that completed without error, given its promotion action
+    (the Job's verdict: nothing ends NothingToFix; reject ends Rejected, or NothingToFix where the
+    Job stored no rejected candidate)."""
     if action.action == "promote":
         return "Promoted"
     if action.action == "await-approval":
         return "AwaitingApproval"
+    if action.action == "nothing":
+        return "NothingToFix"
     return "Rejected" if result.state == "rejected" else "NothingToFix"
 
 

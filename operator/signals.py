@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from model_handler.drift import DriftScores, HealTrigger, drift_scores
+from model_handler import drift
+from model_handler.drift import DriftScores, HealTrigger
 from model_handler.rules import RuleSet
 from model_handler.sketches import CounterResetError, DriftSketch, ReferenceProfile, SketchError
 from shm_operator.children import container_port
@@ -102,16 +103,37 @@ def ingest(state: WindowState, pod_uid: str, status: dict) -> None:
 
 
 def score_window(window: DriftSketch, state: WindowState, rules: RuleSet) -> DriftScores:
-    return drift_scores(window, state.reference, rules)
+    """Deprecated: scores with drift_scores' default minSamples (200), whatever spec.drift says. The
+    operator scores with `policy.score`; this stays only for tests/test_bench_loop.py, which shows
+    the old behaviour."""
+    return drift.drift_scores(window, state.reference, rules)
 
 
 def trigger_from(drift_spec: dict, saved: dict | None) -> HealTrigger:
-    """The heal trigger with thresholds from spec.drift and state from status.drift.trigger."""
+    """The heal trigger with thresholds from spec.drift and state from status.drift.trigger (a state
+    saved before the trigger named its signals reads too)."""
     thresholds = {"input_on": drift_spec.get("inputOn", 0.10), "input_off": drift_spec.get("inputOff", 0.07),
                   "conflict_on": drift_spec.get("conflictOn", 0.05),
                   "conflict_off": drift_spec.get("conflictOff", 0.025),
+                  "label_on": drift_spec.get("labelShiftOn", 0.4), "label_off": drift_spec.get("labelShiftOff", 0.2),
                   "persistence": drift_spec.get("persistence", 2)}
-    return HealTrigger.from_dict(saved, **thresholds) if saved else HealTrigger(**thresholds)
+    return drift.HealTrigger.from_dict(saved, **thresholds) if saved else drift.HealTrigger(**thresholds)
+
+
+def describe(scores: DriftScores, trigger: HealTrigger) -> str:
+    """One line for a person: model_handler.drift.describe (the signals on, their values, the top
+    features, and why a signal that cannot see this window is silent), plus, for every other signal
+    that is off, why: below its on threshold, or at it but not significant."""
+    text = drift.describe(scores, trigger)
+    on = set(trigger.on(scores)) if hasattr(trigger, "on") else set(trigger.signals)
+    silent = getattr(scores, "silent", None) or {}
+    values = {"input": (scores.input_shift, trigger.input_on, "inputOn"),
+              "label": (scores.label_shift, trigger.label_on, "labelShiftOn"),
+              "rules": (scores.rule_conflict, trigger.conflict_on, "conflictOn")}
+    why = [f"{signal} off: {value:.3f} below {name} {threshold:g}" if value < threshold else
+           f"{signal} off: {value:.3f} reaches {name} {threshold:g} but is not significant in this window"
+           for signal, (value, threshold, name) in values.items() if signal not in on and signal not in silent]
+    return "; ".join([text, *why])
 
 
 def class_rates(window: DriftSketch) -> dict[str, float]:
@@ -119,13 +141,21 @@ def class_rates(window: DriftSketch) -> dict[str, float]:
     return {name: round(float(c) / max(window.n, 1), 5) for name, c in zip(window.reference.classes, counts)}
 
 
+def _relative(value: float, on: float) -> float:
+    return value / on if on > 0 else 1.0
+
+
 def drift_summary(scores: DriftScores, trigger: HealTrigger, since: str | None, rates: dict[str, float]) -> dict:
     """The concise status.drift: numbers a person reads, never raw sketches.
 
-    score = the weaker of the two signals relative to its threshold: >= 1 means both are on.
+    score = the strongest of the three signals relative to its on threshold: >= 1 means a signal
+    reached it (the trigger also asks for significance and persistence). `signals` are those on in
+    the last window that had enough rows.
     """
-    score = min(scores.input_shift / trigger.input_on, scores.rule_conflict / trigger.conflict_on)
+    score = max(_relative(scores.input_shift, trigger.input_on), _relative(scores.label_shift, trigger.label_on),
+                _relative(scores.rule_conflict, trigger.conflict_on))
     return {"score": round(score, 3),
-            "inputShift": round(scores.input_shift, 4), "ruleConflict": round(scores.rule_conflict, 4),
-            "predictionShift": round(scores.prediction_shift, 4), "topFeatures": scores.top_features,
+            "inputShift": round(scores.input_shift, 4), "labelShift": round(scores.label_shift, 4),
+            "ruleConflict": round(scores.rule_conflict, 4), "predictionShift": round(scores.prediction_shift, 4),
+            "signals": list(trigger.signals), "topFeatures": scores.top_features,
             "samples": scores.samples, "since": since, "classRates": rates, "trigger": trigger.to_dict()}

@@ -306,6 +306,13 @@ def test_defaults_mirror_the_model_handler():
         assert getattr(spec.promotion.gate, name) == getattr(gate_config, name), name
 
 
+def test_label_shift_defaults_mirror_the_trigger():
+    spec = crd.SelfHealingModel.model_validate(MINIMAL).spec
+    trigger = drift.HealTrigger()
+    assert (spec.drift.label_shift_on, spec.drift.label_shift_off) == (trigger.label_on, trigger.label_off)
+    assert example()["spec"]["drift"].get("labelShiftOn", 0.4) == trigger.label_on
+
+
 def test_name_patterns_agree_with_the_rule_language():
     assert crd.MAX_RULE_CHARS == rules.MAX_EXPRESSION_CHARS
     assert crd.CLASS_NAME == f"^{rules.RULE_NAME.pattern}$"
@@ -361,6 +368,45 @@ def test_status_validates_and_round_trips_with_from_alias():
     dumped = status.model_dump(mode="json", exclude_none=True)
     assert dumped["history"][0]["from"] == "v1" and dumped["adapter"]["podsAtDesired"] == 1
     assert crd.SelfHealingModelStatus.model_validate(dumped) == status
+
+
+def test_status_keeps_a_heals_verdict_evidence_and_estimate():
+    """What a heal Job concluded is in the schema (an API server prunes fields it does not know)."""
+    status = copy.deepcopy(STATUS)
+    status["lastHeal"].update(result="AwaitingApproval", verdict="approve", evidence=[],
+                              estimate={"estimator": "rule-agreement", "before": 0.61, "after": None,
+                                        "note": "no trusted rule fires on the moved classes"})
+    resource = {**example(), "status": status}
+    assert schema_errors(resource) == []
+    last = crd.SelfHealingModel.model_validate(resource).status.last_heal
+    assert (last.verdict, last.evidence, last.estimate.before, last.estimate.after) == ("approve", [], 0.61, None)
+    assert last.model_dump(mode="json", by_alias=True)["estimate"]["note"].startswith("no trusted rule")
+
+
+def test_status_shows_the_estimated_accuracy_in_a_column():
+    status = {**copy.deepcopy(STATUS), "performance": {
+        "estimator": "rule-agreement", "accuracy": 0.93, "display": "0.93", "basis": "candidate v2 after heal "
+        "fraud-heal-2", "updated": "2026-11-22T18:58:00Z"}}
+    resource = {**example(), "status": status}
+    assert schema_errors(resource) == []
+    assert crd.SelfHealingModel.model_validate(resource).status.performance.accuracy == 0.93
+    unknown = {**status, "performance": {"estimator": "", "display": "unknown", "basis": "served before heal x"}}
+    assert schema_errors({**example(), "status": unknown}) == []
+    (version,) = committed_crd()["spec"]["versions"]
+    columns = {c["name"].upper(): c for c in version["additionalPrinterColumns"]}
+    assert columns["EST-ACC"]["jsonPath"] == ".status.performance.display" and columns["EST-ACC"]["type"] == "string"
+
+
+def test_status_names_the_drift_signals():
+    status = copy.deepcopy(STATUS)
+    status["drift"].update(labelShift=0.52, signals=["label", "rules"],
+                           trigger={"consecutive": 2, "drifting": True, "signals": ["label", "rules"]})
+    resource = {**example(), "status": status}
+    assert schema_errors(resource) == []
+    parsed = crd.SelfHealingModel.model_validate(resource).status.drift
+    assert (parsed.label_shift, parsed.signals, parsed.trigger.signals) == (0.52, ["label", "rules"], ["label", "rules"])
+    older = copy.deepcopy(STATUS)      # a trigger state saved before signals still reads
+    assert crd.SelfHealingModel.model_validate({**example(), "status": older}).status.drift.trigger.signals == []
 
 
 def test_status_from_a_newer_operator_still_reads():

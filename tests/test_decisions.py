@@ -103,19 +103,20 @@ def test_recent_heals_prunes_and_sorts():
 
 # ---- versions and Job names --------------------------------------------------------------------
 
-@pytest.mark.parametrize("existing, expected", [
-    ([], "v1"), (["base"], "v1"), (["v1", "v2"], "v3"),
-    (["v9", "v10", "v2"], "v11"),                 # natural order, not "v9" > "v10"
-    (["v1", "v3"], "v4"),                         # a deleted v2 is never reused
-    (["v2-hotfix", "v01", "V3", "v0"], "v1"),     # only v<n> names count
-])
-def test_next_version(existing, expected):
-    assert d.next_version(existing) == expected
-    assert expected not in existing
+# next_version and version_number live in model_handler.registry (tests/test_registry.py): one rule
+# for the registry and the operator.
 
-
-def test_version_number():
-    assert (d.version_number("v12"), d.version_number("base"), d.version_number("v1.2")) == (12, None, None)
+def test_heal_job_target_reads_the_jobs_arguments():
+    from shm_operator.children import heal_job
+    spec = crd.SelfHealingModelSpec.model_validate(EXAMPLE["spec"]).model_dump(mode="json")
+    job = heal_job("fraud", "ns", spec, "fraud-heal-3", "v5", "v6", {}, since="2026-11-22T18:00:00Z")
+    assert d.heal_job_target(job) == ("v5", "v6")
+    job["spec"]["template"]["spec"]["containers"][0]["args"] = ["-m", "model_handler.heal", "--version=v9"]
+    assert d.heal_job_target(job) == ("base", "v9")     # no --parent: the heal.py default
+    for args in ([], ["--version"], ["--parent", "v1"]):
+        job["spec"]["template"]["spec"]["containers"][0]["args"] = args
+        assert d.heal_job_target(job) is None
+    assert d.heal_job_target({"kind": "Job", "metadata": {"name": "x"}}) is None
 
 
 def test_heal_job_name_is_plain_when_it_fits():
@@ -140,6 +141,23 @@ def test_heal_job_name_needs_a_positive_integer(n):
         d.heal_job_name("fraud", n)
 
 
+# ---- drift -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signals, reason", [
+    (["input"], "InputShift"), (("label",), "LabelShift"), (["rules"], "RuleConflict"),
+    (["input", "rules"], "SeveralSignals"), (["label", "input", "rules"], "SeveralSignals"),
+])
+def test_drift_reason_names_the_signal(signals, reason):
+    assert d.drift_reason(signals) == reason
+    assert re.fullmatch(crd.CONDITION_REASON, reason)
+
+
+@pytest.mark.parametrize("signals", [[], ["inputs"]])
+def test_drift_reason_refuses_what_is_no_signal(signals):
+    with pytest.raises(ValueError):
+        d.drift_reason(signals)
+
+
 # ---- the Job's termination message -------------------------------------------------------------
 # The shapes `python -m model_handler.heal` writes (see model_handler/heal.py).
 
@@ -157,7 +175,7 @@ def test_parse_a_promotable_result():
     result = d.parse_job_result(json.dumps(PROMOTABLE, separators=(",", ":")))
     assert result == d.JobResult(version="v2", parent="v1", state="candidate", promotable=True,
                                  reason=PROMOTABLE["reason"], steps=("recalibrate", "adapter"), failed_checks=(),
-                                 rows=3000, sha256="ab" * 32, error=None)
+                                 rows=3000, sha256="ab" * 32, error=None, verdict="promote")
 
 
 def test_parse_refused_nothing_and_crashed_results():
@@ -195,7 +213,8 @@ def test_unusable_messages_become_errors(message, error):
 @given(st.one_of(st.text(max_size=300), st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["version", "promotable", "passed", "steps", "failed", "error", "reason", "rows", "x"]),
+        st.sampled_from(["version", "promotable", "passed", "steps", "failed", "error", "reason", "rows", "x",
+                         "verdict", "evidence", "estimate"]),
         children, max_size=6),
     max_leaves=20).map(json.dumps)))
 def test_parse_job_result_never_raises(message):
@@ -218,7 +237,6 @@ def test_promotion_follows_the_mode_for_a_passing_candidate():
 @pytest.mark.parametrize("message, reason", [
     (REFUSED, REFUSED["reason"]),
     ({**REFUSED, "reason": ""}, "gate failed: class_rates, disagreement"),
-    (NOTHING, NOTHING["reason"]),
     (CRASHED, "heal Job failed: RegistryError: adapter v1 not found"),
 ])
 @pytest.mark.parametrize("mode", ["Auto", "Manual"])
@@ -226,9 +244,103 @@ def test_anything_but_a_passing_candidate_is_rejected(message, reason, mode):
     assert d.promotion_action(mode, d.parse_job_result(json.dumps(message))) == ("reject", reason)
 
 
+@pytest.mark.parametrize("mode", ["Auto", "Manual"])
+def test_a_heal_with_nothing_to_fix_ends_as_nothing_not_as_a_rejection(mode):
+    """An older Job's `state: none` (no verdict) and a newer Job's verdict `nothing` end alike."""
+    assert d.parse_job_result(json.dumps(NOTHING)).verdict == "nothing"
+    assert d.promotion_action(mode, d.parse_job_result(json.dumps(NOTHING))) == ("nothing", NOTHING["reason"])
+    newer = {**NOTHING, "verdict": "nothing", "reason": "no signal explained by a fixable shift"}
+    assert d.promotion_action(mode, d.parse_job_result(json.dumps(newer))) == ("nothing", newer["reason"])
+
+
+ESTIMATE = {"estimator": "rule-agreement", "before": 0.41, "after": 0.93, "note": ""}
+APPROVE = {**PROMOTABLE, "verdict": "approve", "evidence": [],
+           "reason": "the prior correction passed the safety checks; no trusted rule fires on the moved classes",
+           "estimate": {"estimator": "rule-agreement", "before": 0.8, "after": None,
+                        "note": "no trusted rule covers the candidate's changes"}}
+
+
+def test_verdicts_of_a_newer_job_are_read_with_their_evidence_and_estimate():
+    promote = d.parse_job_result(json.dumps({**PROMOTABLE, "verdict": "promote", "estimate": ESTIMATE,
+                                             "evidence": ["holdout rule conflict 0.31 -> 0.02"]}))
+    assert (promote.verdict, promote.evidence, promote.estimate) == (
+        "promote", ("holdout rule conflict 0.31 -> 0.02",), ESTIMATE)
+    approve = d.parse_job_result(json.dumps(APPROVE))
+    assert approve.verdict == "approve" and approve.promotable and approve.estimate["after"] is None
+    assert d.parse_job_result(json.dumps({**REFUSED, "verdict": "reject"})).verdict == "reject"
+    # older messages: promotable -> promote, a rejected state -> reject
+    assert d.parse_job_result(json.dumps(PROMOTABLE)).verdict == "promote"
+    assert d.parse_job_result(json.dumps(REFUSED)).verdict == "reject"
+    assert d.parse_job_result(json.dumps(CRASHED)).verdict is None
+    # a verdict alone is a result
+    alone = d.parse_job_result(json.dumps({"version": "v3", "verdict": "approve"}))
+    assert alone.promotable and not alone.error
+    # the Job writes promotable: false with approve, for older operators; the verdict decides here
+    held = d.parse_job_result(json.dumps({**APPROVE, "promotable": False}))
+    assert held.promotable and d.promotion_action("Auto", held).action == "await-approval"
+    assert not d.parse_job_result(json.dumps({**PROMOTABLE, "verdict": "reject"})).promotable
+
+
+def test_an_unknown_verdict_is_an_error_not_a_promotion():
+    result = d.parse_job_result(json.dumps({**PROMOTABLE, "verdict": "ship-it"}))
+    assert "verdict" in result.error and not result.promotable
+    assert d.promotion_action("Auto", result).action == "reject"
+
+
+@pytest.mark.parametrize("estimate, expected", [
+    ({"estimator": "em", "before": 0.5, "after": 1}, {"estimator": "em", "before": 0.5, "after": 1.0, "note": ""}),
+    ({"estimator": "em", "before": 1.7, "after": True, "note": "low rows"},
+     {"estimator": "em", "before": None, "after": None,
+      "note": "low rows; before 1.7 is not an accuracy in [0, 1]; after True is not an accuracy in [0, 1]"}),
+    ([0.5], {"estimator": "", "before": None, "after": None, "note": "unreadable estimate: a list, not an object"}),
+    (None, None),
+])
+def test_a_malformed_estimate_is_unknown_with_a_note_never_an_error(estimate, expected):
+    result = d.parse_job_result(json.dumps({**PROMOTABLE, "verdict": "promote", "estimate": estimate}))
+    assert result.estimate == expected and not result.error and result.verdict == "promote"
+    nan = d.parse_job_result('{"version": "v2", "verdict": "promote", "estimate": {"before": NaN}}')
+    assert nan.estimate["before"] is None and "nan" in nan.estimate["note"]
+
+
+@pytest.mark.parametrize("mode", ["Auto", "Manual", "Off"])
+def test_approve_always_waits_for_a_person_and_says_why(mode):
+    action, reason = d.promotion_action(mode, d.parse_job_result(json.dumps(APPROVE)))
+    assert action == "await-approval"
+    assert "no independent evidence supports the fix" in reason and APPROVE["reason"] in reason
+    assert "spec.adapter.version: v2" in reason
+
+
+def test_promote_follows_the_mode_and_reject_rejects():
+    promote = d.parse_job_result(json.dumps({**PROMOTABLE, "verdict": "promote"}))
+    assert d.promotion_action("Auto", promote) == ("promote", f"v2 passed the gate: {PROMOTABLE['reason']}")
+    assert d.promotion_action("Manual", promote).action == "await-approval"
+    rejected = d.parse_job_result(json.dumps({**PROMOTABLE, "verdict": "reject", "reason": "no evidence"}))
+    assert d.promotion_action("Auto", rejected) == ("reject", "no evidence")
+
+
+def test_approve_command_is_a_merge_patch_of_the_version():
+    command = d.approve_command("fraud", "prod", "v3")
+    assert command.startswith("kubectl patch shm fraud -n prod --type merge -p ")
+    assert json.loads(command.split(" -p ", 1)[1].strip("'")) == {"spec": {"adapter": {"version": "v3"}}}
+
+
 def test_unreadable_result_is_rejected_with_the_parse_error():
     action, reason = d.promotion_action("Auto", d.parse_job_result("oops"))
     assert action == "reject" and "not JSON" in reason
+
+
+def test_performance_comes_from_a_finished_heals_estimate():
+    estimate = {"estimator": "em", "before": 0.41, "after": 0.934, "note": ""}
+    last = {"job": "fraud-heal-4", "version": "v3", "result": "Promoted", "estimate": estimate}
+    assert d.performance(last, NOW) == {"estimator": "em", "accuracy": 0.934, "display": "0.93",
+                                        "basis": "candidate v3 after heal fraud-heal-4",
+                                        "updated": "2026-11-22T19:00:00Z"}
+    for result in ("AwaitingApproval", "Rejected", "NothingToFix", "Failed"):
+        held = d.performance({**last, "result": result}, NOW)
+        assert (held["accuracy"], held["basis"]) == (0.41, "served before heal fraud-heal-4")
+    assert d.performance({**last, "estimate": {**estimate, "after": None}}, NOW)["display"] == "unknown"
+    assert d.performance({**last, "result": "Running"}, NOW) is None
+    assert d.performance({**last, "estimate": None}, NOW) is None
 
 
 # ---- rollback ----------------------------------------------------------------------------------
@@ -323,6 +435,8 @@ def test_a_numeric_rule_condition_is_refused():
 @pytest.mark.parametrize("changes, expected", [
     ({"drift__inputOff": 0.2}, "spec.drift.inputOff: 0.2 is above inputOn 0.1: drift could never clear"),
     ({"drift__conflictOff": 0.06}, "spec.drift.conflictOff: 0.06 is above conflictOn 0.05"),
+    ({"drift__labelShiftOff": 0.5}, "spec.drift.labelShiftOff: 0.5 is above labelShiftOn 0.4: drift could never clear"),
+    ({"drift__labelShiftOn": 0.1}, "spec.drift.labelShiftOff: 0.2 is above labelShiftOn 0.1"),
     ({"drift__minSamples": 600}, "spec.drift.minSamples: 600 is above windowRows 500"),
     ({"healing__minRows": 4000}, "spec.healing.minRows: 4000 is above trainingWindowRows 3000"),
     ({"promotion__rollback__watchSeconds": 20}, "spec.promotion.rollback.watchSeconds: 20s is shorter than"),

@@ -19,7 +19,7 @@ from safetensors.numpy import save as save_tensors
 
 from model_handler.registry import (AdapterExistsError, AdapterMeta, AdapterNotFoundError,
                                     AdapterRegistry, CorruptAdapterError, IncompleteAdapterError,
-                                    RegistryError)
+                                    RegistryError, next_version, version_number)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,6 +241,29 @@ def test_versions_sort_naturally_and_next_version_follows_the_largest(registry):
         registry.put(name, adapter_bytes(), meta())
     assert registry.versions() == ["hotfix-a", "v1", "v2", "v9", "v10"]
     assert registry.next_version() == "v11"
+
+
+@pytest.mark.parametrize("existing, expected", [
+    ([], "v1"), (["base"], "v1"), (["v1", "v2"], "v3"),
+    (["v9", "v10", "v2"], "v11"),                 # natural order, not "v9" > "v10"
+    (["v1", "v3"], "v4"),                         # a deleted v2 is never reused
+    (["v2-hotfix", "v01", "V3", "v0"], "v1"),     # only v<n> names count
+])
+def test_next_version(existing, expected):
+    assert next_version(existing) == expected
+    assert expected not in existing
+
+
+def test_version_number():
+    assert (version_number("v12"), version_number("base"), version_number("v1.2")) == (12, None, None)
+
+
+def test_the_registry_names_versions_by_the_one_rule(registry):
+    """The operator names a heal's version with next_version, the registry its next free name:
+    one rule (the registry once counted v01 as 1 and the operator did not)."""
+    for name in ["v01", "v0", "v3-hotfix"]:
+        registry.put(name, adapter_bytes(), meta())
+    assert registry.next_version() == next_version(registry.versions()) == "v1"
 
 
 def test_set_state_rewrites_only_meta(registry, tmp_path):

@@ -68,7 +68,7 @@ def timer_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
     patch, status = kopf.Patch(), copy.deepcopy(status)
     asyncio.run(monitor.observe_pods("fraud", "ns", spec, status, {}, kopf.Memo(), None, patch, T))
     asyncio.run(monitor.watch_rollout("fraud", "ns", spec, status, {}, kopf.Memo(), patch, None, T))
-    set_condition_in(patch, status, "DriftDetected", True, "BothSignals", "both on", T)
+    set_condition_in(patch, status, "DriftDetected", True, "SeveralSignals", "input, rules", T)
     refresh_phase(patch, status)   # as tick() ends
     return patch
 
