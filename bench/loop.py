@@ -298,7 +298,8 @@ class OperatorLoop:
                             "rows": job.result.get("rows"), "steps": job.result.get("steps", []),
                             "reason": action.reason[:300]})
         if outcome == "Promoted":
-            self.pending_promotion = {"to": job.version, "asked": self.t}
+            self.pending_promotion = {"to": job.version, "asked": self.t,
+                                      "classRates": job.result.get("classRates") or {}}
             self._try_rollout()
         elif outcome == "AwaitingApproval":
             self.candidate = job.version
@@ -315,13 +316,12 @@ class OperatorLoop:
         summary = {"version": job.version, "parent": job.parent, "rows": int(len(x)), "steps": result.steps,
                    "promotable": result.promotable, "labelsUsed": result.labels_used,
                    "reason": result.reason[:1000], "failed": result.gate.failed if result.gate else []}
-        verdict = getattr(result, "verdict", None)
-        if isinstance(verdict, str):
-            summary["verdict"] = verdict
-        if result.candidate is None:
+        summary["verdict"] = result.verdict
+        summary["classRates"] = dict(zip(self.reference.classes, result.class_rates))
+        if result.candidate is None or result.verdict == "nothing":
             return {**summary, "state": "none"}
         self.models[job.version] = result.candidate
-        return {**summary, "state": "candidate" if result.promotable else "rejected"}
+        return {**summary, "state": "candidate" if result.verdict in ("promote", "approve") else "rejected"}
 
     # ---- rollout and watch -----------------------------------------------------------------
 
@@ -338,7 +338,8 @@ class OperatorLoop:
         self.promoted.append(pending["to"])
         self.rollout = {"from": self.desired, "to": pending["to"], "complete": self.t, "watchedRows": 0,
                         "baseline": {**(pre or policy.baseline({})),
-                                     "referenceClassRates": class_rates(self.reference.counts)}}
+                                     "referenceClassRates": class_rates(self.reference.counts),
+                                     "expectedClassRates": pending.get("classRates") or {}}}
         self.desired = pending["to"]
         self._new_pods()          # RollingRestart: new pods; windows hold only new-adapter traffic
 

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> dict:
                "promotable": verdict == "promote", "verdict": verdict,
                "evidence": [str(e) for e in (getattr(result, "evidence", None) or [])],
                "estimate": estimate_of(result),
+               "classRates": dict(zip(classes, [float(r) for r in getattr(result, "class_rates", None) or []])),
                "labelsUsed": result.labels_used, "reason": result.reason[:1000],
                "failed": result.gate.failed if result.gate else []}
     if result.candidate is None or verdict == "nothing":

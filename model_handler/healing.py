@@ -79,6 +79,9 @@ class HealResult:
     gate: GateReport | None
     labels_used: int = 0
     estimate: dict = field(default_factory=dict)   # label-free accuracy estimate, before and after
+    # The candidate's predicted class shares on the held-out rows: what the gate certified, and what
+    # the rollback watch expects live (a heal that finds new fraud raises the fraud rate on purpose).
+    class_rates: list[float] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -530,9 +533,11 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         after, why_after = estimate_accuracy(model_, x_hold, expected_prior if "prior" in steps_ else train_prior)
         note = "; ".join(f"{when}: {why}" for when, value, why in (("before", before, why_before),
                                                                    ("after", after, why_after)) if value is None)
+        pred = model_.predict_proba(x_hold).argmax(1).numpy()
+        rates = (np.bincount(pred, minlength=len(model_.spec.classes)) / max(len(pred), 1)).round(5).tolist()
         return HealResult(model_, steps_, diagnosis, report, labels_used,
                           {"estimator": estimator, "before": before, "after": after,
-                           "note": note or "both estimates stand"})
+                           "note": note or "both estimates stand"}, rates)
 
     report = judge(candidate, steps)
     if not report.passed:

@@ -144,6 +144,15 @@ class HealingMode(str, DescribedEnum):
     OFF = "Off"
 
 
+class RuleKind(str, DescribedEnum):
+    """heuristic: an analyst's rule of thumb, trusted as far as the evidence agrees (its training-time
+    precision, less where its inputs moved beyond what a recalibration explains); definition: holds
+    by definition whatever the traffic does (always trusted, also when its inputs drift)."""
+
+    HEURISTIC = "heuristic"
+    DEFINITION = "definition"
+
+
 class RolloutStrategy(str, DescribedEnum):
     """How pods move to a new adapter: RollingRestart replaces the pods one by one (the Deployment
     rolls); HotSwap keeps the pods and each swaps the adapter atomically between requests."""
@@ -232,6 +241,9 @@ class Rule(SpecModel):
         ..., description="The class (one of spec.classes) that rows matching `when` belong to.")
     weight: schema.confloat(gt=0, allow_inf_nan=False) = Field(
         1.0, description="How much the analysts trust the rule, > 0.")
+    kind: RuleKind = Field(
+        RuleKind.HEURISTIC, description="heuristic (trusted as far as the evidence agrees) or definition (always "
+                                        "holds, trusted even when its inputs drift).")
 
 
 class DriftSpec(SpecModel):
@@ -380,7 +392,7 @@ class SelfHealingModelSpec(SpecModel):
         """The config the heal Job reads (`python -m model_handler.heal --config-json`): the rules,
         the objective and row counts under `healing`, the gate limits under `promotion`."""
         healing = self.healing
-        return {"rules": [rule.model_dump() for rule in self.rules],
+        return {"rules": [rule.model_dump(mode="json") for rule in self.rules],
                 "healing": {"trainingWindowRows": healing.training_window_rows, "minRows": healing.min_rows,
                             "seed": healing.seed, **healing.objective.model_dump()},
                 "promotion": self.promotion.gate.model_dump()}
@@ -496,6 +508,9 @@ class LastHeal(Described):
                           "whatever the mode), reject, or nothing (nothing to fix).")
     evidence: list[str] = Field(default_factory=list, description="The independent checks behind the verdict.")
     estimate: schema.Optional[HealEstimate] = Field(None)
+    class_rates: schema.Optional[dict[str, float]] = Field(
+        None, description="The candidate's predicted class shares on the held-out rows the gate judged: what the "
+                          "rollback watch expects live once it serves.")
     reason: schema.Optional[schema.constr(max_length=4096)] = Field(None, description="Why, in words.")
     steps: list[str] = Field(default_factory=list, description="Fixes the heal applied, cheapest first.")
     failed_checks: list[str] = Field(default_factory=list, description="Promotion gate checks the candidate failed.")
@@ -530,6 +545,9 @@ class RolloutBaseline(Described):
     class_rates: dict[str, float] = Field(default_factory=dict, description="Predicted class shares before.")
     reference_class_rates: dict[str, float] = Field(
         default_factory=dict, description="Predicted class shares on the training data.")
+    expected_class_rates: dict[str, float] = Field(
+        default_factory=dict, description="Predicted class shares the heal's gate certified for this version on "
+                                          "held-out rows (empty for a version no heal of this model made).")
 
 
 class RolloutStatus(Described):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, Mapping, NamedTuple, Sequence
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # The one rule for naming a new adapter version lives with the registry; re-exported for bench.loop.
 from model_handler.registry import next_version, version_number  # noqa: F401
@@ -189,6 +189,7 @@ class _JobMessage(BaseModel):
     failed: list[str] = []
     evidence: list[str] = []
     estimate: Any = None
+    class_rates: dict[str, float] = Field(default_factory=dict, alias="classRates")
     rows: int | None = None
     sha256: str | None = None
     error: str | None = None
@@ -220,6 +221,7 @@ class JobResult:
     verdict: str | None = None
     evidence: tuple[str, ...] = ()
     estimate: Mapping | None = None
+    class_rates: Mapping[str, float] = field(default_factory=dict)   # the candidate's, held out
 
 
 def read_estimate(raw) -> dict | None:
@@ -287,7 +289,7 @@ def parse_job_result(termination_message: str | None) -> JobResult:
                      steps=tuple(message.steps), failed_checks=tuple(message.failed), rows=message.rows,
                      sha256=message.sha256, error=f"heal Job failed: {message.error}" if message.error else None,
                      verdict=verdict if message.error is None else None, evidence=tuple(message.evidence),
-                     estimate=read_estimate(message.estimate))
+                     estimate=read_estimate(message.estimate), class_rates=dict(message.class_rates))
 
 
 class Promotion(NamedTuple):

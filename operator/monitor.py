@@ -281,7 +281,8 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
     result = decisions.parse_job_result(next((m for m in map(k8s.termination_message, pods) if m), ""))
     last.update(finished=iso(t), steps=list(result.steps), failedChecks=list(result.failed_checks),
                 verdict=result.verdict, evidence=[e[:300] for e in result.evidence[:20]],
-                estimate=dict(result.estimate) if result.estimate else None)
+                estimate=dict(result.estimate) if result.estimate else None,
+                classRates=dict(result.class_rates) or None)
     if "Failed" in done or result.error:
         failed = done.get("Failed") or {}
         # The Job's own reason first (DeadlineExceeded, BackoffLimitExceeded), then what the pod said.

@@ -82,8 +82,10 @@ def rollout_verdict(base: Mapping, fresh: Mapping, reference_rates: Mapping[str,
                     elapsed_seconds: float) -> Decision:
     """Judge one live window (a drift summary) of a rollout against its baseline.
 
-    Harm must show against both the window before the rollout and the training data: a heal that
-    ends a collapse changes class rates a lot, but back towards the training ones."""
+    Harm must show against the window before the rollout, the training data, and the class shares
+    the heal's gate certified for this version on held-out rows (`expectedClassRates`): a heal that
+    ends a collapse changes class rates a lot, but back towards the training ones, and one that
+    learns a new fraud pattern raises the fraud rate on purpose, by as much as its gate saw."""
     pre = RolloutSignals(base.get("samples", 0), base.get("ruleConflict", 0.0), base.get("classRates") or {})
     rates = (fresh.get("classRates") or {}) if pre.class_rates else {}
     live = RolloutSignals(fresh["samples"], fresh["ruleConflict"], rates)
@@ -93,6 +95,12 @@ def rollout_verdict(base: Mapping, fresh: Mapping, reference_rates: Mapping[str,
                                          limits, elapsed_seconds)
         if not versus_training.act:
             decision = versus_training
+    expected = base.get("expectedClassRates") or {}
+    if decision.act and expected and rates:
+        versus_expected = rollback_check(RolloutSignals(pre.samples, pre.rule_conflict, expected), live,
+                                         limits, elapsed_seconds)
+        if not versus_expected.act:
+            decision = versus_expected
     return decision
 
 

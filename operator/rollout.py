@@ -115,7 +115,8 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     start_rollout(patch, status, {"from": accepted, "to": requested, "strategy": strategy, "started": iso(t),
                                   "complete": None, "watch": watch,
                                   "baseline": {**(pre or baseline({})),
-                                               "referenceClassRates": memo.get("reference_class_rates") or {}}})
+                                               "referenceClassRates": memo.get("reference_class_rates") or {},
+                                               "expectedClassRates": expected_rates(status, requested)}})
     clear_pending(patch, status)
     clear_refusal(patch, status, requested, t)
     kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
@@ -173,6 +174,12 @@ def watched(by: str, version: str, status: dict) -> bool:
 def clear_pending(patch, status: dict) -> None:
     if (status.get("adapter") or {}).get("pending"):
         update_adapter(patch, status, pending=None)
+
+
+def expected_rates(status: dict, version: str) -> dict:
+    """The class shares the heal that made `version` certified on held-out rows, if it was the last."""
+    last = status.get("lastHeal") or {}
+    return dict(last.get("classRates") or {}) if last.get("version") == version else {}
 
 
 def baseline_wait(spec: dict, memo, serving: str, requested: str, t: dt.datetime,
