@@ -467,7 +467,9 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
                 check("rule_ranking_kept", after - before, -0.02, after >= before - 0.02,
                       f"AUC of rule-labelled held-out rows {before:.3f} -> {after:.3f}")
     rise = conflict_cand - conflict_served
-    check("no_new_trusted_rule_conflicts", rise, config.conflict_tolerance, rise <= config.conflict_tolerance,
+    # beyond the tolerance and 3 standard errors of the difference: a handful of rows is not a rise
+    tolerance = config.conflict_tolerance + 3.0 * np.sqrt((conflict_served + conflict_cand) / max(len(x_np), 1))
+    check("no_new_trusted_rule_conflicts", rise, tolerance, rise <= tolerance,
           f"trusted-rule conflicts {conflict_served:.4f} -> {conflict_cand:.4f}")
 
     counts = np.bincount(pred_cand.numpy(), minlength=p_cand.shape[1])

@@ -196,7 +196,7 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor,
         if len(np.unique(r)) < 10 and r[0] == r[1]:
             # a point mass (zero-inflated: 0 in half the rows): fit the continuous part above it
             use = (r > r[0] + 1e-9) & (c > c[0] + 1e-9)
-            if use.sum() < 6:
+            if len(np.unique(r[use])) < 6 or len(np.unique(c[use])) < 6:
                 continue
             r_use, c_use = r[use], c[use]
             scale, shift = np.polyfit(r_use, c_use, 1)
