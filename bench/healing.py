@@ -26,7 +26,7 @@ Protocol (the same data for every method):
 - gap_closed = (m - m_none) / (m_oracle - m_none) in the primary metric, on the holdout; only
   where the oracle gains at least MIN_ORACLE_GAIN.
 - Detection: delay in rows from the onset (the stream's first drifted row) to DriftDetected.
-  Stationary traffic: the same loop on the clean source stream; windows with both signals on
+  Stationary traffic: the same loop on shuffled clean source rows; windows with any signal on
   (alarms: any signal on), drift declarations, Jobs and promotions.
 - labels_used counts true labels of the drifted traffic a method touched: 0 for all but the
   oracle (source labels are training data, used by every method alike).
