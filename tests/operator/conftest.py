@@ -119,3 +119,15 @@ def operator(sandbox, namespace, tmp_path):
     assert "Traceback" not in log, f"the operator logged a crash:\n{log[log.index('Traceback') - 500:][:4000]}"
     denied = running.calls_denied_by_chart()
     assert not denied, f"the operator made API calls the chart's RBAC does not allow: {denied[:20]}"
+
+
+@pytest.fixture
+def spec(tmp_path) -> dict:
+    """The example SelfHealingModel's spec, defaults filled in, with a registry in tmp_path."""
+    from shm_operator.status import full_spec
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "fraud" / "selfhealingmodel.yaml"
+    spec = yaml.safe_load(example.read_text())["spec"]
+    (tmp_path / "store").mkdir()
+    spec["storage"] = {"uri": (tmp_path / "store").as_uri()}
+    return full_spec(spec)

@@ -16,7 +16,6 @@ from pathlib import Path
 import kopf
 import numpy as np
 import pytest
-import yaml
 from safetensors.numpy import save as save_tensors
 
 from model_handler.registry import AdapterRegistry
@@ -24,7 +23,6 @@ from shm_operator import decisions, monitor
 from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fraud" / "selfhealingmodel.yaml"
 BODY = {"apiVersion": "selfheal.io/v1alpha1", "kind": "SelfHealingModel",
         "metadata": {"name": "jobs", "namespace": "ns", "uid": "u-1"}}
 
@@ -61,14 +59,6 @@ def jobs(monkeypatch) -> Jobs:
     for poster in ("info", "warn"):
         monkeypatch.setattr(kopf, poster, lambda *args, **kwargs: None)
     return fake
-
-
-@pytest.fixture
-def spec(tmp_path) -> dict:
-    spec = yaml.safe_load(EXAMPLE.read_text())["spec"]
-    (tmp_path / "store").mkdir()
-    spec["storage"] = {"uri": (tmp_path / "store").as_uri()}
-    return monitor.full_spec(spec)
 
 
 def commit(registry: AdapterRegistry, version: str) -> None:

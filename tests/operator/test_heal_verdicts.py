@@ -13,7 +13,6 @@ from pathlib import Path
 import kopf
 import pytest
 import torch
-import yaml
 
 from model_handler.model import ModelSpec, SelfHealingNet, adapter_to_bytes
 from model_handler.registry import AdapterRegistry
@@ -21,7 +20,6 @@ from shm_operator import monitor
 from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fraud" / "selfhealingmodel.yaml"
 ESTIMATE = {"estimator": "rule-agreement", "before": 0.412, "after": 0.93, "note": ""}
 
 
@@ -49,14 +47,6 @@ class Cluster:
 @pytest.fixture
 def cluster(monkeypatch) -> Cluster:
     return Cluster(monkeypatch)
-
-
-@pytest.fixture
-def spec(tmp_path) -> dict:
-    spec = yaml.safe_load(EXAMPLE.read_text())["spec"]
-    (tmp_path / "store").mkdir()
-    spec["storage"] = {"uri": (tmp_path / "store").as_uri()}
-    return monitor.full_spec(spec)
 
 
 def candidate(spec: dict, version: str = "v1") -> str:
