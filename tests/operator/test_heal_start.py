@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
-from pathlib import Path
 
 import kopf
 import numpy as np

@@ -8,7 +8,6 @@ import asyncio
 import copy
 import datetime as dt
 import json
-from pathlib import Path
 
 import kopf
 import pytest
