@@ -53,7 +53,8 @@ class GateConfig:
                                           # by the evidence, not by how large it is)
     max_mapped_psi: float = 0.1           # held-out PSI of a recalibrated feature vs the training bins
     max_mixture_misfit: float = 0.1       # PSI of a feature against the training classes mixed anew
-    min_repair: float = 0.4               # log(1.5): a plain shift must bring predicted class rates this much
+    min_repair_reflection: float = 0.4    # log(1.5): the same for a reflection its rank correlations support
+    min_repair: float = 0.69              # log(2): a plain shift must bring predicted class rates this much
                                           # closer to the training prior than leaving the feature alone
     min_informative_correlation: float = 0.15   # |rank correlation| that makes a feature a witness
     correlation_tolerance: float = 0.05   # plus 3 standard errors (1/sqrt(n)) of rank correlation
@@ -275,27 +276,34 @@ def swap_map(into: SelfHealingNet, source: SelfHealingNet, j: int) -> SelfHealin
     return clone
 
 
-def mixture_misfit(model: SelfHealingNet, reference: ReferenceProfile, x: np.ndarray,
-                   prior: np.ndarray) -> tuple[float, float, str] | None:
+def mixture_misfit(model: SelfHealingNet, reference: ReferenceProfile, x: np.ndarray, prior: np.ndarray,
+                   min_predicted: float = 0.01) -> tuple[float, float, str] | None:
     """Does a pure label shift explain the inputs? Under one, each feature's histogram is the
-    training classes' histograms mixed with the new prior. Returns (worst misfit PSI, that
-    feature's PSI against the training marginal, detail), or None without per-class counts.
-    Inputs are read as the model sees them, mapped back into training units."""
+    training classes' histograms mixed with the new prior. Only features that prior would move
+    (PSI of the mixture against the training data >= min_predicted) are asked: a feature the
+    classes share can drift for reasons of its own next to a real label shift. Returns (worst
+    misfit PSI, that feature's PSI against the training data, detail), or None without per-class
+    counts or without a feature the prior would move. Inputs are read as the model sees them,
+    mapped back into training units."""
     from model_handler.drift import psi
 
     expected = reference.mixture_bins(prior)
     if expected is None:
         return None
     observed = reference.bin_counts(model.restore_inputs(x))
-    worst = (0.0, 0.0, "")
+    training = reference.counts.counters["bins"]
+    worst = None
     for j, name in enumerate(reference.features):
-        lo, hi = reference.offsets[j], reference.offsets[j + 1]
-        misfit = psi(expected[lo:hi], observed[lo:hi])
-        moved = psi(reference.counts.counters["bins"][lo:hi], observed[lo:hi])
-        if misfit > worst[0]:
+        lo, hi = reference.offsets[j], reference.offsets[j + 1] - 1   # the last slot counts non-finite values
+        if psi(training[lo:hi], expected[lo:hi] * 1e6) < min_predicted:
+            continue
+        misfit = psi(expected[lo:hi] * 1e6, observed[lo:hi])
+        moved = psi(training[lo:hi], observed[lo:hi])
+        excess = misfit - max(0.1, 0.5 * moved)
+        if worst is None or excess > worst[3]:
             worst = (misfit, moved, f"{name}: PSI {misfit:.3f} against the classes mixed anew, {moved:.3f} against "
-                                    "the training data")
-    return worst
+                                    "the training data", excess)
+    return None if worst is None else worst[:3]
 
 
 def witness_conflicts(model: SelfHealingNet, rules: RuleSet, x: np.ndarray, trusted: np.ndarray,
@@ -398,8 +406,9 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
                 # changed together may each repair only with the other)
                 gain = max(served_distance - class_rate_distance(swap_map(served, candidate, j), x_repair, prior_now),
                            class_rate_distance(swap_map(candidate, served, j), x_repair, prior_now) - mapped_distance)
-                check(f"map_repairs_predictions[{name}]", gain, config.min_repair,
-                      gain >= config.min_repair,
+                # a reflection whose rank correlations all reversed has evidence of its own: a lower bar
+                need = config.min_repair_reflection if kind.startswith("reflection (rank") else config.min_repair
+                check(f"map_repairs_predictions[{name}]", gain, need, gain >= need,
                       f"{kind}: predicted class rates {gain:+.2f} (log ratio) closer to the training prior with "
                       f"the map than without", "evidence", "recalibrate")
             value = mapped_feature_psi(candidate, reference, x_np, j)

@@ -52,7 +52,7 @@ class HealConfig:
     reflection_min_gain: float = 0.02   # a decreasing map must fit this much better (r2) than an increasing one
     # 2. prior correction
     prior_min_ratio: float = 1.5        # estimated / assumed class rate, any class
-    prior_min_delta: float = 0.02       # and at least this far apart in absolute terms
+    prior_min_delta: float = 0.005      # and at least this far apart in absolute terms (1% -> 3% counts)
     em_iterations: int = 100
     prior_bootstraps: int = 40          # bootstrap draws for the prior's interval
     # 3. adapter training
