@@ -37,7 +37,6 @@ from model_handler.training import QUANTILES
 
 @dataclass
 class GateConfig:
-    min_input_fit_gain: float = 0.05      # relative drop of input PSI a recalibration must achieve
     min_prior_fit_gain: float = 1e-3      # mean held-out log-likelihood gain of a prior correction
     min_conflict_drop: float = 0.005      # absolute drop of trusted-rule conflict rate
     conflict_tolerance: float = 0.002     # trusted-rule conflicts may not rise more than this

@@ -53,7 +53,6 @@ class HealConfig:
     # 2. prior correction
     prior_min_ratio: float = 1.5        # estimated / assumed class rate, any class
     prior_min_delta: float = 0.005      # and at least this far apart in absolute terms (1% -> 3% counts)
-    em_iterations: int = 100
     prior_bootstraps: int = 40          # bootstrap draws for the prior's interval
     # 3. adapter training
     min_trust: float = 0.5              # rules whose inputs drifted more than this abstain
@@ -246,21 +245,6 @@ def apply_recalibration(model: SelfHealingNet, found: dict[int, tuple]) -> None:
 
 
 # ---- 2. prior correction ---------------------------------------------------------------------
-
-def estimate_prior_em(probs: torch.Tensor, assumed: np.ndarray, iterations: int = 100) -> np.ndarray:
-    """Saerens-Latinne-Decaestecker EM: the class prior that best explains unlabeled rows."""
-    p = probs.double().numpy()
-    prior = assumed.copy()
-    for _ in range(iterations):
-        w = p * (prior / assumed)
-        w /= w.sum(1, keepdims=True)
-        new = w.mean(0)
-        if np.abs(new - prior).max() < 1e-7:
-            prior = new
-            break
-        prior = new
-    return prior
-
 
 def prior_changed(estimated: np.ndarray, assumed: np.ndarray, config: HealConfig) -> bool:
     ratio = np.maximum(estimated, 1e-6) / np.maximum(assumed, 1e-6)
