@@ -275,15 +275,14 @@ def swap_map(into: SelfHealingNet, source: SelfHealingNet, j: int) -> SelfHealin
     return clone
 
 
-def mixture_misfit(model: SelfHealingNet, reference: ReferenceProfile, x: np.ndarray, prior: np.ndarray,
-                   min_predicted: float = 0.01) -> tuple[float, float, str] | None:
+def mixture_misfit(model: SelfHealingNet, reference: ReferenceProfile, x: np.ndarray,
+                   prior: np.ndarray) -> tuple[float, float, str] | None:
     """Does a pure label shift explain the inputs? Under one, each feature's histogram is the
-    training classes' histograms mixed with the new prior. Only features that prior would move
-    (PSI of the mixture against the training data >= min_predicted) are asked: a feature the
-    classes share can drift for reasons of its own next to a real label shift. Returns (worst
-    misfit PSI, that feature's PSI against the training data, detail), or None without per-class
-    counts or without a feature the prior would move. Inputs are read as the model sees them,
-    mapped back into training units."""
+    training classes' histograms mixed with the new prior. Returns (worst misfit PSI, that
+    feature's PSI against the training data, detail), or None without per-class counts. Inputs
+    are read as the model sees them, mapped back into training units. Every feature is asked,
+    also one the classes share: a population that changed next to the label shift leaves the
+    correction unproven (on ULB's second day it refuses every prior correction)."""
     from model_handler.drift import psi
 
     expected = reference.mixture_bins(prior)
@@ -291,18 +290,15 @@ def mixture_misfit(model: SelfHealingNet, reference: ReferenceProfile, x: np.nda
         return None
     observed = reference.bin_counts(model.restore_inputs(x))
     training = reference.counts.counters["bins"]
-    worst = None
+    worst = (0.0, 0.0, "")
     for j, name in enumerate(reference.features):
         lo, hi = reference.offsets[j], reference.offsets[j + 1] - 1   # the last slot counts non-finite values
-        if psi(training[lo:hi], expected[lo:hi] * 1e6) < min_predicted:
-            continue
         misfit = psi(expected[lo:hi] * 1e6, observed[lo:hi])
-        moved = psi(training[lo:hi], observed[lo:hi])
-        excess = misfit - max(0.1, 0.5 * moved)
-        if worst is None or excess > worst[3]:
+        if misfit > worst[0]:
+            moved = psi(training[lo:hi], observed[lo:hi])
             worst = (misfit, moved, f"{name}: PSI {misfit:.3f} against the classes mixed anew, {moved:.3f} against "
-                                    "the training data", excess)
-    return None if worst is None else worst[:3]
+                                    "the training data")
+    return worst
 
 
 def witness_conflicts(model: SelfHealingNet, rules: RuleSet, x: np.ndarray, trusted: np.ndarray,
