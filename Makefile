@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench manifests images images-clean clean
+.PHONY: install test demo demo-containers bench manifests images images-clean clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: install
 
 demo: install
 	$(PY) -m sandbox.demo --out out
+
+# The same demo with the pods and the heal Job as podman containers of the built images.
+demo-containers: install images
+	$(PY) -m sandbox.demo --runtime podman --out out/containers --workdir .work/demo-containers
 
 # Both images (docker/): docker where an engine answers, podman otherwise (installed on Debian if
 # missing; storage in .work/podman); offline, a stand-in base and the local torch wheel. Prints sizes.
