@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -236,3 +237,40 @@ def test_a_package_missing_from_the_build_context_fails_the_build(images, tmp_pa
     podman("rmi", "--force", image, check=False)
     assert proc.returncode != 0, output[-3000:]
     assert f"package source not in the build context: {drop} (directory {drop}/)" in output, output[-3000:]
+
+
+# ---------------------------------------------------------------- the demo with pods in containers
+
+
+def test_container_demo_heals_rolls_back_and_forward_with_no_failed_request(images, tmp_path):
+    """`make demo-containers`: the sandbox runs the serving pods and the heal Job as podman containers
+    of the model-server image, with the operator's securityContext; the whole loop (drift, heal Job,
+    rollout, kubectl rollback and roll-forward) completes without a failed request."""
+    from sandbox.containers import LABEL, sandbox_label
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    result = subprocess.run([sys.executable, "-m", "sandbox.demo", "--runtime", "podman", "--out", str(out),
+                             "--workdir", str(work), "--no-live"], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["healed_accuracy"] >= 0.9 and summary["drifted_accuracy"] < 0.5, summary
+    assert summary["failed_requests"] == 0 and summary["rollback_ok"] is True and summary["labels_used"] == 0, summary
+    assert "adapter history: v1 (by operator) -> base (by user) -> v1 (by user)" in result.stdout
+    # every pod ran as a container: its termination-log file was opened to the container's user and
+    # its emptyDir volumes (kept for pods still there at the end) were given to uid 10001 (the
+    # process runtime leaves both to root, 0644); and no container is left behind
+    pods = work / "sandbox" / "pods" / "demo"
+    heal_pods = [p for p in pods.iterdir() if p.name.startswith("fraud-heal-")]
+    serving_pods = [p for p in pods.iterdir() if p.name.startswith("fraud-serving-")]
+    assert heal_pods and len(serving_pods) >= 4, sorted(p.name for p in pods.iterdir())
+    for pod in heal_pods + serving_pods:
+        assert (pod / "termination-log").stat().st_mode & 0o777 == 0o666, pod
+    kept = [pod for pod in heal_pods + serving_pods if (pod / "volumes" / "tmp").exists()]
+    assert heal_pods[0] in kept and len(kept) >= 2, kept
+    assert all((pod / "volumes" / "tmp").stat().st_uid == USER for pod in kept), kept
+    assert json.loads((heal_pods[0] / "termination-log").read_text())["state"] == "candidate"
+    left = podman("ps", "--all", "--filter", f"label={LABEL}={sandbox_label(work / 'sandbox')}",
+                  "--format", "{{.Names}}").stdout.split()
+    assert left == []
