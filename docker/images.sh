@@ -133,11 +133,15 @@ choose_base() {
 
 # ---------------------------------------------------------------- torch
 
+answers() {  # url: whether it answers 2xx within 15 s (python3, which the project needs anyway)
+  timeout 20 python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=15)' "$1" >/dev/null 2>&1
+}
+
 # Sets TORCH_ARGS: nothing when the PyTorch CPU index answers; else the mounts of a local wheel dir
 # and a pip.conf that finds torch there and everything else on PyPI.
 choose_torch() {
   TORCH_ARGS=()
-  if [[ -z ${SELFHEAL_TORCH_WHEEL_DIR:-} ]] && curl -fsS --max-time 15 -o /dev/null "$PYTORCH_CPU_INDEX/torch/"; then
+  if [[ -z ${SELFHEAL_TORCH_WHEEL_DIR:-} ]] && answers "$PYTORCH_CPU_INDEX/torch/"; then
     return
   fi
   local dir=${SELFHEAL_TORCH_WHEEL_DIR:-} candidates
