@@ -7,9 +7,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench manifests clean
+.PHONY: install test demo demo-containers bench manifests images images-clean clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all]'
@@ -24,6 +24,18 @@ test: install
 demo: install
 	$(PY) -m sandbox.demo --out out
 
+# The same demo with the pods and the heal Job as podman containers of the built images.
+demo-containers: install images
+	$(PY) -m sandbox.demo --runtime podman --out out/containers --workdir .work/demo-containers
+
+# Both images (docker/): docker where an engine answers, podman otherwise (installed on Debian if
+# missing; storage in .work/podman); offline, a stand-in base and the local torch wheel. Prints sizes.
+images:
+	bash docker/images.sh build
+
+images-clean:   # the podman containers, images and storage of this repo (several GB)
+	bash docker/images.sh clean
+
 bench: install
 	$(PY) -m bench.healing --json out/healing-full.json
 
@@ -31,5 +43,5 @@ manifests: install   # regenerate the CRD, the chart's copy and deploy/ from ope
 	$(PY) -m shm_operator.crd --write
 	PATH=$(VENV)/bin:$$PATH $(PY) charts/render.py
 
-clean:
+clean: images-clean
 	rm -rf $(VENV) out .work

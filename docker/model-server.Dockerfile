@@ -7,19 +7,19 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/selfheal
 ENV PATH=/opt/selfheal/bin:$PATH
 # The CPU build first, so `torch==2.13.0` from pyproject.toml is satisfied and no CUDA wheel is pulled.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+RUN pip install torch==2.13.0+cpu --index-url ${TORCH_INDEX_URL}
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY model_handler model_handler
-COPY operator operator
-COPY sandbox sandbox
-COPY bench bench
-COPY examples examples
+# Only the packages this image runs (setup.py refuses a named package that is not here).
+ENV SELFHEAL_PACKAGES=model_handler
 RUN pip install ".[serve]"
+RUN python -P -c "import model_handler.handler, model_handler.heal, model_handler.launcher"
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \

@@ -5,20 +5,21 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/selfheal
 ENV PATH=/opt/selfheal/bin:$PATH
 # The CPU build first: `torch==2.13.0` in pyproject.toml is then already satisfied (2.13.0+cpu) and
 # pip does not pull the CUDA wheels from PyPI.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+RUN pip install torch==2.13.0+cpu --index-url ${TORCH_INDEX_URL}
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY model_handler model_handler
+COPY pyproject.toml setup.py README.md ./
 COPY operator operator
-COPY sandbox sandbox
-COPY bench bench
-COPY examples examples
+COPY model_handler model_handler
+# Only the packages this image runs (setup.py refuses a named package that is not here).
+ENV SELFHEAL_PACKAGES=shm_operator,model_handler
 RUN pip install ".[operator]"
+RUN python -P -c "import shm_operator.__main__, model_handler.registry"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 selfheal \

@@ -6,6 +6,8 @@
     python -m sandbox up --foreground --no-node --persist --port P   # the API alone, restartable
     python -m sandbox node               # its node agents (pods, Jobs, Services), in the foreground
     python -m sandbox up --fake-pods sandbox.fakepods:healthy   # pods faked in process (scale tests)
+    python -m sandbox up --runtime podman --share /srv/models    # pods and Jobs as podman containers
+                                         # of their images (`make images` first; sandbox/containers.py)
 """
 from __future__ import annotations
 
@@ -45,9 +47,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"error: a sandbox already runs for {workdir} (pid {state['pid']}); "
               f"run `python -m sandbox down --workdir {workdir}` first", file=sys.stderr)
         return 1
+    try:  # a bad runtime choice is reported here, before anything starts
+        server.node_agents(args.fake_pods, args.runtime, args.share) if not args.no_node else None
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.foreground:
         server.run_foreground(workdir, args.port, on_ready=_print_ready, persist=args.persist, node=not args.no_node,
-                              fake_pods=args.fake_pods)
+                              fake_pods=args.fake_pods, runtime=args.runtime, shared=args.share)
         return 0
     workdir.mkdir(parents=True, exist_ok=True)
     server.state_path(workdir).unlink(missing_ok=True)
@@ -57,7 +64,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(workdir),
              "--port", str(args.port), *(["--persist"] if args.persist else []),
              *(["--no-node"] if args.no_node else []),
-             *(["--fake-pods", args.fake_pods] if args.fake_pods else [])],
+             *(["--fake-pods", args.fake_pods] if args.fake_pods else []),
+             "--runtime", args.runtime, *[a for path in args.share for a in ("--share", str(path))]],
             stdout=subprocess.DEVNULL, stderr=log_file, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -108,9 +116,15 @@ def cmd_node(args: argparse.Namespace) -> int:
     if not state or not _alive(state["pid"]):
         print(f"error: no sandbox API runs for {workdir}; start one with `up --no-node` first", file=sys.stderr)
         return 1
+    try:
+        server.node_agents(None, args.runtime, args.share)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     server.run_node_foreground(workdir, state["url"],
                                on_ready=lambda s: print(f"node agents for {s['url']} (pid {s['pid']})",
-                                                        file=sys.stderr))
+                                                        file=sys.stderr),
+                               runtime=args.runtime, shared=args.share)
     return 0
 
 
@@ -125,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                          help=f"state, kubeconfig and logs (default: {DEFAULT_WORKDIR})")
         cmd.set_defaults(func=func)
+        if name in ("up", "node"):
+            cmd.add_argument("--runtime", choices=("process", "podman"), default="process",
+                             help="how pods and Jobs run: local processes (default) or podman containers of "
+                                  "their images, with their securityContext, volumes, env and ports")
+            cmd.add_argument("--share", action="append", type=Path, default=[], metavar="DIR",
+                             help="with --runtime podman: a directory mounted read-write into every pod and "
+                                  "Job at the same path (model archives, file:// storage); repeatable")
         if name == "up":
             cmd.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (default: a free one)")
             cmd.add_argument("--foreground", action="store_true", help="serve in this process")

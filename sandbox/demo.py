@@ -12,7 +12,11 @@ TorchServe pods), applies the CRD, starts the real operator (`python -m shm_oper
 the Service (`sandbox.loadgen.LoadLoop`). Accuracy is scored with the data generator's labels, which
 selfheal never sees. Status comes from the real `kubectl`.
 
-    python -m sandbox.demo [--out out/] [--no-live]
+    python -m sandbox.demo [--out out/] [--no-live] [--runtime podman]
+
+With `--runtime podman` (`make demo-containers`) the pods and the heal Job run as podman containers
+of the built images (`make images`), with the securityContext the operator writes (uid 10001,
+read-only root, no capabilities); the model directory and the storage are shared into them.
 
 Writes `<out>/demo.json` (headline figures) and `<out>/demo.png` (the accuracy timeline); exit code 0
 only if the heal happened, healed accuracy >= 0.9 and the rollback and roll-forward were clean.
@@ -69,8 +73,8 @@ def parse_time(value: str | None) -> float | None:
 class Cluster:
     """The processes of the demo (sandbox, operator) and the real kubectl pointed at the sandbox."""
 
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
+    def __init__(self, workdir: Path, runtime: str = "process", shared: tuple[Path, ...] = ()):
+        self.workdir, self.runtime, self.shared = workdir, runtime, shared
         self.kubectl_bin = str(self._kubectl())
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.env: dict[str, str] = {}
@@ -93,7 +97,8 @@ class Cluster:
     def start_sandbox(self) -> None:
         sandbox_dir = self.workdir / "sandbox"
         process = self._spawn("sandbox", [sys.executable, "-m", "sandbox", "up", "--foreground",
-                                          "--workdir", str(sandbox_dir)])
+                                          "--workdir", str(sandbox_dir), "--runtime", self.runtime,
+                                          *[a for path in self.shared for a in ("--share", str(path))]])
         deadline = time.monotonic() + 30
         while not ((state := sandbox_server.read_state(sandbox_dir)) and state.get("pid") == process.pid):
             if process.poll() is not None or time.monotonic() > deadline:
@@ -274,12 +279,16 @@ def run_scenario(cluster: Cluster, watch: StatusWatch, loop_box: dict, display_b
     model_dir = build_served(cluster.workdir / "models" / "store", rows=16000, seed=0)
     storage = cluster.workdir / "storage"
     storage.mkdir()
+    if cluster.runtime == "podman":  # network storage, as far as the containers are concerned
+        cluster.shared = (cluster.workdir / "models", storage)
     print("starting the sandbox and the operator ...", flush=True)
     cluster.start_sandbox()
     cluster.start_operator()
     body = yaml.safe_load(EXAMPLE_CR.read_text())
     body["spec"]["model"]["archive"] = str(model_dir)
     body["spec"]["storage"] = {"uri": storage.as_uri()}
+    if cluster.runtime == "podman":
+        body["spec"]["model"]["image"] = model_server_image()
     body["spec"].update(FAST)
     cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(body))
     watch.start()
@@ -431,12 +440,27 @@ def report(result: dict, out: Path) -> int:
     return 1 if problems else 0
 
 
+def model_server_image() -> str:
+    """The model-server image `make images` built (checked before anything starts)."""
+    from sandbox.podman import podman
+    image = os.environ.get("MODEL_SERVER_IMAGE") or f"ghcr.io/selfheal/model-server:{os.environ.get('SELFHEAL_IMAGE_TAG', '0.1.0')}"
+    try:
+        found = podman("image", "exists", image, check=False).returncode == 0
+    except (RuntimeError, OSError) as err:
+        raise DemoFailed(f"podman is not set up here ({err}); run `make images` first") from err
+    if not found:
+        raise DemoFailed(f"image {image} not found in podman's storage; run `make images` first")
+    return image
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out"), help="where demo.json and demo.png go")
     parser.add_argument("--no-live", action="store_true", help="plain progress lines instead of a live table")
     parser.add_argument("--workdir", type=Path, default=WORKDIR,
                         help="model, storage, sandbox and logs; emptied first (default: .work/demo)")
+    parser.add_argument("--runtime", choices=("process", "podman"), default="process",
+                        help="pods and Jobs as local processes (default) or as podman containers of the images")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     live = not args.no_live and sys.stdout.isatty()
@@ -453,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     except DemoFailed as err:
         print(f"demo FAILED: {err}", file=sys.stderr)
         return 1
-    cluster = Cluster(workdir)
+    cluster = Cluster(workdir, args.runtime)
     watch = StatusWatch(cluster)
     loop_box: dict = {}
     display_box: dict = {}

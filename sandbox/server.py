@@ -134,9 +134,21 @@ def _until_signalled(serving: Callable[[asyncio.Event], "asyncio.Future | object
     asyncio.run(main())
 
 
-def node_agents(fake_pods: str | None = None) -> tuple[NodeAgent, ...]:
-    """The default agents, or with `fake_pods` (`MODULE:FACTORY`, see `sandbox.fakepods`) the
-    Deployment kubelet's pods faked in process (Jobs still run as processes)."""
+def node_agents(fake_pods: str | None = None, runtime: str = "process",
+                shared: Sequence[str] = ()) -> tuple[NodeAgent, ...]:
+    """The default agents (pods and Jobs as local processes); with `runtime="podman"` pods and Jobs
+    as podman containers of their images, with the `shared` directories mounted (`sandbox.containers`);
+    or with `fake_pods` (`MODULE:FACTORY`, see `sandbox.fakepods`) the Deployment kubelet's pods faked
+    in process (Jobs still run as processes)."""
+    if runtime == "podman":
+        if fake_pods:
+            raise ValueError("--fake-pods and --runtime podman exclude each other")
+        from sandbox.containers import container_agents
+        return container_agents(shared)
+    if runtime != "process":
+        raise ValueError(f"unknown runtime {runtime!r}; use process or podman")
+    if shared:
+        raise ValueError("--share is for --runtime podman (processes see the whole filesystem)")
     if not fake_pods:
         return DEFAULT_AGENTS
     from sandbox.fakepods import fake_deployment_kubelet
@@ -144,13 +156,16 @@ def node_agents(fake_pods: str | None = None) -> tuple[NodeAgent, ...]:
 
 
 def run_foreground(workdir: Path, port: int = 0, on_ready: Callable[[dict], None] | None = None,
-                   persist: bool = False, node: bool = True, fake_pods: str | None = None) -> None:
-    agents = node_agents(fake_pods) if node else ()
+                   persist: bool = False, node: bool = True, fake_pods: str | None = None,
+                   runtime: str = "process", shared: Sequence[str] = ()) -> None:
+    agents = node_agents(fake_pods, runtime, shared) if node else ()
     _until_signalled(lambda stop: serve(workdir, port, agents=agents, stop=stop, on_ready=on_ready, persist=persist))
 
 
-def run_node_foreground(workdir: Path, api_url: str, on_ready: Callable[[dict], None] | None = None) -> None:
-    _until_signalled(lambda stop: serve_node(workdir, api_url, stop=stop, on_ready=on_ready))
+def run_node_foreground(workdir: Path, api_url: str, on_ready: Callable[[dict], None] | None = None,
+                        runtime: str = "process", shared: Sequence[str] = ()) -> None:
+    agents = node_agents(None, runtime, shared)
+    _until_signalled(lambda stop: serve_node(workdir, api_url, agents=agents, stop=stop, on_ready=on_ready))
 
 
 def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
@@ -178,15 +193,19 @@ class SandboxProcess:
     LOG_NAME = "api.log"
 
     def __init__(self, workdir: Path, timeout: float = 30.0, *, port: int = 0, persist: bool = False,
-                 node: bool = True, fake_pods: str | None = None):
+                 node: bool = True, fake_pods: str | None = None, runtime: str = "process",
+                 shared: Sequence[str] = ()):
         self.workdir, self.timeout = Path(workdir), timeout
         self.port, self.persist, self.node, self.fake_pods = port, persist, node, fake_pods
+        self.runtime, self.shared = runtime, [str(s) for s in shared]
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "sandbox", "up", "--foreground", "--workdir", str(self.workdir),
                 *(["--port", str(self.port)] if self.port else []), *(["--persist"] if self.persist else []),
-                *([] if self.node else ["--no-node"]), *(["--fake-pods", self.fake_pods] if self.fake_pods else [])]
+                *([] if self.node else ["--no-node"]), *(["--fake-pods", self.fake_pods] if self.fake_pods else []),
+                *(["--runtime", self.runtime] if self.runtime != "process" else []),
+                *[arg for path in self.shared for arg in ("--share", path)]]
 
     def ready(self) -> dict | None:
         state = read_state(self.workdir)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -473,7 +475,7 @@ def test_plain_manifests_apply_with_kubectl(cluster):
     assert not cluster.exists("clusterrole", "selfheal")
 
 
-# ---------------------------------------------------------------- images (no Docker engine here: static checks)
+# ---------------------------------------------------------------- images: static checks (tests/test_images.py builds and runs them)
 
 
 @pytest.mark.parametrize(("dockerfile", "extra"), [("operator.Dockerfile", "operator"),
@@ -485,7 +487,8 @@ def test_dockerfiles_are_pinned_non_root_and_copy_what_exists(dockerfile, extra)
     assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in lines
     stages = [line for line in lines if line.startswith("FROM ")]
     assert len(stages) == 2 and all(s.startswith("FROM ${PYTHON_IMAGE}") for s in stages)
-    assert "RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in lines
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in lines
+    assert "RUN pip install torch==2.13.0+cpu --index-url ${TORCH_INDEX_URL}" in lines
     # the final stage runs as a numeric non-root user
     final = lines[lines.index(stages[-1]):]
     (user,) = [line for line in final if line.startswith("USER ")]
@@ -505,6 +508,45 @@ def test_dockerfiles_are_pinned_non_root_and_copy_what_exists(dockerfile, extra)
     copied = {s.rstrip("/") for line in lines if line.startswith("COPY ") and "--from=" not in line
               for s in line.split()[1:-1]}
     assert copied == {entry[1:].rstrip("/") for entry in ignore if entry.startswith("!")}
+    # the packages setup.py builds are exactly the package directories copied in, and only those
+    # the image runs (never the sandbox, bench, examples or fuzz targets)
+    (packages,) = [line.split("=", 1)[1] for line in lines if line.startswith("ENV SELFHEAL_PACKAGES=")]
+    setup = _setup_module()
+    assert {setup.PACKAGES[name][0] for name in packages.split(",")} == copied - {"pyproject.toml", "setup.py", "README.md"}
+    assert packages.split(",") == RUNS[dockerfile]
+
+
+RUNS = {"operator.Dockerfile": ["shm_operator", "model_handler"], "model-server.Dockerfile": ["model_handler"]}
+
+
+def _setup_module():
+    """setup.py's tables, without running setup() (it runs at import)."""
+    source = (REPO_ROOT / "setup.py").read_text()
+    namespace: dict = {}
+    exec(compile(source.replace("\nmain()\n", "\n"), "setup.py", "exec"), namespace)
+    return type("Setup", (), namespace)
+
+
+def test_setup_builds_every_package_by_default_and_refuses_a_missing_one(tmp_path, monkeypatch):
+    """`pip install -e '.[all]'` gets every package; an image's SELFHEAL_PACKAGES naming a package
+    whose directory is not in the context stops the build with a message naming it."""
+    setup = _setup_module()
+    monkeypatch.delenv("SELFHEAL_PACKAGES", raising=False)
+    assert setup.selected() == list(setup.PACKAGES)
+    assert {"shm_operator", "model_handler", "sandbox", "bench", "fuzz", "examples"} == set(setup.PACKAGES)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        (tmp_path / name).write_bytes((REPO_ROOT / name).read_bytes())
+    shutil.copytree(REPO_ROOT / "model_handler", tmp_path / "model_handler", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "SELFHEAL_PACKAGES": "shm_operator,model_handler"}
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "package source not in the build context: shm_operator (directory operator/)" in proc.stderr + proc.stdout
+    env["SELFHEAL_PACKAGES"] = "model_handler,nonsense"
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown packages ['nonsense']" in proc.stderr + proc.stdout
+    env["SELFHEAL_PACKAGES"] = "model_handler"
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("selfheal"), proc.stderr
 
 
 # ---------------------------------------------------------------- the rendered arguments run the real Kopf
