@@ -514,12 +514,7 @@ def _poisson_range(mean: float, tail: float = 0.001) -> tuple[int, int]:
 
 
 def _implied_prior(model: SelfHealingNet) -> np.ndarray:
-    """The class prior a model's outputs are calibrated for: training prior tilted by its logit bias
-    (divided by the calibration temperature: the bias is added to raw logits)."""
-    prior = np.asarray(model.spec.train_prior, dtype=np.float64)
-    temperature = model.spec.calibration_temperature or 1.0
-    tilted = prior * np.exp(model.adapter.logit_bias.detach().double().numpy() / temperature)
-    return tilted / tilted.sum()
+    return model.served_prior()
 
 
 def _without_bias_change(candidate: SelfHealingNet, served: SelfHealingNet) -> SelfHealingNet:

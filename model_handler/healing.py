@@ -252,6 +252,21 @@ def prior_changed(estimated: np.ndarray, assumed: np.ndarray, config: HealConfig
     return bool(np.any(far & ((ratio >= config.prior_min_ratio) | (ratio <= 1 / config.prior_min_ratio))))
 
 
+def prior_correction(model: SelfHealingNet, new: np.ndarray, assumed: np.ndarray) -> np.ndarray:
+    """The raw-logit bias change that serves prior `new`. The prior was estimated on calibrated
+    probabilities (softmax(z / T + b)), so the corrected decision is argmax(z / T + b + log(new /
+    assumed)), i.e. z + T * (b + log(new / assumed)) on raw logits. The calibration bias b enters
+    once: with the first correction (none recorded yet), not again when a correction is corrected.
+    Leaving b out served a threshold tuned for neither prior (fraud_prior_shift: held-out accuracy
+    0.9649 vs 0.9658, clean 0.9838 vs 0.9862 on seed 0)."""
+    temperature = model.spec.calibration_temperature or 1.0
+    delta = np.log(np.maximum(new, 1e-6) / np.maximum(assumed, 1e-6))
+    bias = model.spec.calibration_bias
+    if not model.adapter.class_prior.detach().any() and bias:
+        delta = delta + np.asarray(bias, dtype=np.float64)
+    return temperature * delta
+
+
 # ---- 3. adapter training ---------------------------------------------------------------------
 
 def rule_targets(fires: torch.Tensor, rule_labels: torch.Tensor, weights: torch.Tensor,
@@ -463,10 +478,10 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
     expected_prior = assumed
     prior_estimate = None
     if prior_changed(estimate.em, assumed, config) and estimate.excludes_source().any():
-        temperature = model.spec.calibration_temperature or 1.0
         with torch.no_grad():
-            candidate.adapter.logit_bias += torch.as_tensor(temperature * np.log(estimate.em / assumed),
+            candidate.adapter.logit_bias += torch.as_tensor(prior_correction(candidate, estimate.em, assumed),
                                                             dtype=torch.float32)
+            candidate.adapter.class_prior.copy_(torch.as_tensor(estimate.em, dtype=torch.float32))
         steps.append("prior")
         expected_prior, prior_estimate = estimate.em, estimate
         stages.append((list(steps), candidate.copy()))

@@ -91,6 +91,9 @@ class ReflexiveAdapter(nn.Module):
         self.down = nn.Linear(width, rank)
         self.up = nn.Linear(rank, width)
         self.logit_bias = nn.Parameter(torch.zeros(n_classes))
+        # The class prior a prior correction set the logit bias for (zeros: none was made, the
+        # model serves the training prior). The pods compare the estimated prior against it.
+        self.class_prior = nn.Parameter(torch.zeros(n_classes), requires_grad=False)
         self.reset()
 
     def reset(self) -> None:
@@ -106,6 +109,7 @@ class ReflexiveAdapter(nn.Module):
             self.up.weight.zero_()
             self.up.bias.zero_()
             self.logit_bias.zero_()
+            self.class_prior.zero_()
 
     def recalibrate(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.input_shift) * torch.exp(-self.input_log_scale) * self.input_sign
@@ -168,6 +172,18 @@ class SelfHealingNet(nn.Module):
         h = self.adapter.residual(self.backbone(z))
         return self.head(h) + self.adapter.logit_bias
 
+    def served_prior(self) -> np.ndarray:
+        """The class prior the model's outputs are made for: the one a prior correction recorded,
+        else the training prior tilted by the logit bias (divided by the calibration temperature:
+        the bias is added to raw logits)."""
+        recorded = self.adapter.class_prior.detach().double().numpy()
+        if recorded.any():
+            return recorded / recorded.sum()
+        prior = np.asarray(self.spec.train_prior, dtype=np.float64)
+        temperature = self.spec.calibration_temperature or 1.0
+        tilted = prior * np.exp(self.adapter.logit_bias.detach().double().numpy() / temperature)
+        return tilted / tilted.sum()
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(x, dtype=torch.float32)
@@ -192,6 +208,8 @@ class SelfHealingNet(nn.Module):
         expected = self.adapter.state_dict()
         if "input_sign" not in tensors:   # adapters written before reflections were healable
             tensors = {**tensors, "input_sign": torch.ones_like(expected["input_sign"])}
+        if "class_prior" not in tensors:  # adapters written before prior corrections were recorded
+            tensors = {**tensors, "class_prior": torch.zeros_like(expected["class_prior"])}
         missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
         if missing or unexpected:
             raise AdapterError(f"adapter tensors do not match the model: missing {sorted(missing)}, "
@@ -211,6 +229,10 @@ class SelfHealingNet(nn.Module):
             if not torch.isfinite(converted[name]).all():
                 raise AdapterError(f"adapter tensor {name!r} has non-finite values "
                                    f"(or values beyond the {ref.dtype} range)")
+        prior = converted["class_prior"].double()
+        if prior.any() and ((prior < 0).any() or abs(float(prior.sum()) - 1.0) > 1e-3):
+            raise AdapterError(f"adapter tensor 'class_prior' must be all zeros or a distribution "
+                               f"(non-negative, summing to 1), got {prior.tolist()}")
         self.adapter.load_state_dict(converted)
 
     def reset_adapter(self) -> None:

@@ -68,6 +68,18 @@ def test_a_label_shift_no_rule_sees_is_corrected_by_two_estimators():
             "label_shift_explains_inputs"} <= set(names)
     assert 0.15 < result.diagnosis["prior"]["em"][1] < 0.26
     assert f1(result.candidate, s.holdout) > f1(model, s.holdout)
+    # The prior was estimated on calibrated probabilities softmax(z / T + b): the candidate must
+    # decide as they do under the new prior, b included (leaving b out served a threshold tuned for
+    # neither prior), and record the prior it serves for the pods' label-shift signal.
+    q = np.asarray(result.diagnosis["prior"]["em"])
+    assert np.allclose(result.candidate.served_prior(), q, atol=1e-5)
+    spec = model.spec
+    with torch.no_grad():
+        z = model(torch.as_tensor(s.holdout.x, dtype=torch.float32)).double().numpy()
+    wanted = (z / spec.calibration_temperature + np.asarray(spec.calibration_bias)
+              + np.log(q / np.asarray(spec.train_prior))).argmax(1)
+    got = result.candidate.predict_proba(s.holdout.x).argmax(1).numpy()
+    assert (got == wanted).mean() > 0.999
 
 
 def test_a_covariate_shift_that_mimics_a_label_shift_is_refused():

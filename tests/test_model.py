@@ -117,3 +117,19 @@ def test_training_rejects_bad_inputs():
         ModelSpec(features=["a", "a"], classes=["n", "y"])
     with pytest.raises(ValueError, match="log_features"):
         ModelSpec(features=["a"], classes=["n", "y"], log_features=["b"])
+
+
+def test_class_prior_is_optional_for_old_adapters_and_checked(trained):
+    model, x, _ = trained
+    before = model.predict_proba(x)
+    old = {k: v for k, v in model.adapter_state().items() if k != "class_prior"}
+    model.load_adapter_state(old)   # written before prior corrections were recorded
+    assert not model.adapter.class_prior.any()
+    assert np.allclose(model.served_prior(), model.spec.train_prior)
+    for bad in ([0.7, 0.7], [-0.2, 1.2]):
+        with pytest.raises(AdapterError, match="class_prior.*distribution"):
+            model.load_adapter_state(dict(old, class_prior=torch.tensor(bad)))
+    model.load_adapter_state(dict(old, class_prior=torch.tensor([0.8, 0.2])))
+    assert np.allclose(model.served_prior(), [0.8, 0.2])
+    assert torch.equal(model.predict_proba(x), before)   # a recorded prior changes no output
+    model.adapter.reset()
