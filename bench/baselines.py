@@ -128,6 +128,13 @@ class LabelShiftCalibration:
         return Recalibrated(self.model, self.temperature,
                             self.bias + np.log(np.maximum(q, 1e-6) / self.source_prior))
 
+    def true_prior(self, y_stream: np.ndarray) -> Recalibrated:
+        """The reference a label-shift fix cannot beat: the stream's TRUE class prior (labels
+        used, only their counts), applied like em_bcts's estimate."""
+        q = np.bincount(np.asarray(y_stream, dtype=np.int64), minlength=len(self.source_prior)) / max(len(y_stream), 1)
+        return Recalibrated(self.model, self.temperature,
+                            self.bias + np.log(np.maximum(q, 1e-6) / self.source_prior))
+
     def bbse(self, x_seen: np.ndarray) -> SelfHealingNet:
         n_classes = len(self.source_prior)
         mu = np.bincount(self.model.predict_proba(x_seen).argmax(1).numpy(), minlength=n_classes) / len(x_seen)

@@ -20,13 +20,16 @@ def _gap(value) -> str:
 
 
 def tables(result: dict) -> str:
-    lines = ["| scenario | metric | none | oracle | " + " | ".join(BASELINES) + " | selfheal | gap closed |",
-             "| --- | --- | " + " | ".join(["---"] * (len(BASELINES) + 4)) + " |"]
+    lines = ["| scenario | metric | none | oracle | true prior (labels) | " + " | ".join(BASELINES)
+             + " | selfheal | gap closed |",
+             "| --- | --- | " + " | ".join(["---"] * (len(BASELINES) + 5)) + " |"]
     for name, sc in result["scenarios"].items():
         m = sc["methods"]
         control = " (negative control)" if sc.get("negative_control") else ""
         lines.append(f"| {name}{control} | {sc['metric'].replace('_', ' ')} | {_f(m['none']['primary'])} | "
                      f"{_f(m['oracle']['primary'])} | "
+                     + (f"{_f(m['true_prior']['primary'])} ({_gap(m['true_prior']['gap_closed'])}) | "
+                        if "true_prior" in m else "- | ")
                      + " | ".join(f"{_f(m[b]['primary'])} ({_gap(m[b]['gap_closed'])})" for b in BASELINES)
                      + f" | **{_f(m['selfheal']['primary'])}** | **{_gap(m['selfheal']['gap_closed'])}** |")
     lines += ["", "| scenario | F1 none → selfheal | PR-AUC none → selfheal | clean none → selfheal (counts) | "

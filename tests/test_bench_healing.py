@@ -11,7 +11,8 @@ def test_quick_benchmark_on_two_scenarios(tmp_path):
                    capture_output=True)
     result = json.loads(out.read_text())
     collapse = result["scenarios"]["fraud_unit_change"]["methods"]
-    assert set(collapse) == {"none", "oracle", "tent", "norm_stats", "em_prior", "em_bcts", "bbse", "selfheal"}
+    assert set(collapse) == {"none", "oracle", "true_prior", "tent", "norm_stats", "em_prior", "em_bcts", "bbse",
+                             "selfheal"}
     for method in collapse.values():
         assert {"accuracy", "primary", "f1", "pr_auc", "clean", "labels_used", "gap_closed", "harmful_promotions",
                 "promotions"} <= set(method)
@@ -21,6 +22,9 @@ def test_quick_benchmark_on_two_scenarios(tmp_path):
     # em_bcts and bbse use the backbone's own calibration split (source labels, as every method's
     # training does): no label of the drifted traffic
     assert collapse["em_bcts"]["labels_used"] == 0 and collapse["bbse"]["labels_used"] == 0
+    # the label-shift ceiling is told the stream's true prior: labels, counted as such; a unit
+    # change moves no prior, so it cannot close the collapse
+    assert collapse["true_prior"]["labels_used"] > 0 and collapse["true_prior"]["accuracy"] < 0.5
     scenario = result["scenarios"]["fraud_unit_change"]
     assert scenario["clean_counts"] is False and scenario["harm_keys"] == ["primary", "f1", "pr_auc"]
     assert scenario["detection"]["declared_runs"] == 1
