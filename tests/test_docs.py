@@ -50,3 +50,21 @@ def test_the_license_is_the_one_the_packages_declare():
     assert project["license"] == {"text": "Apache-2.0"}
     chart = yaml.safe_load((REPO_ROOT / "charts" / "selfheal" / "Chart.yaml").read_text())
     assert chart["annotations"]["artifacthub.io/license"] == "Apache-2.0"
+
+
+def test_the_readme_summarises_the_benchmarks_with_figures_from_docs_benchmarks():
+    """The README leads with what selfheal is, install and use; its benchmark summary quotes only
+    figures that docs/benchmarks.md holds, and links there."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    benchmarks = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
+    headings = re.findall(r"^## (.+)$", readme, re.M)
+    assert headings.index("Install on a cluster") < headings.index("How it works") < \
+        headings.index("Benchmarks and reliability")
+    summary = readme.split("\n## Benchmarks and reliability\n", 1)[1].split("\n## ", 1)[0]
+    assert "[docs/benchmarks.md](docs/benchmarks.md)" in summary
+    figures = re.findall(r"-?\d+(?:[.,]\d+)+(?:%| s\b|x\b| MiB\b)?|-?\d+%", summary)
+    assert len(figures) >= 10
+    assert [f for f in figures if f not in benchmarks] == []
+    for table in ("| case | requests | failed | p99 ms | recovered |", "| scenario | metric | none | oracle |",
+                  "| N | operator API calls/min | per model |"):
+        assert table in benchmarks and table not in readme
