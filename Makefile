@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo demo-containers bench manifests images images-clean clean
+.PHONY: install prometheus test demo demo-containers bench manifests images images-clean clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,18 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
-test: install
+# Debian's prometheus and promtool for tests/operator/test_prometheus.py (the chart's alert rules and
+# dashboard queries against a real Prometheus). Installed with apt as root; otherwise that test skips.
+# policy-rc.d-less hosts would start the packaged service: it is stopped again (the test runs its own).
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing prometheus (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus >/dev/null && { invoke-rc.d prometheus stop >/dev/null 2>&1 || true; }; \
+	else echo "prometheus/promtool missing and not root: tests/operator/test_prometheus.py will skip"; fi
+
+test: install prometheus
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install

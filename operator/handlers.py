@@ -9,7 +9,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from model_handler.redact import install_log_redaction
-from shm_operator import k8s, monitor, reconcile, rollout  # noqa: F401  (registers the handlers)
+from shm_operator import k8s, monitor, reconcile, rollout, status_metrics  # noqa: F401  (registers the handlers)
 from shm_operator.children import network_policy_settings
 
 # Before Kopf logs anything about a resource: no storage credentials in the log or in Events.

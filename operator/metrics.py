@@ -1,10 +1,18 @@
-"""Prometheus metrics of the operator: heals by result, rollbacks, drift per model, errors."""
+"""Prometheus metrics of the operator: heals by result, rollbacks, drift per model, errors, and the
+status conditions of every model.
+
+Alerts (the chart's PrometheusRule) are built on these names. A counter series that appears only at
+its first increment would hide that first increment from `increase()`, so every model's counters
+start at 0 as soon as the operator sees the model (`observe_status`); a deleted model's series go
+(`forget_model`), so no alert keeps firing for a model that no longer exists."""
 from __future__ import annotations
 
 import contextlib
 import functools
 
 from prometheus_client import Counter, Gauge
+
+from shm_operator.crd import ConditionType
 
 HEALS_STARTED = Counter("selfheal_heals_started_total", "Healing Jobs launched", ["namespace", "model"])
 HEALS_FINISHED = Counter("selfheal_heals_finished_total", "Healing Jobs finished, by result",
@@ -23,8 +31,20 @@ RECONCILE_ERRORS = Counter("selfheal_reconcile_errors_total",
 ESTIMATED_ACCURACY = Gauge("selfheal_estimated_accuracy",
                            "Label-free estimate of the served model's accuracy, from the last heal that gave one "
                            "(status.performance); absent while unknown", ["namespace", "model"])
+CONDITION = Gauge("selfheal_condition", "1 for the status (True, False, Unknown) each condition of the model "
+                  "has now, 0 for the other two", ["namespace", "model", "condition", "status"])
 RULE_CONFLICT = Gauge("selfheal_rule_conflict", "Trust-weighted excess rule conflict of the last window",
                       ["namespace", "model"])
+
+
+# The values a counter's extra label can take, each started at 0 for every model.
+HEAL_RESULTS = ("Promoted", "AwaitingApproval", "NothingToFix", "Rejected", "Failed")
+ROLLBACK_KINDS = ("automatic",)
+CONDITION_STATUSES = ("True", "False", "Unknown")
+COUNTED_HANDLERS: list[str] = []   # the handlers wrapped by count_errors, by name
+PER_MODEL = (HEALS_STARTED, HEALS_FINISHED, ROLLBACKS, ADAPTER_CHANGES, DRIFT_SCORE, INPUT_SHIFT, LABEL_SHIFT,
+             RECONCILE_ERRORS, ESTIMATED_ACCURACY, CONDITION, RULE_CONFLICT)
+DRIFT_KEYS = ("score", "inputShift", "labelShift", "ruleConflict")
 
 
 def observe_drift(namespace: str, model: str, summary: dict) -> None:
@@ -42,9 +62,62 @@ def observe_performance(namespace: str, model: str, accuracy: float | None) -> N
         ESTIMATED_ACCURACY.labels(namespace, model).set(accuracy)
 
 
+def observe_status(namespace: str, model: str, status: dict | None) -> None:
+    """Export what the model's status says now: its conditions, and the last drift window's scores
+    and the label-free accuracy estimate (so both survive an operator restart). Starts the
+    model's counters at 0."""
+    status = status or {}
+    start_counters(namespace, model)
+    drift = status.get("drift") or {}
+    if all(isinstance(drift.get(k), (int, float)) for k in DRIFT_KEYS):
+        observe_drift(namespace, model, drift)
+    accuracy = (status.get("performance") or {}).get("accuracy")
+    if isinstance(accuracy, (int, float)):
+        observe_performance(namespace, model, accuracy)
+    # Every type the operator writes, Unknown while the status lacks it (as in Kubernetes), so an
+    # alert's selector matches from the start; a type only a newer operator writes, while present.
+    has = {c["type"]: c.get("status") for c in status.get("conditions") or [] if c.get("type")}
+    wanted = {}
+    for type_ in dict.fromkeys([*(t.value for t in ConditionType), *has]):
+        for value in CONDITION_STATUSES:
+            wanted[(type_, value)] = 1.0 if has.get(type_, "Unknown") == value else 0.0
+    for labels in _series(CONDITION, namespace, model):
+        if (labels["condition"], labels["status"]) not in wanted:   # a condition the status no longer has
+            CONDITION.remove(namespace, model, labels["condition"], labels["status"])
+    for (type_, value), number in wanted.items():
+        CONDITION.labels(namespace, model, type_, value).set(number)
+
+
+def start_counters(namespace: str, model: str) -> None:
+    HEALS_STARTED.labels(namespace, model)
+    for result in HEAL_RESULTS:
+        HEALS_FINISHED.labels(namespace, model, result)
+    for kind in ROLLBACK_KINDS:
+        ROLLBACKS.labels(namespace, model, kind)
+    for handler in COUNTED_HANDLERS:
+        RECONCILE_ERRORS.labels(namespace, model, handler)
+
+
+def forget_model(namespace: str, model: str) -> None:
+    """Remove every series of a deleted model."""
+    for metric in PER_MODEL:
+        for labels in _series(metric, namespace, model):
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels.values())   # a sample's labels come in the metric's label order
+
+
+def _series(metric, namespace: str, model: str) -> list[dict]:
+    """The label sets of the metric's series for one model (from its public `collect()`)."""
+    found = {tuple(sorted(s.labels.items())): s.labels for family in metric.collect() for s in family.samples
+             if s.labels.get("namespace") == namespace and s.labels.get("model") == model}
+    return list(found.values())
+
+
 def count_errors(handler):
     """Count a Kopf handler's failed passes in RECONCILE_ERRORS, then let Kopf handle the error.
     `functools.wraps` keeps the handler's name, which Kopf uses as its id in progress storage."""
+    COUNTED_HANDLERS.append(handler.__name__)
+
     @functools.wraps(handler)
     async def counted(*args, **kwargs):
         try:

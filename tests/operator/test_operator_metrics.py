@@ -6,7 +6,7 @@ import asyncio
 
 import kopf
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 
 from shm_operator import metrics
 
@@ -63,3 +63,56 @@ def test_an_unknown_estimate_removes_the_series():
     metrics.observe_performance("ns", "est", None)
     assert REGISTRY.get_sample_value("selfheal_estimated_accuracy", {"namespace": "ns", "model": "est"}) is None
     metrics.observe_performance("ns", "est", None)   # unknown twice is fine
+
+
+def value(name: str, **labels) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def test_a_model_status_is_exported_and_its_counters_start_at_zero():
+    """Counters exist at 0 from the first sight of a model (else `increase()` misses the first heal
+    failure an alert is for); conditions follow the status; drift and accuracy survive a restart."""
+    ns, model = "ns-status", "m1"
+    status = {"conditions": [{"type": "Degraded", "status": "True", "reason": "PodsUnreachable"},
+                             {"type": "Ready", "status": "False", "reason": "InvalidSpec"}],
+              "drift": {"score": 1.5, "inputShift": 0.4, "labelShift": 0.1, "ruleConflict": 0.02},
+              "performance": {"accuracy": 0.8}}
+    metrics.observe_status(ns, model, status)
+    assert value("selfheal_heals_finished_total", namespace=ns, model=model, result="Failed") == 0.0
+    assert value("selfheal_heals_started_total", namespace=ns, model=model) == 0.0
+    assert value("selfheal_rollbacks_total", namespace=ns, model=model, kind="automatic") == 0.0
+    assert value("selfheal_reconcile_errors_total", namespace=ns, model=model, handler="tick") == 0.0
+    assert value("selfheal_condition", namespace=ns, model=model, condition="Degraded", status="True") == 1.0
+    assert value("selfheal_condition", namespace=ns, model=model, condition="Degraded", status="False") == 0.0
+    assert value("selfheal_condition", namespace=ns, model=model, condition="Ready", status="False") == 1.0
+    assert value("selfheal_drift_score", namespace=ns, model=model) == 1.5
+    assert value("selfheal_estimated_accuracy", namespace=ns, model=model) == 0.8
+
+    assert value("selfheal_condition", namespace=ns, model=model, condition="Healing", status="Unknown") == 1.0
+    assert value("selfheal_condition", namespace=ns, model=model, condition="Healing", status="True") == 0.0
+
+    # Degraded ends, Ready is no longer in the status (Unknown), a newer operator's type comes and goes
+    metrics.observe_status(ns, model, {"conditions": [{"type": "Degraded", "status": "False"},
+                                                      {"type": "PodsScheduled", "status": "True"}]})
+    assert value("selfheal_condition", namespace=ns, model=model, condition="Degraded", status="True") == 0.0
+    assert value("selfheal_condition", namespace=ns, model=model, condition="Ready", status="False") == 0.0
+    assert value("selfheal_condition", namespace=ns, model=model, condition="Ready", status="Unknown") == 1.0
+    assert value("selfheal_condition", namespace=ns, model=model, condition="PodsScheduled", status="True") == 1.0
+    metrics.observe_status(ns, model, {})
+    assert value("selfheal_condition", namespace=ns, model=model, condition="PodsScheduled", status="True") is None
+    assert value("selfheal_drift_score", namespace=ns, model=model) == 1.5   # no window since: the last one stays
+
+    metrics.HEALS_FINISHED.labels(ns, model, "Failed").inc()
+    metrics.observe_status(ns, model, {})   # seeing the model again resets nothing
+    assert value("selfheal_heals_finished_total", namespace=ns, model=model, result="Failed") == 1.0
+
+
+def test_a_deleted_model_leaves_no_series_behind():
+    metrics.observe_status("ns-gone", "m", {"conditions": [{"type": "Degraded", "status": "True"}],
+                                            "drift": {"score": 2.0, "inputShift": 1.0, "labelShift": 0.0,
+                                                      "ruleConflict": 0.0}})
+    metrics.observe_status("ns-gone", "other", {})
+    metrics.forget_model("ns-gone", "m")
+    text = generate_latest(REGISTRY).decode()
+    assert 'model="m",namespace="ns-gone"' not in text
+    assert 'model="other",namespace="ns-gone"' in text
