@@ -353,10 +353,14 @@ def rule_trust(model: SelfHealingNet, x: np.ndarray, rules: RuleSet, reference: 
 
 
 def calibrated_probs(model: SelfHealingNet, x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """The model's probabilities after its bias-corrected temperature scaling (identity if none)."""
+    """The model's probabilities after its bias-corrected temperature scaling (identity if none).
+    A prior correction already holds T * b in the logit bias (see prior_correction): b is not
+    added twice."""
     with torch.no_grad():
         logits = model(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
-    return labelshift.calibrated(logits, model.spec.calibration_temperature or 1.0, model.spec.calibration_bias)
+    corrected = bool(model.adapter.class_prior.detach().any())
+    return labelshift.calibrated(logits, model.spec.calibration_temperature or 1.0,
+                                 None if corrected else model.spec.calibration_bias)
 
 
 def estimate_accuracy(model: SelfHealingNet, x: np.ndarray, expected_prior: np.ndarray,

@@ -80,6 +80,11 @@ def test_a_label_shift_no_rule_sees_is_corrected_by_two_estimators():
               + np.log(q / np.asarray(spec.train_prior))).argmax(1)
     got = result.candidate.predict_proba(s.holdout.x).argmax(1).numpy()
     assert (got == wanted).mean() > 0.999
+    # Healing the corrected model on the same traffic finds the prior it already serves: no
+    # second correction (the calibration bias is in its logits once, not twice).
+    again = heal(result.candidate, s.stream.x[-2000:], rules, reference)
+    assert "prior" not in again.steps, again.diagnosis["prior"]
+    assert np.allclose(again.diagnosis["prior"]["em"], q, atol=0.002)   # b twice: 0.172 vs 0.181
 
 
 def test_a_covariate_shift_that_mimics_a_label_shift_is_refused():
