@@ -107,3 +107,9 @@ def test_from_s3_with_credentials_from_the_environment(tmp_path):
         run = subprocess.run([sys.executable, "-m", "model_handler.fetch", "s3://models/nothing/here", str(tmp_path / "d4")],
                              env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 1 and "archive not found: s3://models/nothing/here" in run.stderr
+
+
+def test_a_uri_whose_driver_is_missing_names_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gcsfs", None)   # not installed (the images' default)
+    with pytest.raises(FetchError, match="driver installed.*storage-extra"):
+        fetch("gs://bucket/models/fraud", tmp_path / "dest")
