@@ -84,3 +84,16 @@ def test_a_pvc_is_mounted_read_only_and_nothing_is_copied():
     args = serving["containers"][0]["args"]
     assert arg_after(args, "--model-store") == f"{children.PVC_DIR}/team" and arg_after(args, "--model") == "fraud=fraud"
     assert arg_after(heal["containers"][0]["args"], "--model-dir") == f"{children.PVC_DIR}/team/fraud"
+
+
+def test_a_failed_storage_initializer_is_the_reason_a_heal_job_reports():
+    from shm_operator import k8s
+    failed = {"status": {"phase": "Failed", "initContainerStatuses": [{"name": "storage-initializer", "state": {
+        "terminated": {"exitCode": 1, "message": "model archive not delivered: checksum file not found: s3://m/f.sha256"}}}],
+        "containerStatuses": [{"name": "heal", "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    assert k8s.init_failure(failed) == ("init container storage-initializer exited with 1: model archive not "
+                                        "delivered: checksum file not found: s3://m/f.sha256")
+    assert k8s.termination_message(failed) == ""
+    ok = {"status": {"initContainerStatuses": [{"name": "storage-initializer",
+                                                "state": {"terminated": {"exitCode": 0}}}]}}
+    assert k8s.init_failure(ok) == "" and k8s.init_failure({}) == ""
