@@ -48,6 +48,41 @@ def s3_cr(name: str, archive: str, replicas: int = 2) -> str:
 
 
 def test_s3_archive_and_storage_heal_rollout_rollback(sandbox, namespace, model_dir, tmp_path, monkeypatch, capsys):
+    deliver_heal_roll_back(sandbox, namespace, model_dir, tmp_path, monkeypatch, capsys, "process pods")
+
+
+@pytest.mark.images
+@pytest.mark.timeout(900)
+def test_s3_delivery_in_containers(model_dir, tmp_path, monkeypatch, capsys):
+    """The same with `--runtime podman`: the storage-initializer, TorchServe and the heal Job run as
+    containers of the model-server image (read-only root, uid 10001), which must hold s3fs."""
+    from images_support import build_images
+    from sandbox import env as sandbox_env, server as sandbox_server, tools
+    from sandbox_helpers import Sandbox
+    from conftest import CRD
+
+    build_images()
+    paths = tools.install(tmp_path / "bin")
+    workdir = tmp_path / "sandbox"
+    with sandbox_server.SandboxProcess(workdir, runtime="podman") as state:
+        box = Sandbox(url=state["url"], workdir=workdir, env=sandbox_env.client_env(workdir),
+                      kubectl_bin=str(paths["kubectl"]), helm_bin=str(paths["helm"]))
+        box.kubectl("apply", "-f", str(CRD))
+        box.kubectl("wait", "--for=condition=Established", "crd/selfhealingmodels.selfheal.io", "--timeout=30s")
+        box.kubectl("create", "namespace", "s3")
+        deliver_heal_roll_back(box, "s3", model_dir, tmp_path, monkeypatch, capsys, "podman containers")
+        # each storage-initializer ran as a container: its termination log was opened to the container's
+        # user and the model emptyDir given to uid 10001 (the process runtime leaves both to root, 0644)
+        pod_dirs = [d for d in (workdir / "pods" / "s3").iterdir() if d.name.startswith("fraud-")]
+        inits = [d for d in pod_dirs if (d / "termination-log-storage-initializer").exists()]
+        assert any(d.name.startswith("fraud-heal-") for d in inits) and len(inits) >= 3, sorted(d.name for d in pod_dirs)
+        for pod_dir in inits:
+            assert (pod_dir / "termination-log-storage-initializer").stat().st_mode & 0o777 == 0o666, pod_dir
+        kept = [d for d in inits if (d / "volumes" / "model").exists()]
+        assert kept and all((d / "volumes" / "model").stat().st_uid == 10001 for d in kept), kept
+
+
+def deliver_heal_roll_back(sandbox, namespace, model_dir, tmp_path, monkeypatch, capsys, runtime) -> None:
     started = time.monotonic()
     archive = tmp_path / "upload" / "fraud"
     shutil.copytree(model_dir, archive, ignore=shutil.ignore_patterns("__pycache__"))
@@ -68,7 +103,7 @@ def test_s3_archive_and_storage_heal_rollout_rollback(sandbox, namespace, model_
         sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(secret))
         operator = OperatorProcess(sandbox, namespace, tmp_path).start(SELFHEAL_STORAGE_URI=STORAGE, **s3.env)
         try:
-            run(sandbox, namespace, operator, capsys, started)
+            run(sandbox, namespace, operator, capsys, started, runtime)
         finally:
             operator.stop()
         log = operator.log_path.read_text(errors="replace")
@@ -76,7 +111,7 @@ def test_s3_archive_and_storage_heal_rollout_rollback(sandbox, namespace, model_
         assert not operator.calls_denied_by_chart()
 
 
-def run(sandbox, namespace, operator, capsys, started) -> None:
+def run(sandbox, namespace, operator, capsys, started, runtime) -> None:
     def wait_status(predicate, timeout, what, name="fraud"):
         try:
             return wait_until(lambda: (s := status_of(sandbox, namespace, name)) and predicate(s) and s,
@@ -138,5 +173,5 @@ def run(sandbox, namespace, operator, capsys, started) -> None:
     assert pod["status"]["phase"] == "Pending"
     start = timeline.pop("serving")
     with capsys.disabled():
-        print(f"\n[s3 e2e] serving after {start - started:.1f}s; " + ", ".join(
+        print(f"\n[s3 e2e, {runtime}] serving after {start - started:.1f}s; " + ", ".join(
             f"{k} +{v - start:.1f}s" for k, v in timeline.items()) + f"; {loop.summary()['requests']} requests, 0 failed")
