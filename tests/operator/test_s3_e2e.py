@@ -12,8 +12,8 @@ the `s3://` URIs and the credentials Secret.
 - A second model whose archive was changed after its checksum was written never starts TorchServe:
   the init container says why in the pod status.
 
-Pods run as processes of the sandbox kubelet (not podman containers: the images would have to be
-rebuilt with s3fs inside the test's time; tests/test_images.py covers the containers).
+Twice: with the sandbox's process pods (about 2.5 minutes), and with `--runtime podman` (marker
+`images`; the pods and the Job as containers of the built model-server image, which must hold s3fs).
 """
 from __future__ import annotations
 
