@@ -22,6 +22,7 @@ import posixpath
 
 import yaml
 
+from model_handler.fetch import local_name
 from shm_operator.crd import DEFAULT_IMAGE
 
 GROUP = "selfheal.io"
@@ -38,6 +39,10 @@ STATUS_DIR = "/var/run/selfheal/status"
 # unpacked .mar archives (java.io.tmpdir = $TEMP) there; Python and Java caches go to $HOME.
 TMP_DIR = "/var/run/selfheal/tmp"
 HOME_DIR = "/var/run/selfheal/home"
+# Model delivery (docs/storage.md): an archive given as a URI is copied by the storage-initializer
+# init container into this emptyDir; a `pvc://<claim>/<path>` archive is the claim mounted read-only.
+MODEL_DIR = "/var/run/selfheal/model"
+PVC_DIR = "/var/run/selfheal/pvc"
 # The images' user (docker/*.Dockerfile: `USER 10001:10001`).
 RUN_AS_USER = 10001
 RUN_AS_GROUP = 10001
@@ -90,6 +95,46 @@ def storage_env(spec: dict) -> tuple[dict[str, str], list[dict]]:
             [{"secretRef": {"name": secret}}] if secret else [])
 
 
+def archive_location(archive: str) -> tuple[str, str, str]:
+    """(kind, claim, path) of `spec.model.archive`: `path` (a plain path on a volume the image or
+    node provides), `pvc` (`pvc://<claim>/<path in the claim>`) or `uri` (any fsspec URI)."""
+    if "://" not in archive:
+        return "path", "", archive.rstrip("/")
+    scheme, rest = archive.split("://", 1)
+    if scheme == "pvc":
+        claim, _, inside = rest.partition("/")
+        if not claim or not inside.strip("/"):
+            raise ValueError(f"spec.model.archive {archive!r}: a PVC archive is pvc://<claim>/<path in the claim>")
+        return "pvc", claim, inside.strip("/")
+    return "uri", "", archive.rstrip("/")
+
+
+def model_delivery(spec: dict, env: list[dict], env_from: list[dict], *, unpack: bool = False
+                   ) -> tuple[list[dict], list[dict], list[dict], str]:
+    """How the archive reaches a pod: (init containers, volumes, mounts of the main container, the
+    archive's path in it). A URI is fetched and sha256-checked into an emptyDir by the
+    storage-initializer (`python -m model_handler.fetch`, same image, same credentials: `env`,
+    `env_from` and the pod's service account); `unpack` extracts a `.mar` for the heal Job, which
+    reads a model directory."""
+    model = spec.get("model") or {}
+    kind, claim, path = archive_location(model["archive"])
+    if kind == "path":
+        return [], [], [], path
+    if kind == "pvc":
+        return ([], [{"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
+                [{"name": "model", "mountPath": PVC_DIR, "readOnly": True}], f"{PVC_DIR}/{path}")
+    _, scratch_mounts, _ = scratch_volumes()
+    init = {"name": "storage-initializer", "image": model.get("image") or DEFAULT_IMAGE, "command": ["python"],
+            "args": ["-m", "model_handler.fetch", path, MODEL_DIR, *(["--unpack"] if unpack else [])],
+            "env": env, "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}, *scratch_mounts],
+            "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": container_security_context()}
+    if env_from:
+        init["envFrom"] = env_from
+    return ([init], [{"name": "model", "emptyDir": {}}], [{"name": "model", "mountPath": MODEL_DIR}],
+            f"{MODEL_DIR}/{local_name(path, unpack=unpack)}")
+
+
 def hardened_pod_spec(containers: list[dict], volumes: list[dict], **fields) -> dict:
     return {"securityContext": pod_security_context(), "automountServiceAccountToken": False,
             "enableServiceLinks": False, "containers": containers, "volumes": volumes, **fields}
@@ -133,8 +178,6 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
     change rolls the pods); with HotSwap the template keeps the version it started with and the
     adapter ConfigMap carries the desired one."""
     model = spec.get("model") or {}
-    archive = model["archive"]
-    store, archive_file = posixpath.dirname(archive.rstrip("/")) or "/", posixpath.basename(archive.rstrip("/"))
     ts_name = torchserve_model_name(name, spec)
     hot_swap = (spec.get("promotion") or {}).get("strategy") == "HotSwap"
     serving = spec.get("serving") or {}
@@ -153,14 +196,17 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
         "SELFHEAL_STATUS_DIR": STATUS_DIR,
         **{f"SELFHEAL_{port.upper()}_PORT": str(number) for port, number in PORTS.items()},
     }
+    init_containers, model_volumes, model_mounts, archive = model_delivery(
+        spec, [{"name": k, "value": v} for k, v in {**scratch_env, **storage}.items()], env_from)
+    store, archive_file = posixpath.dirname(archive) or "/", posixpath.basename(archive)
     args = ["-m", "model_handler.launcher", "serve", "--model-store", store,
             "--model", f"{ts_name}={archive_file}", "--workers", str(serving.get("workers", 2)),
             "--bind", "$(POD_IP)",
             *[arg for port in PORTS for arg in (f"--{port}-port", f"$(SELFHEAL_{port.upper()}_PORT)")]]
     volumes = [{"name": "rules", "configMap": {"name": rules_name(name)}},
-               {"name": "status", "emptyDir": {}}, *scratch]
+               {"name": "status", "emptyDir": {}}, *scratch, *model_volumes]
     mounts = [{"name": "rules", "mountPath": RULES_DIR, "readOnly": True},
-              {"name": "status", "mountPath": STATUS_DIR}, *scratch_mounts]
+              {"name": "status", "mountPath": STATUS_DIR}, *scratch_mounts, *model_mounts]
     if hot_swap:
         volumes.append({"name": "adapter", "configMap": {"name": adapter_config_name(name)}})
         mounts.append({"name": "adapter", "mountPath": ADAPTER_DIR, "readOnly": True})
@@ -196,7 +242,8 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
                 "metadata": {"labels": pod_labels,
                              "annotations": {ADAPTER_ANNOTATION: served_version,
                                              RULES_ANNOTATION: rules_hash(spec)}},
-                "spec": hardened_pod_spec([container], volumes, terminationGracePeriodSeconds=30),
+                "spec": hardened_pod_spec([container], volumes, terminationGracePeriodSeconds=30,
+                                          **({"initContainers": init_containers} if init_containers else {})),
             },
         },
     }
@@ -253,13 +300,15 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
     healing = spec.get("healing") or {}
     scratch, scratch_mounts, scratch_env = scratch_volumes()
     storage, env_from = storage_env(spec)
-    args = ["-m", "model_handler.heal", "--namespace", namespace, "--model", name, "--model-dir", model["archive"].rstrip("/"),
+    env = [{"name": k, "value": v} for k, v in {**scratch_env, **storage}.items()]
+    init_containers, model_volumes, model_mounts, model_dir = model_delivery(spec, env, env_from, unpack=True)
+    args = ["-m", "model_handler.heal", "--namespace", namespace, "--model", name, "--model-dir", model_dir,
             "--parent", parent, "--version", version, "--job-name", job_name,
             "--config-json", json.dumps(config, sort_keys=True, separators=(",", ":")),
             "--termination-log", "/dev/termination-log", *(["--since", since] if since else [])]
     container = {"name": "heal", "image": model.get("image") or DEFAULT_IMAGE, "command": ["python"],
-                 "args": args, "env": [{"name": k, "value": v} for k, v in {**scratch_env, **storage}.items()],
-                 "volumeMounts": scratch_mounts, "terminationMessagePath": "/dev/termination-log",
+                 "args": args, "env": env,
+                 "volumeMounts": [*scratch_mounts, *model_mounts], "terminationMessagePath": "/dev/termination-log",
                  "terminationMessagePolicy": "File", "securityContext": container_security_context()}
     if env_from:
         container["envFrom"] = env_from
@@ -272,5 +321,6 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
         "spec": {"backoffLimit": healing.get("backoffLimit", 1),
                  "activeDeadlineSeconds": healing.get("activeDeadlineSeconds", 600),
                  "template": {"metadata": {"labels": job_labels},
-                              "spec": hardened_pod_spec([container], scratch, restartPolicy="Never")}},
+                              "spec": hardened_pod_spec([container], [*scratch, *model_volumes], restartPolicy="Never",
+                                                        **({"initContainers": init_containers} if init_containers else {}))}},
     }

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import sys
 import typing as t
@@ -38,7 +39,9 @@ from kube_custom_resource import schema
 API_GROUP = "selfheal.io"
 API_VERSION = "v1alpha1"
 DEFAULT_IMAGE = "ghcr.io/selfheal/model-server:0.1.0"
-DEFAULT_STORAGE_URI = "file:///var/lib/selfheal"
+DEFAULT_STORAGE_URI = "file:///var/lib/selfheal"   # node-local: the sandbox and development only
+# The operator's default for models without spec.storage.uri (the chart's `storage.uri`).
+STORAGE_URI_ENV = "SELFHEAL_STORAGE_URI"
 BASE_ADAPTER = "base"
 MAX_RULE_CHARS = 2000          # model_handler.rules.MAX_EXPRESSION_CHARS
 MAX_HISTORY = 20
@@ -212,11 +215,28 @@ class ModelSource(SpecModel):
     backbone, the handler and the reference statistics of the training data."""
 
     archive: schema.constr(min_length=1, max_length=2048) = Field(
-        ..., description="URI or path of the TorchServe model archive (.mar) or model directory.")
+        ..., description="The TorchServe model archive (.mar) or model directory. An fsspec URI (s3://, gs://, az://, "
+                         "file://, ...) is copied into an emptyDir by the storage-initializer init container of the "
+                         "serving pods and heal Jobs and checked against `<archive>.sha256` beside it (sha256sum "
+                         "format; write it with `python -m model_handler.fetch --write-digest`); a missing or "
+                         "wrong checksum stops the pod with the reason. pvc://<claim>/<path> mounts the claim "
+                         "read-only. A plain path must exist in the image or on a volume the pods mount; it is used "
+                         "as is. Credentials: spec.storage.secretName or the pods' service account.")
     image: schema.constr(min_length=1, max_length=512) = Field(
         DEFAULT_IMAGE, description="Container image of the model server.")
     name: schema.Optional[schema.constr(pattern=TORCHSERVE_NAME)] = Field(
         None, description="TorchServe model name.")
+
+    @field_validator("archive")
+    @classmethod
+    def _archive_location(cls, archive: str) -> str:
+        if archive.startswith("pvc://"):
+            claim, _, inside = archive[len("pvc://"):].partition("/")
+            if not re.match(DNS_SUBDOMAIN, claim) or not inside.strip("/"):
+                raise ValueError(f"{archive!r}: a PVC archive is pvc://<claim name>/<path in the claim>")
+        elif "://" in archive and not re.match(URI_WITH_SCHEME, archive):
+            raise ValueError(f"{archive!r} is neither a URI (<scheme>://...) nor a path")
+        return archive
 
 
 class ServingSpec(SpecModel):
@@ -356,14 +376,25 @@ class AdapterSpec(SpecModel):
         BASE_ADAPTER, description="Adapter version; `base` is the identity adapter.")
 
 
+def default_storage_uri() -> str:
+    """The operator's default storage: $SELFHEAL_STORAGE_URI (the chart's `storage.uri`), else
+    file:///var/lib/selfheal, which is node-local and fit only for the sandbox and development."""
+    return os.environ.get(STORAGE_URI_ENV, "").strip() or DEFAULT_STORAGE_URI
+
+
 class StorageSpec(SpecModel):
     """Where adapters and sampled traffic live (an fsspec URI shared by pods, Jobs and operator)."""
 
     uri: schema.constr(pattern=URI_WITH_SCHEME, max_length=2048) = Field(
-        DEFAULT_STORAGE_URI, description="fsspec URI such as s3://bucket/prefix.")
+        default_factory=default_storage_uri,
+        description="fsspec URI such as s3://bucket/prefix (s3fs is in the images; gs:// and az:// need the "
+                    "extra `storage-extra`). The default is node-local, for the sandbox and development only. "
+                    f"Default: the operator's ${STORAGE_URI_ENV} (the chart's storage.uri), else {DEFAULT_STORAGE_URI}.")
     secret_name: schema.Optional[schema.constr(pattern=DNS_SUBDOMAIN, max_length=253)] = Field(
-        None, description="Secret in the same namespace whose keys become environment variables of "
-                          "pods and Jobs (storage credentials).")
+        None, description="Secret in the same namespace whose keys become environment variables of the serving "
+                          "pods, the heal Jobs and their storage-initializer init containers (storage "
+                          "credentials, e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL). Unset: "
+                          "the pods' service account (workload identity).")
 
 
 class SelfHealingModelSpec(SpecModel):

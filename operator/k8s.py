@@ -133,6 +133,16 @@ def pod_ready(pod: dict) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
+def init_failure(pod: dict) -> str:
+    """Why an init container (the storage-initializer) of the pod failed, or ""."""
+    for state in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        terminated = (state.get("state") or {}).get("terminated") or (state.get("lastState") or {}).get("terminated")
+        if terminated and terminated.get("exitCode"):
+            return (f"init container {state.get('name')} exited with {terminated['exitCode']}: "
+                    f"{(terminated.get('message') or '').strip()[-800:]}").rstrip(": ")
+    return ""
+
+
 def termination_message(pod: dict) -> str:
     """The first container's termination message (the heal Job's result JSON)."""
     for state in (pod.get("status") or {}).get("containerStatuses") or []:

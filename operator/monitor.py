@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 
@@ -279,6 +280,9 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
         return
     pods = await k8s.list_pods(namespace, {"job-name": last["job"]})
     result = decisions.parse_job_result(next((m for m in map(k8s.termination_message, pods) if m), ""))
+    init_failed = next((m for m in map(k8s.init_failure, pods) if m), "")
+    if result.error and init_failed:   # the model never reached the Job: say why, not "no result"
+        result = dataclasses.replace(result, error=init_failed)
     last.update(finished=iso(t), steps=list(result.steps), failedChecks=list(result.failed_checks),
                 verdict=result.verdict, evidence=[e[:300] for e in result.evidence[:20]],
                 estimate=dict(result.estimate) if result.estimate else None,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sandbox.deployments import DeploymentKubelet
-from sandbox.kubelet import ApiClient, JobKubelet
+from sandbox.kubelet import ApiClient, JobKubelet, env_sources
 from sandbox.pods import PodProcess, PodSpecError
 from sandbox.podman import pod_container, podman, podman_env
 
@@ -97,6 +97,15 @@ class ContainerPodProcess(PodProcess):
         self.config_volumes = dict(translated.config_volumes)
         return ["podman", "run", *translated.args], podman_env()
 
+    def prepare_init(self, config_maps: dict[str, dict[str, Any]]) -> list[tuple[list[str], dict[str, str]]]:
+        self.pod_dir.mkdir(parents=True, exist_ok=True)
+        inits = []
+        for index, init in enumerate(self.init_containers):
+            translated = pod_container(self.pod, f"{self.container_name}-init{index}", self.pod_dir, self.ip,
+                                       config_maps, shared=self.shared, labels={LABEL: self.label}, container=init)
+            inits.append((["podman", "run", *translated.args], podman_env()))
+        return inits
+
     def _kill_leftovers(self) -> None:
         super()._kill_leftovers()
         if self.process is None or self.process.returncode is not None:
@@ -139,11 +148,14 @@ class ContainerJobKubelet(JobKubelet):
         for name in wanted:
             with contextlib.suppress(RuntimeError):  # a missing one: pod_container says whether that is fatal
                 config_maps[name] = await api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        config_maps.update(await env_sources(api, namespace, container))
         await asyncio.to_thread(give_to_pod, self.shared, pod)
         name = container_name(pod)
+        if container is not (pod["spec"].get("containers") or [None])[0]:   # an init container
+            name = f"{name}-{container['name']}"
         try:
             translated = pod_container(pod, name, pod_dir, "127.0.0.1", config_maps,
-                                       shared=self.shared, labels={LABEL: self.label})
+                                       shared=self.shared, labels={LABEL: self.label}, container=container)
         except PodSpecError as exc:
             raise RuntimeError(str(exc)) from exc
         self.names[asyncio.current_task()] = name  # _kill runs in the same task

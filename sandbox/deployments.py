@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from sandbox.kubelet import ApiClient
-from sandbox.pods import POD_NETWORK, AddressPool, PodProcess, PodSpecError, now
+from sandbox.pods import POD_NETWORK, AddressPool, PodProcess, PodSpecError, now, secret_key
 from sandbox.proxy import ServicePort, proxy_session
 
 log = logging.getLogger("sandbox.deployments")
@@ -92,6 +92,7 @@ def _ns_path(kind_path: str, namespace: str, name: str = "") -> str:
 
 DEPLOYMENTS, REPLICASETS = "/apis/apps/v1/deployments", "/apis/apps/v1/replicasets"
 PODS, SERVICES, CONFIGMAPS = "/api/v1/pods", "/api/v1/services", "/api/v1/configmaps"
+SECRETS = "/api/v1/secrets"
 
 
 class DeploymentKubelet:
@@ -156,11 +157,13 @@ class DeploymentKubelet:
 
     async def reconcile(self, api: ApiClient) -> None:
         lists = await asyncio.gather(*(api.request("GET", p) for p in (DEPLOYMENTS, REPLICASETS, PODS, SERVICES,
-                                                                        CONFIGMAPS)))
-        deployments, replica_sets, pods, services, config_maps = (listing["items"] for listing in lists)
+                                                                        CONFIGMAPS, SECRETS)))
+        deployments, replica_sets, pods, services, config_maps, secrets = (listing["items"] for listing in lists)
         maps_by_ns: dict[str, dict[str, dict]] = collections.defaultdict(dict)
         for cm in config_maps:
             maps_by_ns[cm["metadata"]["namespace"]][cm["metadata"]["name"]] = cm
+        for secret in secrets:   # for envFrom/secretKeyRef; a key no object name can be (pods.secret_key)
+            maps_by_ns[secret["metadata"]["namespace"]][secret_key(secret["metadata"]["name"])] = secret
         for deployment in deployments:
             try:
                 await self._sync_deployment(api, deployment, replica_sets, pods)

@@ -31,6 +31,8 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
+from sandbox.pods import PodSpecError, env_from, secret_key
+
 log = logging.getLogger("sandbox.kubelet")
 
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -199,32 +201,65 @@ class JobKubelet:
             return "Failed"
         pod_dir = self.pods_dir / namespace / pod["metadata"]["name"]
         container = containers[0]
+        loop = asyncio.get_running_loop()
+        deadline = None if remaining_s is None else loop.time() + remaining_s
+        # Init containers first, in order, each to success (restartPolicy Never: one failure fails the pod).
+        init_statuses: list[dict[str, Any]] = []
+        for init in pod["spec"].get("initContainers") or []:
+            if not init.get("command"):
+                message = f"init container {init.get('name')!r}: the sandbox kubelet runs `command` (+ `args`)"
+                await self._pod_finished(api, pod_path, containers, 127, message, _now(), "Failed", init_statuses)
+                return "Failed"
+            try:
+                argv, env, log_path, message_path = await self._prepare(api, pod, init, pod_dir)
+            except (RuntimeError, OSError) as exc:
+                await self._pod_finished(api, pod_path, containers, 128, f"could not prepare init container "
+                                         f"{init['name']!r}: {exc}", _now(), "Failed", init_statuses)
+                return "Failed"
+            started = _now()
+            await api.patch_status(pod_path, {"phase": "Pending", "startTime": started, "initContainerStatuses": [
+                *init_statuses, {"name": init["name"], "ready": False, "restartCount": 0,
+                                 "image": init.get("image", ""), "state": {"running": {"startedAt": started}}}]})
+            exit_code, timed_out = await self._run_process(argv, env, log_path, pod_dir, deadline)
+            message = self._termination_message(init, message_path, log_path, exit_code)
+            terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                          "startedAt": started, "finishedAt": _now(), **({"message": message} if message else {})}
+            init_statuses.append({"name": init["name"], "ready": exit_code == 0, "restartCount": 0,
+                                  "image": init.get("image", ""), "state": {"terminated": terminated}})
+            if exit_code != 0 or timed_out:
+                await self._pod_finished(api, pod_path, containers, None, "", started, "Failed", init_statuses)
+                return "DeadlineExceeded" if timed_out else "Failed"
         try:
             argv, env, log_path, message_path = await self._prepare(api, pod, container, pod_dir)
         except (RuntimeError, OSError) as exc:
             await self._pod_finished(api, pod_path, containers, 128, f"could not prepare the pod: {exc}", _now(),
-                                     "Failed")
+                                     "Failed", init_statuses)
             return "Failed"
         started = _now()
         await api.patch_status(pod_path, {"phase": "Running", "startTime": started, "containerStatuses": [
             {"name": container["name"], "ready": True, "restartCount": 0, "image": container.get("image", ""),
              "state": {"running": {"startedAt": started}}}]})
+        exit_code, timed_out = await self._run_process(argv, env, log_path, pod_dir, deadline)
+        message = self._termination_message(container, message_path, log_path, exit_code)
+        phase = "Succeeded" if exit_code == 0 and not timed_out else "Failed"
+        await self._pod_finished(api, pod_path, containers, exit_code, message, started, phase, init_statuses)
+        return "DeadlineExceeded" if timed_out else phase
+
+    async def _run_process(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path,
+                           deadline: float | None) -> tuple[int, bool]:
+        """Run one container's process to its end or the Job's deadline: (exit code, timed out)."""
+        remaining = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
         with open(log_path, "ab") as out:
             process = await asyncio.create_subprocess_exec(
-                *argv, env=env, cwd=pod_dir, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                *argv, env=env, cwd=cwd, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
             try:
-                exit_code = await asyncio.wait_for(process.wait(), remaining_s)
-                timed_out = False
+                return await asyncio.wait_for(process.wait(), remaining), False
             except asyncio.TimeoutError:
-                exit_code, timed_out = await self._kill(process), True
+                return await self._kill(process), True
             except asyncio.CancelledError:  # the Job was deleted or the sandbox stops
                 await self._kill(process)
                 raise
-        message = self._termination_message(container, message_path, log_path, exit_code)
-        phase = "Succeeded" if exit_code == 0 and not timed_out else "Failed"
-        await self._pod_finished(api, pod_path, containers, exit_code, message, started, phase)
-        return "DeadlineExceeded" if timed_out else phase
 
     async def _kill(self, process: asyncio.subprocess.Process) -> int:
         with contextlib.suppress(ProcessLookupError):
@@ -248,9 +283,9 @@ class JobKubelet:
             volume = volumes.get(mount["name"])
             if volume is None:
                 raise RuntimeError(f"volumeMount {mount['name']!r} names no volume of the pod")
-            if local.exists():
+            if local.exists() and "configMap" in volume:   # an emptyDir keeps what an init container wrote
                 shutil.rmtree(local)
-            local.mkdir(parents=True)
+            local.mkdir(parents=True, exist_ok=True)
             if "configMap" in volume:
                 source = volume["configMap"]
                 try:
@@ -283,6 +318,10 @@ class JobKubelet:
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         env = dict(os.environ)
+        try:
+            env.update(env_from(container, await env_sources(api, namespace, container)))
+        except PodSpecError as exc:
+            raise RuntimeError(str(exc)) from exc
         for var in container.get("env") or []:
             if "value" in var:
                 env[var["name"]] = local_path(str(var["value"]))
@@ -303,16 +342,35 @@ class JobKubelet:
             message = "\n".join(lines)
         return message[-TERMINATION_MESSAGE_LIMIT:]
 
-    async def _pod_finished(self, api: ApiClient, pod_path: str, containers: list[dict[str, Any]], exit_code: int,
-                            message: str, started: str, phase: str) -> None:
+    async def _pod_finished(self, api: ApiClient, pod_path: str, containers: list[dict[str, Any]],
+                            exit_code: int | None, message: str, started: str, phase: str,
+                            init_statuses: list[dict[str, Any]] = ()) -> None:
+        """`exit_code` None: the main container never ran (an init container failed)."""
         name = containers[0]["name"] if containers else "main"
-        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                      "startedAt": started, "finishedAt": _now()}
-        if message:
-            terminated["message"] = message
-        await api.patch_status(pod_path, {"phase": phase, "containerStatuses": [
+        if exit_code is None:
+            state = {"waiting": {"reason": "PodInitializing"}}
+        else:
+            state = {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                    "startedAt": started, "finishedAt": _now(), **({"message": message} if message else {})}}
+        status = {"phase": phase, "containerStatuses": [
             {"name": name, "ready": False, "restartCount": 0,
-             "image": containers[0].get("image", "") if containers else "", "state": {"terminated": terminated}}]})
+             "image": containers[0].get("image", "") if containers else "", "state": state}]}
+        if init_statuses:
+            status["initContainerStatuses"] = list(init_statuses)
+        await api.patch_status(pod_path, status)
+
+
+async def env_sources(api: ApiClient, namespace: str, container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ConfigMaps and Secrets a container's `envFrom` names, keyed as `pods.env_from` reads them
+    (a missing one is left out: env_from says whether that is fatal)."""
+    found: dict[str, dict[str, Any]] = {}
+    for source in container.get("envFrom") or []:
+        for field, resource, key in (("configMapRef", "configmaps", lambda n: n), ("secretRef", "secrets", secret_key)):
+            name = (source.get(field) or {}).get("name")
+            if name:
+                with contextlib.suppress(RuntimeError):
+                    found[key(name)] = await api.request("GET", f"/api/v1/namespaces/{namespace}/{resource}/{name}")
+    return found
 
 
 def job_kubelet(api_url: str, workdir: Path) -> JobKubelet:

@@ -144,8 +144,9 @@ class PodContainer(NamedTuple):
 
 def pod_container(pod: dict[str, Any], name: str, pod_dir: Path, ip: str, config_maps: dict[str, dict[str, Any]],
                   shared: Iterable[str] = (), empty_dir_tmpfs: bool = False,
-                  labels: dict[str, str] | None = None) -> PodContainer:
-    """Translate a pod (its first container) the way a kubelet would:
+                  labels: dict[str, str] | None = None, container: dict[str, Any] | None = None) -> PodContainer:
+    """Translate a pod's container (the first one unless `container` names another, e.g. an init
+    container, whose termination log is then `termination-log-<name>`) the way a kubelet would:
     - `configMap` volumes are projected under `<pod_dir>/volumes/<name>` and mounted read-only;
     - `emptyDir` volumes are host directories there owned by the pod's user and `fsGroup` (a tmpfs
       with `medium: Memory`, or every one with `empty_dir_tmpfs`);
@@ -159,7 +160,8 @@ def pod_container(pod: dict[str, Any], name: str, pod_dir: Path, ip: str, config
     containers = spec.get("containers") or []
     if not containers:
         raise PodSpecError("the pod has no containers")
-    container = containers[0]
+    main = container is None or container is containers[0]
+    container = containers[0] if container is None else container
     pod_sc, sc = spec.get("securityContext") or {}, container.get("securityContext") or {}
     uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
     gid = pod_sc.get("fsGroup", sc.get("runAsGroup", pod_sc.get("runAsGroup", uid)))
@@ -186,7 +188,7 @@ def pod_container(pod: dict[str, Any], name: str, pod_dir: Path, ip: str, config
             mounts.append(Mount(str(local), mount["mountPath"], bool(mount.get("readOnly"))))
         else:
             raise PodSpecError(f"volume {mount['name']!r}: only configMap and emptyDir volumes are supported here")
-    termination_log = pod_dir / "termination-log"
+    termination_log = pod_dir / ("termination-log" if main else f"termination-log-{container['name']}")
     termination_log.parent.mkdir(parents=True, exist_ok=True)
     termination_log.write_text("")
     termination_log.chmod(0o666)

@@ -18,6 +18,7 @@ kubelet would, so the same manifests run on a real cluster:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import errno
@@ -124,6 +125,33 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _VAR_REF.sub(replace, text)
 
 
+def secret_key(name: str) -> str:
+    """Where a Secret sits in the kubelets' `config_maps` mapping (no object name holds a ':')."""
+    return f"secret:{name}"
+
+
+def env_from(container: dict[str, Any], config_maps: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """`envFrom`: every key of a ConfigMap (`configMapRef`) or Secret (`secretRef`, decoded), with its
+    `prefix`; a missing source fails the pod unless `optional`."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        if "secretRef" in source:
+            ref, kind = source["secretRef"], "secret"
+            obj = config_maps.get(secret_key(ref.get("name", "")))
+            data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in ((obj or {}).get("data") or {}).items()}
+            data.update((obj or {}).get("stringData") or {})
+        elif "configMapRef" in source:
+            ref, kind = source["configMapRef"], "configmap"
+            obj = config_maps.get(ref.get("name", ""))
+            data = dict((obj or {}).get("data") or {})
+        else:
+            raise PodSpecError(f"container {container.get('name')!r}: envFrom {sorted(source)} is not supported here")
+        if obj is None and not ref.get("optional"):
+            raise PodSpecError(f"container {container.get('name')!r}: envFrom {kind} {ref.get('name')!r} not found")
+        env.update({source.get("prefix", "") + k: v for k, v in data.items()})
+    return env
+
+
 def container_env(container: dict[str, Any], pod: dict[str, Any], pod_ip: str,
                   config_maps: dict[str, dict[str, Any]], local_path: Callable[[str], str]) -> dict[str, str]:
     """The container's own environment (not the inherited one), in order, each value expanded
@@ -131,7 +159,7 @@ def container_env(container: dict[str, Any], pod: dict[str, Any], pod_ip: str,
     meta = pod["metadata"]
     fields = {"status.podIP": pod_ip, "metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
               "metadata.uid": meta.get("uid", "")}
-    env: dict[str, str] = {}
+    env: dict[str, str] = env_from(container, config_maps)   # `env` entries win over envFrom, as in Kubernetes
     for var in container.get("env") or []:
         name = var.get("name")
         if not name:
@@ -291,6 +319,18 @@ class PodProcess:
         if not containers or not containers[0].get("command"):
             raise PodSpecError("the sandbox kubelet runs `command` (+ `args`) of the first container; none was given")
         self.container = containers[0]
+        self.init_containers = pod["spec"].get("initContainers") or []
+        for init in self.init_containers:
+            if not init.get("command"):
+                raise PodSpecError(f"init container {init.get('name')!r}: the sandbox kubelet runs `command` "
+                                   "(+ `args`); none was given")
+        # Init containers run in order, each to success, before the main container starts (a failed
+        # one is restarted with backoff, as a kubelet does for restartPolicy Always).
+        self.initialized = not self.init_containers
+        self.init_statuses: list[dict[str, Any]] = [
+            {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
+             "started": False, "state": {"waiting": {"reason": "PodInitializing"}}, "lastState": {}}
+            for c in self.init_containers]
         self.ready = False
         self.terminating = False
         self.restart_count = 0
@@ -305,10 +345,18 @@ class PodProcess:
 
     # -- setup ----------------------------------------------------------------------------------
     def prepare(self, config_maps: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+        return self.prepare_container(self.container, config_maps)
+
+    def prepare_init(self, config_maps: dict[str, dict[str, Any]]) -> list[tuple[list[str], dict[str, str]]]:
+        """argv and env of each init container (they share the pod's volumes with the main one)."""
+        return [self.prepare_container(init, config_maps) for init in self.init_containers]
+
+    def prepare_container(self, container: dict[str, Any], config_maps: dict[str, dict[str, Any]]
+                          ) -> tuple[list[str], dict[str, str]]:
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
         mapping: dict[str, str] = {}
-        for mount in self.container.get("volumeMounts") or []:
+        for mount in container.get("volumeMounts") or []:
             volume = volumes.get(mount["name"])
             if volume is None:
                 raise PodSpecError(f"volumeMount {mount['name']!r} names no volume of the pod")
@@ -322,18 +370,19 @@ class PodProcess:
             else:
                 raise PodSpecError(f"volume {mount['name']!r}: only configMap and emptyDir volumes are supported here")
             mapping[mount["mountPath"].rstrip("/")] = str(local)
-        message_path = self.pod_dir / "termination-log"
+        message_path = self.pod_dir / ("termination-log" if container is self.container
+                                       else f"termination-log-{container['name']}")
         message_path.touch()
-        mapping[self.container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH)] = str(message_path)
+        mapping[container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH)] = str(message_path)
 
         def local_path(text: str) -> str:
             for remote in sorted(mapping, key=len, reverse=True):  # the most specific mount wins
                 text = text.replace(remote, mapping[remote])
             return text
 
-        own_env = container_env(self.container, self.pod, self.ip, config_maps, local_path)
+        own_env = container_env(container, self.pod, self.ip, config_maps, local_path)
         argv = [local_path(expand(str(a), own_env))
-                for a in (self.container.get("command") or []) + (self.container.get("args") or [])]
+                for a in (container.get("command") or []) + (container.get("args") or [])]
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         env = dict(os.environ)
@@ -354,13 +403,77 @@ class PodProcess:
 
     # -- running --------------------------------------------------------------------------------
     def start(self, config_maps: dict[str, dict[str, Any]], session: aiohttp.ClientSession) -> None:
+        inits = self.prepare_init(config_maps)
         argv, env = self.prepare(config_maps)
         readiness = Probe(self.container.get("readinessProbe"), self.container, self.ip)
         liveness = Probe(self.container.get("livenessProbe"), self.container, self.ip)
-        self.tasks = [asyncio.create_task(self._run(argv, env)),
+        self.tasks = [asyncio.create_task(self._run(argv, env, inits)),
                       asyncio.create_task(self._probe(readiness, liveness, session))]
 
-    async def _run(self, argv: list[str], env: dict[str, str]) -> None:
+    async def _run_init(self, inits: list[tuple[list[str], dict[str, str]]]) -> bool:
+        """Run the init containers in order; a failed one restarts with backoff until it succeeds.
+        False if the pod was stopped meanwhile."""
+        for index, (argv, env) in enumerate(inits):
+            name, status = self.init_containers[index]["name"], self.init_statuses[index]
+            env = {**env, POD_MARKER: self.uid}
+            while True:
+                if self.terminating:
+                    return False
+                with open(self.pod_dir / f"{name}.log", "ab") as out:
+                    try:
+                        self.process = await asyncio.create_subprocess_exec(
+                            *argv, env=env, cwd=self.pod_dir, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+                    except OSError as exc:
+                        self.error = f"cannot start {argv[0]!r}: {exc}"
+                        status["state"] = {"waiting": {"reason": "RunContainerError", "message": self.error}}
+                        self.on_change()
+                        return False
+                started = now()
+                status.update(started=True, state={"running": {"startedAt": started}})
+                self.state = {"waiting": {"reason": "PodInitializing"}}
+                self.on_change()
+                code = await self.process.wait()
+                code = 128 - code if code < 0 else code
+                self._kill_leftovers()
+                terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                              "startedAt": started, "finishedAt": now()}
+                message = self._message(self.init_containers[index], self.pod_dir / f"termination-log-{name}",
+                                        self.pod_dir / f"{name}.log", code)
+                if message:
+                    terminated["message"] = message
+                if code == 0:
+                    status.update(ready=True, started=False, state={"terminated": terminated})
+                    self.on_change()
+                    break
+                if self.terminating:
+                    return False
+                status["restartCount"] += 1
+                delay = min(MAX_BACKOFF_S, 2 ** (status["restartCount"] - 1))
+                log.info("pod %s: init container %s exited with %s; restart %d in %.0fs",
+                         self.pod["metadata"]["name"], name, code, status["restartCount"], delay)
+                status.update(started=False, lastState={"terminated": terminated},
+                              state={"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {delay:.0f}s "
+                                                 f"restarting failed container {name}: {message[-300:]}"}})
+                self.state = {"waiting": {"reason": "PodInitializing"}}
+                self.on_change()
+                await asyncio.sleep(delay)
+        self.initialized = True
+        self.process = None
+        return True
+
+    @staticmethod
+    def _message(container: dict[str, Any], message_path: Path, log_path: Path, code: int) -> str:
+        """The termination message: the file, or the log's tail with FallbackToLogsOnError."""
+        message = message_path.read_text(errors="replace") if message_path.exists() else ""
+        if not message and code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            message = "\n".join(log_path.read_text(errors="replace").splitlines()[-80:]) if log_path.exists() else ""
+        return message[-4096:]
+
+    async def _run(self, argv: list[str], env: dict[str, str],
+                   inits: list[tuple[list[str], dict[str, str]]] = ()) -> None:
+        if inits and not await self._run_init(inits):
+            return
         log_path = self.pod_dir / f"{self.container['name']}.log"
         # Every process of this pod inherits the marker, so one orphaned by a dying parent (a
         # TorchServe worker whose JVM was killed mid-restart) is still found and stopped.
@@ -404,7 +517,8 @@ class PodProcess:
         period = min(periods) if periods else 0.5
         while not self.terminating:
             await asyncio.sleep(period)
-            if self.process is None or self.process.returncode is not None or self.terminating:
+            if (not self.initialized or self.process is None or self.process.returncode is not None
+                    or self.terminating):
                 running_since = None
                 passes = failures = live_failures = 0
                 continue
@@ -495,7 +609,8 @@ class PodProcess:
         running = "running" in self.state
         ready_text = "True" if ready else "False"
         conditions = [{"type": t, "status": s, "lastProbeTime": None} for t, s in (
-            ("PodScheduled", "True"), ("Initialized", "True"), ("ContainersReady", ready_text), ("Ready", ready_text))]
+            ("PodScheduled", "True"), ("Initialized", "True" if self.initialized else "False"),
+            ("ContainersReady", ready_text), ("Ready", ready_text))]
         container_status = {
             "name": self.container["name"], "image": self.container.get("image", ""), "imageID": "",
             "ready": ready, "started": running, "restartCount": self.restart_count, "state": self.state,
@@ -503,6 +618,9 @@ class PodProcess:
         }
         if self.process is not None and running:
             container_status["containerID"] = f"process://{self.process.pid}"
-        return {"phase": "Running" if running or self.restart_count else "Pending", "podIP": self.ip,
-                "podIPs": [{"ip": self.ip}], "hostIP": "127.0.0.1", "startTime": self.started_at,
-                "conditions": conditions, "containerStatuses": [container_status]}
+        status = {"phase": "Running" if running or self.restart_count else "Pending", "podIP": self.ip,
+                  "podIPs": [{"ip": self.ip}], "hostIP": "127.0.0.1", "startTime": self.started_at,
+                  "conditions": conditions, "containerStatuses": [container_status]}
+        if self.init_statuses:
+            status["initContainerStatuses"] = [dict(s) for s in self.init_statuses]
+        return status

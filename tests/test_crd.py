@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from examples.fraud import generator
 from model_handler import drift, gate, healing, rules
-from shm_operator import crd
+from shm_operator import crd, decisions
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = ROOT / "crds" / "selfhealingmodels.yaml"
@@ -190,7 +190,37 @@ def test_explain_text_names_each_default():
     assert props["replicas"]["description"].endswith("Default: 2.")
     assert props["healing"]["properties"]["mode"]["description"].endswith("Default: Auto.")
     assert props["promotion"]["properties"]["strategy"]["description"].endswith("Default: RollingRestart.")
-    assert props["storage"]["properties"]["uri"]["description"].endswith(f"Default: {crd.DEFAULT_STORAGE_URI}.")
+    assert props["storage"]["properties"]["uri"]["description"].endswith(
+        f"Default: the operator's $SELFHEAL_STORAGE_URI (the chart's storage.uri), else {crd.DEFAULT_STORAGE_URI}.")
+
+
+def test_storage_uri_defaults_to_the_operators_setting(monkeypatch):
+    """The chart's storage.uri reaches the operator as $SELFHEAL_STORAGE_URI: models without
+    spec.storage (or without its uri) use it; one that names its own keeps it."""
+    from shm_operator.status import full_spec
+    spec = yaml.safe_load(EXAMPLE_FILE.read_text())["spec"]
+    spec.pop("storage", None)
+    monkeypatch.delenv("SELFHEAL_STORAGE_URI", raising=False)
+    assert full_spec(spec)["storage"]["uri"] == crd.DEFAULT_STORAGE_URI == "file:///var/lib/selfheal"
+    monkeypatch.setenv("SELFHEAL_STORAGE_URI", "s3://team-bucket/selfheal")
+    assert full_spec(spec)["storage"]["uri"] == "s3://team-bucket/selfheal"
+    assert full_spec({**spec, "storage": {"secretName": "s3-creds"}})["storage"] == {
+        "uri": "s3://team-bucket/selfheal", "secretName": "s3-creds"}
+    assert full_spec({**spec, "storage": {"uri": "gs://own/prefix"}})["storage"]["uri"] == "gs://own/prefix"
+    monkeypatch.setenv("SELFHEAL_STORAGE_URI", "  ")
+    assert full_spec(spec)["storage"]["uri"] == crd.DEFAULT_STORAGE_URI
+
+
+@pytest.mark.parametrize("archive, ok", [
+    ("/var/lib/models/fraud", True), ("models/fraud.mar", True), ("s3://bucket/models/fraud", True),
+    ("gs://b/fraud.mar", True), ("file:///srv/fraud", True), ("pvc://models/fraud", True),
+    ("pvc://models/team/fraud.mar", True), ("pvc://models", False), ("pvc://models/", False),
+    ("pvc://Bad_Claim/fraud", False), ("://nothing", False)])
+def test_archive_is_a_path_a_uri_or_a_pvc(archive, ok):
+    spec = {**yaml.safe_load(EXAMPLE_FILE.read_text())["spec"]}
+    spec["model"] = {**spec["model"], "archive": archive}
+    problems = [p for p in decisions.validate_spec_semantics(spec) if p.startswith("spec.model.archive")]
+    assert (problems == []) is ok, problems
 
 
 def test_printer_columns_point_at_fields_of_the_schema():

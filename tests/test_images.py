@@ -63,19 +63,21 @@ def test_build_reports_both_images_and_their_sizes(images):
 
 def test_images_hold_only_what_they_run(images):
     """The operator image has shm_operator + model_handler; the model server model_handler and
-    TorchServe; neither has the sandbox, bench, examples or fuzz targets (nor tests)."""
+    TorchServe; both have s3fs (s3:// storage and archives) but not the optional gcsfs/adlfs;
+    neither has the sandbox, bench, examples or fuzz targets (nor tests)."""
     probe = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
-             "['shm_operator', 'model_handler', 'kopf', 'ts', 'sandbox', 'bench', 'examples', 'fuzz', 'tests']}))")
+             "['shm_operator', 'model_handler', 'kopf', 'ts', 'sandbox', 'bench', 'examples', 'fuzz', 'tests', "
+             "'s3fs', 'gcsfs', 'adlfs']}))")
     found = {}
     for image in (images.operator, images.model_server):
         proc = podman("run", "--rm", "--network=none", "--entrypoint=python", image, "-c", probe)
         found[image] = json.loads(proc.stdout)
     assert found[images.operator] == {"shm_operator": True, "model_handler": True, "kopf": True, "ts": False,
                                       "sandbox": False, "bench": False, "examples": False, "fuzz": False,
-                                      "tests": False}
+                                      "tests": False, "s3fs": True, "gcsfs": False, "adlfs": False}
     assert found[images.model_server] == {"shm_operator": False, "model_handler": True, "kopf": False, "ts": True,
                                           "sandbox": False, "bench": False, "examples": False, "fuzz": False,
-                                          "tests": False}
+                                          "tests": False, "s3fs": True, "gcsfs": False, "adlfs": False}
 
 
 # ---------------------------------------------------------------- operator image

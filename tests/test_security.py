@@ -58,6 +58,7 @@ def project_pods(helm: str) -> dict[str, dict]:
     """Every pod template the project defines, by where it comes from."""
     spec = example_spec()
     hot = example_spec(promotion={"strategy": "HotSwap"})
+    s3 = example_spec(model={"archive": "s3://models/fraud"}, storage={"uri": "s3://b/p", "secretName": "creds"})
     config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
     operator = next(d for d in template(helm) if d["kind"] == "Deployment")
     return {
@@ -65,6 +66,9 @@ def project_pods(helm: str) -> dict[str, dict]:
         "serving Deployment": children.deployment("fraud", "models", spec, "base"),
         "serving Deployment (HotSwap)": children.deployment("fraud", "models", hot, "base"),
         "healing Job": children.heal_job("fraud", "models", spec, "fraud-heal-1", "base", "v1", config),
+        # an s3:// archive: the storage-initializer init container is hardened the same way
+        "serving Deployment (s3 archive)": children.deployment("fraud", "models", s3, "base"),
+        "healing Job (s3 archive)": children.heal_job("fraud", "models", s3, "fraud-heal-1", "base", "v1", config),
     }
 
 

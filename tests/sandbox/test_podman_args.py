@@ -73,3 +73,31 @@ def test_args_without_command_run_the_images_entrypoint():
     assert args[-2:] == ["img", "--x"] and not any(a.startswith("--entrypoint") for a in args)
     with pytest.raises(PodSpecError, match="has no image"):
         run_args("n", "", {"name": "c"}, {}, {}, [], [])
+
+
+def test_the_storage_initializer_translates_with_the_pods_volume_and_the_secrets_env(tmp_path):
+    """--runtime podman runs each init container as its own `podman run` of its image, with the
+    emptyDir the main container mounts and envFrom's Secret keys (sandbox/containers.py)."""
+    import base64
+    from sandbox.pods import secret_key
+    spec = full_spec({"model": {"archive": "s3://models/fraud", "image": "example/model-server:1"},
+                      "features": ["a", "b"], "classes": ["x", "y"],
+                      "storage": {"uri": "s3://b/p", "secretName": "s3-creds"}})
+    template = children.deployment("fraud", "ns", spec, "base")["spec"]["template"]
+    pod = {"metadata": {"name": "fraud-serving-1", "namespace": "ns", "uid": "u1"}, "spec": template["spec"]}
+    config_maps = {children.rules_name("fraud"): children.rules_configmap("fraud", spec),
+                   secret_key("s3-creds"): {"data": {"AWS_ACCESS_KEY_ID": base64.b64encode(b"key").decode()}}}
+    (init,) = template["spec"]["initContainers"]
+    translated = pod_container(pod, "c1-init0", tmp_path, "127.0.0.9", config_maps, container=init)
+    args = translated.args
+    image_at = args.index("example/model-server:1")
+    assert args[image_at + 1:] == ["-m", "model_handler.fetch", "s3://models/fraud", children.MODEL_DIR]
+    assert f"--volume={tmp_path}/volumes/model:{children.MODEL_DIR}:rw" in args
+    assert "--env=AWS_ACCESS_KEY_ID=key" in args and "--read-only" in args
+    assert translated.termination_log == tmp_path / "termination-log-storage-initializer"
+    main = pod_container(pod, "c1", tmp_path, "127.0.0.9", config_maps)
+    assert f"--volume={tmp_path}/volumes/model:{children.MODEL_DIR}:rw" in main.args   # the same directory
+    assert main.termination_log == tmp_path / "termination-log"
+    with pytest.raises(PodSpecError, match="envFrom secret 's3-creds' not found"):
+        pod_container(pod, "c1-init0", tmp_path, "127.0.0.9", {children.rules_name("fraud"): config_maps[
+            children.rules_name("fraud")]}, container=init)
