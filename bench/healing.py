@@ -171,6 +171,8 @@ def run_scenario(scenario: Scenario, seed: int, traffic: Traffic | None = None) 
     for name in BASELINES:   # a baseline adapts unconditionally: one promotion per run
         bad = harms(out[name], out["none"], keys, HARM_MARGIN)
         out[name].update(promotions=1, harmful_promotions=int(bool(bad)), harmed=bad)
+    for name in ("oracle", "true_prior"):   # references: would the same rule call them harmful?
+        out[name]["harmful_if_promoted"] = int(bool(harms(out[name], out["none"], keys, HARM_MARGIN)))
     judged = []
     for version in loop.promoted:
         s = evaluate(loop.models[version], scenario, positive, metric)
@@ -226,7 +228,7 @@ def stationary(model: SelfHealingNet, rules: RuleSet, reference: ReferenceProfil
 
 # ---- aggregation and output ------------------------------------------------------------------
 
-SUMMED = {"promotions", "harmful_promotions", "approvals_pending", "jobs", "rejected", "nothing_to_fix", "failed",
+SUMMED = {"promotions", "harmful_promotions", "harmful_if_promoted", "approvals_pending", "jobs", "rejected", "nothing_to_fix", "failed",
           "rollbacks", "labels_used"}
 
 

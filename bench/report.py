@@ -45,6 +45,12 @@ def tables(result: dict) -> str:
                      f"{s['promotions']} / {s['approvals_pending']} / {s['rejected']} / {s['nothing_to_fix']} | "
                      f"{s['harmful_promotions']} | {s['rollbacks']} | {d['declared_runs']}/{d['runs']} "
                      f"({d['within_2_windows']}) | {_f(d['mean_delay_rows'], 0)} |")
+    refs = [f"{name} (oracle {sc['methods']['oracle']['harmful_if_promoted']}, true prior "
+            f"{sc['methods']['true_prior']['harmful_if_promoted']})" for name, sc in result["scenarios"].items()
+            if sc["methods"]["oracle"].get("harmful_if_promoted") or sc["methods"].get("true_prior", {}).get("harmful_if_promoted")]
+    if refs:
+        lines += ["", "The same harm rule, applied to the references (runs in which it would call them harmful): "
+                  + "; ".join(refs) + "."]
     st = [sc["stationary"] for sc in result["scenarios"].values()]
     windows = sum(s["windows"] for s in st)
     lines += ["", f"Stationary traffic (shuffled source rows, the same loop): "
