@@ -45,6 +45,7 @@ _KINDS = {
     "Deployment": ("AppsV1Api", "namespaced_deployment"),
     "Job": ("BatchV1Api", "namespaced_job"),
     "NetworkPolicy": ("NetworkingV1Api", "namespaced_network_policy"),
+    "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
 }
 
 
@@ -114,6 +115,20 @@ async def patch(kind: str, namespace: str, name: str, body: dict) -> None:
         await getattr(api, f"patch_{suffix}")(name, namespace, body)
     except ApiException as err:
         raise _retry(f"patch {kind} {namespace}/{name}", err) from err
+
+
+async def delete(kind: str, namespace: str, name: str) -> bool:
+    """Delete an object if it exists; returns whether there was one."""
+    api_name, suffix = _KINDS[kind]
+    api = getattr(client, api_name)(await api_client())
+    try:
+        await getattr(api, f"delete_{suffix}")(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise _retry(f"delete {kind} {namespace}/{name}", err) from err
+    log.info("deleted %s %s/%s", kind, namespace, name)
+    return True
 
 
 async def list_pods(namespace: str, selector: dict[str, str]) -> list[dict]:
