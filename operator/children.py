@@ -15,6 +15,7 @@ management port by name, so the same code works on a cluster (fixed 8080-8082) a
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -300,6 +301,17 @@ def with_pod_template(spec: dict, workload: dict) -> dict:
         if value:
             template["spec"][key] = value
     return workload
+
+
+def clearing_pod_template(workload: dict) -> dict:
+    """`workload` as a strategic-merge patch that also removes the spec.podTemplate fields it leaves
+    out (null deletes a key), so a field dropped from spec.podTemplate leaves the pods. Extra labels
+    and annotations dropped from it are not known here and stay until the object is recreated."""
+    patch = copy.deepcopy(workload)
+    pod = patch["spec"]["template"]["spec"]
+    for key in POD_TEMPLATE_FIELDS:
+        pod.setdefault(key, None)
+    return patch
 
 
 def pod_selector(name: str) -> dict[str, str]:

@@ -49,8 +49,9 @@ _KINDS = {
 }
 
 
-async def ensure(obj: dict, namespace: str) -> None:
-    """Create `obj`, or patch it to match if it exists (owner references set by the caller)."""
+async def ensure(obj: dict, namespace: str, patch_body: dict | None = None) -> None:
+    """Create `obj`, or patch it to match if it exists (owner references set by the caller). A
+    `patch_body` replaces `obj` in the patch, e.g. with nulls that remove fields `obj` leaves out."""
     api_name, suffix = _KINDS[obj["kind"]]
     api = getattr(client, api_name)(await api_client())
     name = obj["metadata"]["name"]
@@ -61,7 +62,7 @@ async def ensure(obj: dict, namespace: str) -> None:
         if err.status != 409:
             raise _retry(f"create {obj['kind']} {namespace}/{name}", err) from err
         try:
-            await getattr(api, f"patch_{suffix}")(name, namespace, obj)
+            await getattr(api, f"patch_{suffix}")(name, namespace, obj if patch_body is None else patch_body)
         except ApiException as err2:
             raise _retry(f"patch {obj['kind']} {namespace}/{name}", err2) from err2
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import kopf
 
 from shm_operator import decisions, k8s, metrics
-from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap, deployment,
-                                   disruption_budget, inference_url, network_policy, rules_configmap,
-                                   selector_string, service, serving_name)
+from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap,
+                                   clearing_pod_template, deployment, disruption_budget, inference_url,
+                                   network_policy, rules_configmap, selector_string, service, serving_name)
 from shm_operator.rollout import WaitingForBaseline, accept_version
 from shm_operator.status import full_spec, now, refresh_phase, set_condition_in, update, update_adapter
 
@@ -50,9 +50,12 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runt
     children = [rules_configmap(name, spec), adapter_configmap(name, version), service(name)]
     if memo.get("network_policy"):  # before the pods exist, so they never run unprotected
         children.append(network_policy(name, memo["network_policy"]))
-    for child in (*children, deployment(name, namespace, spec, served)):
+    for child in children:
         kopf.adopt(child, owner=body)
         await k8s.ensure(child, namespace)
+    serving = deployment(name, namespace, spec, served)
+    kopf.adopt(serving, owner=body)
+    await k8s.ensure(serving, namespace, patch_body=clearing_pod_template(serving))
     owned = {"desired": version}
     if not (status.get("adapter") or {}).get("lastGood"):
         owned["lastGood"] = version   # the first version served; the timer moves it after a watch

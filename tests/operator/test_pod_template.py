@@ -94,3 +94,15 @@ def test_heal_job_ttl_default_and_url():
     named = full_spec({**BASE, "model": {"archive": "/m", "name": "fraud-v2"}})
     assert children.inference_url("fraud", "models", named).endswith("/predictions/fraud-v2")
     assert children.selector_string("fraud") == "selfheal.io/model=fraud,selfheal.io/component=serving"
+
+
+def test_fields_dropped_from_the_pod_template_leave_the_deployment():
+    """The Deployment is patched (strategic merge) when it exists: the patch carries nulls for the
+    pod template fields the spec no longer sets, so they are removed, not kept from before."""
+    from sandbox.patches import strategic_merge_patch
+    before = children.deployment("fraud", "ns", full_spec({**BASE, "podTemplate": TEMPLATE}), "v1")
+    after = children.deployment("fraud", "ns", full_spec({**BASE, "podTemplate": {"nodeSelector": {"pool": "b"}}}), "v1")
+    merged = strategic_merge_patch(before, children.clearing_pod_template(after))["spec"]["template"]["spec"]
+    assert merged["nodeSelector"] == {"pool": "b"}
+    assert not {"serviceAccountName", "imagePullSecrets", "tolerations", "affinity", "priorityClassName"} & merged.keys()
+    assert merged["containers"] == after["spec"]["template"]["spec"]["containers"]

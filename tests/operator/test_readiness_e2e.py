@@ -107,11 +107,16 @@ def test_readiness_gates_on_serving_pods(sandbox, namespace, operator, model_dir
                                "--timeout=300s"], env=sandbox.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     try:
+        sandbox.kubectl("patch", "shm", "fraud", "-n", namespace, "--type", "json", "-p", json.dumps(
+            [{"op": "replace", "path": "/spec/podTemplate", "value": {"nodeSelector": {"pool": "b"}}}]))
         sandbox.kubectl("patch", "shm", "fraud", "-n", namespace, "--type", "merge", "-p", json.dumps(
-            {"spec": {"model": {"image": "ghcr.io/selfheal/model-server:0.1.0"},
-                      "serving": {"disruptionBudget": None}}}))
+            {"spec": {"model": {"image": "ghcr.io/selfheal/model-server:0.1.0"}, "serving": {"disruptionBudget": None}}}))
         wait_until(lambda: sandbox.kubectl("get", "pdb", "fraud-serving", "-n", namespace, check=False).returncode,
                    timeout=30, what="the PodDisruptionBudget deleted")
+        # fields dropped from spec.podTemplate leave the pod template (the patch nulls them)
+        template = sandbox.get("deployment", "fraud-serving", "-n", namespace)["spec"]["template"]["spec"]
+        assert template["nodeSelector"] == {"pool": "b"} and not {
+            "serviceAccountName", "imagePullSecrets", "tolerations", "priorityClassName"} & template.keys(), template
         time.sleep(3)
         assert waiter.poll() is None, "kubectl wait returned before any pod served"
         assert waiter.wait(timeout=300) == 0, waiter.stderr.read()
