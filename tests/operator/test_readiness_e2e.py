@@ -131,3 +131,25 @@ def test_readiness_gates_on_serving_pods(sandbox, namespace, operator, model_dir
                   if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
     assert len(ready_pods) == 1
     assert any(e["reason"] == "PodsReady" for e in events(sandbox, namespace))
+
+
+def test_crash_looping_pods_are_named_in_ready_an_event_and_the_phase(sandbox, namespace, operator, tmp_path):
+    """A model archive that is not there: the model server exits at once, the kubelet restarts it
+    with a back-off, and the operator says so instead of calling the model ready."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    body = yaml.safe_load(example_cr(tmp_path / "no-such-model", storage, replicas=1))
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+    try:
+        ready = wait_until(lambda: (c := condition(status_of(sandbox, namespace), "Ready")).get(
+            "reason") == "CrashLoopBackOff" and c, timeout=90, what="Ready=False, CrashLoopBackOff")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{operator.tail()}") from None
+    assert ready["status"] == "False" and "last exit code 1" in ready["message"], ready
+    wait_until(lambda: status_of(sandbox, namespace).get("phase") == "Unavailable", timeout=20,
+               what="phase Unavailable")
+    warnings = [e for e in events(sandbox, namespace) if e["reason"] == "CrashLoopBackOff"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning", warnings
+    waited = sandbox.kubectl("wait", "--for=condition=Ready", "shm/fraud", "-n", namespace, "--timeout=5s",
+                             check=False, timeout=30)
+    assert waited.returncode != 0 and "timed out" in waited.stderr, waited
