@@ -14,6 +14,8 @@ patch and the Events.
 """
 from __future__ import annotations
 
+import re
+
 import kopf
 
 from shm_operator.status import pods_failing, ready_reason, set_condition_in, update
@@ -54,13 +56,19 @@ def _container_problem(container: dict, init: bool) -> tuple[str, str] | None:
     return None
 
 
+def condition_reason(text: str) -> str:
+    """A kubelet's reason as a condition reason (CamelCase, letters, digits, '_', ',', ':'): what
+    a kubelet or a runtime reports is not checked, and a bad reason would fail the whole check."""
+    cleaned = re.sub(r"[^A-Za-z0-9_,:]", "", text or "").lstrip("0123456789_,:").rstrip(",:")
+    return cleaned[:128] or "PodsFailing"
+
+
 def pod_problem(pod: dict) -> tuple[str, str] | None:
     """Why a pod cannot serve, as (reason, message), or None if it is ready or just starting.
     Init containers first (the main container never starts before they succeed), then the
-    containers, then the scheduler's verdict and an evicted pod's reason."""
+    containers, then the scheduler's verdict. (A Failed pod, e.g. evicted, is not counted at all:
+    its ReplicaSet replaces it.)"""
     status = pod.get("status") or {}
-    if status.get("phase") == "Failed":
-        return status.get("reason") or "PodFailed", status.get("message") or "the pod failed"
     for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
         for container in status.get(key) or []:
             found = _container_problem(container, init)
@@ -90,6 +98,7 @@ def readiness(spec: dict, pods: list[dict], ready, serving: dict[str, str | None
         return True, "PodsReady", counts
     problems = [(p["metadata"]["name"], *found) for p in pods
                 if not _terminating(p) and not ready(p) and (found := pod_problem(p)) is not None]
+    problems = [(pod, condition_reason(reason), message) for pod, reason, message in problems]
     if problems:
         reasons = sorted({reason for _, reason, _ in problems})
         shown = "; ".join(f"{pod}: {reason}" + (f" ({message[:300]})" if message else "")

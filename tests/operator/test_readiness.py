@@ -149,3 +149,22 @@ def test_heal_job_gets_its_ttl_only_once_its_result_is_stored(monkeypatch):
     for _ in range(2):
         asyncio.run(monitor.expire_heal_job("m", "ns", SPEC, {"job": "m-heal-1", "result": "Promoted"}, memo))
     assert calls == [("read", "m-heal-1"), ("patch", "m-heal-1", {"spec": {"ttlSecondsAfterFinished": 86_400}})]
+
+
+@pytest.mark.parametrize("reported, reason", [
+    ("CrashLoopBackOff", "CrashLoopBackOff"), ("Init:ErrImagePull", "Init:ErrImagePull"),
+    ("Container Cannot Run", "ContainerCannotRun"), ("node-shutdown", "nodeshutdown"), ("", "PodsFailing"),
+    ("42:", "PodsFailing"),
+])
+def test_any_reason_a_kubelet_reports_becomes_a_valid_condition_reason(reported, reason):
+    from shm_operator.decisions import condition
+    from shm_operator.readiness import condition_reason
+    assert condition_reason(reported) == reason
+    condition("Ready", False, condition_reason(reported), "", T)   # raises on an invalid reason
+
+
+def test_an_evicted_pod_with_an_odd_reason_still_gives_a_condition(check):
+    evicted = {"metadata": {"name": "p1", "uid": "p1"},
+               "status": {"phase": "Failed", "reason": "Evicted by node-pressure", "message": "low on memory"}}
+    ready = check([evicted, pod("p2", phase="Pending", waiting="ContainerCreating")])
+    assert ready["status"] == "False" and ready["reason"] == "PodsNotReady"   # a failed pod is gone, not failing
