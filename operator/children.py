@@ -15,6 +15,7 @@ management port by name, so the same code works on a cluster (fixed 8080-8082) a
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -230,7 +231,7 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
     if spec.get("resources"):
         container["resources"] = spec["resources"]
     pod_labels = labels(name, "serving")
-    return {
+    return with_pod_template(spec, {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": serving_name(name), "labels": pod_labels},
         "spec": {
@@ -246,7 +247,7 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
                                           **({"initContainers": init_containers} if init_containers else {})),
             },
         },
-    }
+    })
 
 
 def network_policy_settings(environ=None) -> dict | None:
@@ -315,7 +316,7 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
     if healing.get("resources"):
         container["resources"] = healing["resources"]
     job_labels = {**labels(name, "heal"), f"{GROUP}/adapter-version": version}
-    return {
+    return with_pod_template(spec, {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": job_name, "labels": job_labels},
         "spec": {"backoffLimit": healing.get("backoffLimit", 1),
@@ -323,4 +324,76 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
                  "template": {"metadata": {"labels": job_labels},
                               "spec": hardened_pod_spec([container], [*scratch, *model_volumes], restartPolicy="Never",
                                                         **({"initContainers": init_containers} if init_containers else {}))}},
-    }
+    })
+
+
+# ---- spec.podTemplate, the PodDisruptionBudget, status.url -------------------------------------
+
+POD_TEMPLATE_FIELDS = ("serviceAccountName", "imagePullSecrets", "nodeSelector", "tolerations", "affinity",
+                       "priorityClassName")
+
+
+def with_pod_template(spec: dict, workload: dict) -> dict:
+    """`workload` (a Deployment or a Job) with spec.podTemplate applied to its pod template: the
+    service account, pull secrets and scheduling fields, and the extra labels and annotations under
+    the operator's own (which win: the Deployment's selector and the operator's lookups rely on
+    them). Fields left empty are not written, so a model without a pod template renders as before."""
+    custom = spec.get("podTemplate") or {}
+    template = workload["spec"]["template"]
+    meta = template.setdefault("metadata", {})
+    for key in ("labels", "annotations"):
+        if custom.get(key):
+            meta[key] = {**custom[key], **(meta.get(key) or {})}
+    for key in POD_TEMPLATE_FIELDS:
+        value = custom.get(key)
+        if key == "tolerations" and value:
+            value = [{k: v for k, v in toleration.items() if v is not None} for toleration in value]
+        if value:
+            template["spec"][key] = value
+    return workload
+
+
+def clearing_pod_template(workload: dict) -> dict:
+    """`workload` as a strategic-merge patch that also removes the spec.podTemplate fields it leaves
+    out (null deletes a key), so a field dropped from spec.podTemplate leaves the pods. Extra labels
+    and annotations dropped from it are not known here and stay until the object is recreated."""
+    patch = copy.deepcopy(workload)
+    pod = patch["spec"]["template"]["spec"]
+    for key in POD_TEMPLATE_FIELDS:
+        pod.setdefault(key, None)
+    return patch
+
+
+def pod_selector(name: str) -> dict[str, str]:
+    """The labels that select a model's serving pods (the Deployment's, the Service's, the PDB's)."""
+    return {MODEL_LABEL: name, COMPONENT_LABEL: "serving"}
+
+
+def selector_string(name: str) -> str:
+    """The serving pods' selector as a label-selector string (status.selector, for `/scale`)."""
+    return ",".join(f"{key}={value}" for key, value in pod_selector(name).items())
+
+
+def inference_url(name: str, namespace: str, spec: dict) -> str:
+    """The in-cluster inference endpoint (status.url): the Service's DNS name, the inference port and
+    TorchServe's predictions path of the model."""
+    return (f"http://{serving_name(name)}.{namespace}.svc.cluster.local:{PORTS['inference']}"
+            f"/predictions/{torchserve_model_name(name, spec)}")
+
+
+def _int_or_percent(value):
+    """IntOrString as the PDB API wants it: a count as an integer, a percentage as a string."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def disruption_budget(name: str, spec: dict) -> dict | None:
+    """The serving pods' PodDisruptionBudget from spec.serving.disruptionBudget, or None. The unset
+    one of minAvailable/maxUnavailable is null, so a patch that switches between them removes the
+    other (the API refuses both at once)."""
+    budget = (spec.get("serving") or {}).get("disruptionBudget")
+    if not budget:
+        return None
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": serving_name(name), "labels": labels(name, "serving")},
+            "spec": {"selector": {"matchLabels": pod_selector(name)},
+                     **{key: _int_or_percent(budget.get(key)) for key in ("minAvailable", "maxUnavailable")}}}

@@ -29,7 +29,7 @@ import typing as t
 from pathlib import Path
 
 import yaml
-from pydantic import ConfigDict, Field, GetJsonSchemaHandler, field_validator
+from pydantic import ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -56,6 +56,8 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 URI_WITH_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*://.+$"
 CONDITION_TYPE = r"^[A-Z][A-Za-z0-9]*$"
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"   # metav1.Condition's reason
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+DEFAULT_JOB_TTL_SECONDS = 86_400
 
 Fraction = schema.confloat(ge=0, le=1)
 NonNegative = schema.confloat(ge=0)
@@ -165,12 +167,15 @@ class RolloutStrategy(str, DescribedEnum):
 
 
 class Phase(str, DescribedEnum):
-    """Where the model is in its life cycle: Pending (pods not ready yet), Serving, Drifting (drift
-    declared, no heal running), Healing (a heal Job runs), Promoting (a candidate passed and is
-    being promoted or awaits approval), RollingOut (pods moving to a new adapter, rollback watch
-    running), Degraded (serving, but something needs a person), Failed (cannot serve)."""
+    """Where the model is in its life cycle: Pending (no pod ready yet, none failing), Unavailable
+    (no pod ready and pods failing: the Ready condition gives their waiting reasons, e.g.
+    ImagePullBackOff or CrashLoopBackOff), Serving, Drifting (drift declared, no heal running),
+    Healing (a heal Job runs), Promoting (a candidate passed and is being promoted or awaits
+    approval), RollingOut (pods moving to a new adapter, rollback watch running), Degraded (serving,
+    but something needs a person), Failed (the spec cannot be served)."""
 
     PENDING = "Pending"
+    UNAVAILABLE = "Unavailable"
     SERVING = "Serving"
     DRIFTING = "Drifting"
     HEALING = "Healing"
@@ -193,6 +198,7 @@ class ConditionType(str, DescribedEnum):
     operator may add types without breaking an older CRD)."""
 
     READY = "Ready"
+    CHILDREN_APPLIED = "ChildrenApplied"
     DRIFT_DETECTED = "DriftDetected"
     HEALING = "Healing"
     ROLLED_BACK = "RolledBack"
@@ -246,6 +252,85 @@ class ServingSpec(SpecModel):
     sample_fraction: Fraction = Field(
         0.2, description="Share of requests (features and model outputs, never labels) written to "
                          "storage for healing, 0..1.")
+    disruption_budget: schema.Optional[DisruptionBudget] = Field(None)
+
+
+class DisruptionBudget(SpecModel):
+    """A PodDisruptionBudget for the model-server pods (voluntary disruptions such as node drains
+    wait while it would be broken). Give exactly one of minAvailable and maxUnavailable: a number of
+    pods or a percentage such as "50%"."""
+
+    min_available: schema.Optional[schema.IntOrString] = Field(
+        None, description="Pods that must stay available during a voluntary disruption.")
+    max_unavailable: schema.Optional[schema.IntOrString] = Field(
+        None, description="Pods that may be unavailable during a voluntary disruption.")
+
+    @field_validator("min_available", "max_unavailable", mode="before")
+    @classmethod
+    def _count_or_percent(cls, value):
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"(100|[1-9]?[0-9])%|[0-9]+", value):
+            return value
+        raise ValueError(f"must be a non-negative number of pods or a percentage such as 50%, not {value!r}")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "DisruptionBudget":
+        if (self.min_available is None) == (self.max_unavailable is None):
+            raise ValueError("give exactly one of minAvailable and maxUnavailable")
+        return self
+
+
+class Toleration(SpecModel):
+    """A toleration, as in a Pod spec: lets the pods run on nodes with a matching taint."""
+
+    key: schema.Optional[schema.constr(max_length=317)] = Field(
+        None, description="Taint key; empty with operator Exists matches every taint.")
+    operator: schema.Optional[schema.constr(pattern=r"^(Exists|Equal)$")] = Field(
+        None, description="Exists or Equal (Kubernetes' default when omitted: Equal).")
+    value: schema.Optional[schema.constr(max_length=63)] = Field(None, description="Taint value for Equal.")
+    effect: schema.Optional[schema.constr(pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)?$")] = Field(
+        None, description="NoSchedule, PreferNoSchedule or NoExecute; empty matches all.")
+    toleration_seconds: schema.Optional[int] = Field(
+        None, description="With NoExecute: how long the pod stays bound after the taint appears.")
+
+
+class Affinity(Described):
+    """Node and pod (anti-)affinity of the pods, exactly as a Pod spec's `affinity` (nodeAffinity,
+    podAffinity, podAntiAffinity); passed through unchanged, checked by the API server with the
+    pods."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class LocalObjectReference(SpecModel):
+    """A reference to an object in the same namespace, by name."""
+
+    name: schema.constr(pattern=DNS_SUBDOMAIN, max_length=253) = Field(..., description="Name of the object.")
+
+
+class PodTemplate(SpecModel):
+    """Identity, scheduling and metadata of the model-server pods and of the heal Job's pods, as a
+    Pod spec says them. The operator's own labels (selfheal.io/model, selfheal.io/component, the
+    Deployment's selector) win over these, and the security settings of the pods stay the
+    operator's."""
+
+    service_account_name: schema.Optional[schema.constr(pattern=DNS_SUBDOMAIN, max_length=253)] = Field(
+        None, description="ServiceAccount the pods run as, e.g. for a cloud workload identity that grants the "
+                          "storage bucket (IRSA, GKE Workload Identity). Its API token is still not mounted.")
+    image_pull_secrets: t.Annotated[list[LocalObjectReference], Field(max_length=32)] = Field(
+        default_factory=list, description="Secrets with credentials for pulling the images from private registries.")
+    node_selector: dict[str, schema.constr(max_length=63)] = Field(
+        default_factory=dict, description="Node labels a node must have to run the pods.")
+    tolerations: t.Annotated[list[Toleration], Field(max_length=64)] = Field(
+        default_factory=list, description="Taints the pods tolerate.")
+    affinity: schema.Optional[Affinity] = Field(None)
+    priority_class_name: schema.Optional[schema.constr(pattern=DNS_SUBDOMAIN, max_length=253)] = Field(
+        None, description="PriorityClass of the pods.")
+    labels: dict[str, schema.constr(pattern=LABEL_VALUE, max_length=63)] = Field(
+        default_factory=dict, description="Extra pod labels; the operator's own labels win over these.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra pod annotations; the operator's own annotations win over these.")
 
 
 class Rule(SpecModel):
@@ -323,6 +408,10 @@ class HealingSpec(SpecModel):
         600, description="The heal Job fails after this many seconds.")
     backoff_limit: schema.conint(ge=0, le=10) = Field(
         1, description="Retries of a failed heal pod.")
+    ttl_seconds_after_finished: schema.conint(ge=0, le=31_536_000) = Field(
+        DEFAULT_JOB_TTL_SECONDS, description="A finished heal Job (and its pod) is deleted this many seconds after it "
+                                             "finished; the operator sets it once it has read the Job's result into "
+                                             "status.lastHeal, so no result is lost to it.")
 
 
 class GateThresholds(SpecModel):
@@ -418,6 +507,7 @@ class SelfHealingModelSpec(SpecModel):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    pod_template: PodTemplate = Field(default_factory=PodTemplate)
 
     def heal_job_config(self) -> dict:
         """The config the heal Job reads (`python -m model_handler.heal --config-json`): the rules,
@@ -448,7 +538,7 @@ class Condition(Described):
     """A Kubernetes condition (the metav1.Condition format)."""
 
     type: schema.constr(pattern=CONDITION_TYPE, max_length=316) = Field(
-        ..., description="Ready, DriftDetected, Healing, RolledBack or Degraded.")
+        ..., description="Ready, ChildrenApplied, DriftDetected, Healing, RolledBack or Degraded.")
     status: ConditionStatus
     reason: schema.constr(pattern=CONDITION_REASON, max_length=1024) = Field(
         ..., description="CamelCase reason of the last transition or update.")
@@ -615,7 +705,7 @@ class SelfHealingModelStatus(Described):
     phase: schema.Optional[Phase] = Field(None)
     observed_generation: schema.Optional[int] = Field(None, description="metadata.generation last acted on.")
     conditions: t.Annotated[list[Condition], Field(max_length=32)] = Field(
-        default_factory=list, description="Ready, DriftDetected, Healing, RolledBack and Degraded.",
+        default_factory=list, description="Ready, ChildrenApplied, DriftDetected, Healing, RolledBack and Degraded.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     drift: schema.Optional[DriftStatus] = Field(None)
     adapter: schema.Optional[AdapterStatus] = Field(None)
@@ -631,6 +721,14 @@ class SelfHealingModelStatus(Described):
     heal_count: schema.Optional[int] = Field(None, description="Heal Jobs launched so far (names the next one).")
     refused_adapters: dict[str, str] = Field(
         default_factory=dict, description="Adapter versions the pods refused to load, and why.")
+    url: schema.Optional[str] = Field(
+        None, description="In-cluster inference endpoint of the model: POST rows to it "
+                          "(http://<model>-serving.<namespace>.svc.cluster.local:8080/predictions/<torchserve name>).")
+    replicas: schema.Optional[int] = Field(
+        None, description="Model-server pods that exist and are not terminating (the scale subresource's status).")
+    ready_replicas: schema.Optional[int] = Field(None, description="Model-server pods that are ready.")
+    selector: schema.Optional[str] = Field(
+        None, description="Label selector of the model-server pods (for the scale subresource, e.g. an HPA).")
 
 
 PRINTER_COLUMNS = [
@@ -643,13 +741,19 @@ PRINTER_COLUMNS = [
      "description": "Ready pods serving the desired adapter / pods wanted."},
     {"name": "Est-Acc", "type": "string", "jsonPath": ".status.performance.display",
      "description": "Label-free estimate of the served model's accuracy (status.performance), or unknown."},
+    {"name": "URL", "type": "string", "jsonPath": ".status.url",
+     "description": "In-cluster inference endpoint (status.url)."},
     {"name": "Desired", "type": "string", "jsonPath": ".spec.adapter.version", "priority": 1},
     {"name": "Mode", "type": "string", "jsonPath": ".spec.healing.mode", "priority": 1},
 ]
 
+# `kubectl scale shm/NAME --replicas=N` (and an HPA) write spec.replicas.
+SCALE = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+         "labelSelectorPath": ".status.selector"}
+
 
 class SelfHealingModel(CustomResource, version=API_VERSION, short_names=["shm"],
-                       subresources={"status": {}}, printer_columns=PRINTER_COLUMNS):
+                       subresources={"status": {}, "scale": SCALE}, printer_columns=PRINTER_COLUMNS):
     """A PyTorch model served by TorchServe pods that heals itself under data drift without new
     labels: drift signals on live traffic start a healing Job, a gate checks its candidate adapter,
     and the operator rolls it out (and back, on harm)."""

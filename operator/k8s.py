@@ -45,11 +45,13 @@ _KINDS = {
     "Deployment": ("AppsV1Api", "namespaced_deployment"),
     "Job": ("BatchV1Api", "namespaced_job"),
     "NetworkPolicy": ("NetworkingV1Api", "namespaced_network_policy"),
+    "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
 }
 
 
-async def ensure(obj: dict, namespace: str) -> None:
-    """Create `obj`, or patch it to match if it exists (owner references set by the caller)."""
+async def ensure(obj: dict, namespace: str, patch_body: dict | None = None) -> None:
+    """Create `obj`, or patch it to match if it exists (owner references set by the caller). A
+    `patch_body` replaces `obj` in the patch, e.g. with nulls that remove fields `obj` leaves out."""
     api_name, suffix = _KINDS[obj["kind"]]
     api = getattr(client, api_name)(await api_client())
     name = obj["metadata"]["name"]
@@ -60,7 +62,7 @@ async def ensure(obj: dict, namespace: str) -> None:
         if err.status != 409:
             raise _retry(f"create {obj['kind']} {namespace}/{name}", err) from err
         try:
-            await getattr(api, f"patch_{suffix}")(name, namespace, obj)
+            await getattr(api, f"patch_{suffix}")(name, namespace, obj if patch_body is None else patch_body)
         except ApiException as err2:
             raise _retry(f"patch {obj['kind']} {namespace}/{name}", err2) from err2
 
@@ -114,6 +116,20 @@ async def patch(kind: str, namespace: str, name: str, body: dict) -> None:
         await getattr(api, f"patch_{suffix}")(name, namespace, body)
     except ApiException as err:
         raise _retry(f"patch {kind} {namespace}/{name}", err) from err
+
+
+async def delete(kind: str, namespace: str, name: str) -> bool:
+    """Delete an object if it exists; returns whether there was one."""
+    api_name, suffix = _KINDS[kind]
+    api = getattr(client, api_name)(await api_client())
+    try:
+        await getattr(api, f"delete_{suffix}")(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise _retry(f"delete {kind} {namespace}/{name}", err) from err
+    log.info("deleted %s %s/%s", kind, namespace, name)
+    return True
 
 
 async def list_pods(namespace: str, selector: dict[str, str]) -> list[dict]:

@@ -20,7 +20,7 @@ import kopf
 
 from model_handler.registry import RegistryError, next_version
 from model_handler.rules import RuleSet
-from shm_operator import decisions, k8s, metrics, policy
+from shm_operator import decisions, k8s, metrics, policy, readiness
 from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchserve_model_name
 from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
@@ -31,6 +31,9 @@ from shm_operator.status import (full_spec, iso, now, parse_time, phase_of, refr
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 2.0
+# While Ready is not True for the current generation the pods are checked this often (at most), so
+# `kubectl wait --for=condition=Ready` returns within seconds of the pods serving.
+NOT_READY_CHECK_SECONDS = 4.0
 # status.drift.lastCheck alone is rewritten at most this often: a check that changes nothing else
 # writes nothing (one status PATCH per model per check was most of the API load of idle models).
 LAST_CHECK_REFRESH_SECONDS = 300.0
@@ -59,15 +62,20 @@ async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch
         return  # reported by the reconcile handler; nothing here may act on an invalid spec
     spec, rules = prepared
     last = memo.get("last_check")
-    if last is not None and (t - last).total_seconds() < spec["drift"]["checkIntervalSeconds"]:
+    interval = spec["drift"]["checkIntervalSeconds"]
+    if not readiness.ready_for(status or {}, meta.get("generation")):
+        interval = min(interval, NOT_READY_CHECK_SECONDS)
+    if last is not None and (t - last).total_seconds() < interval:
         return
     memo["last_check"] = t
     status = dict(status or {})
     if not (status.get("adapter") or {}).get("desired"):
         return  # not reconciled yet
+    recorded_heal = dict(status.get("lastHeal") or {})   # as stored, before this pass changes it
     fresh = await observe_pods(name, namespace, spec, status, body, memo, rules, patch, t)
     await recheck_registry(name, namespace, spec, status, patch, t)
     await follow_heal(name, namespace, spec, status, body, patch, t)
+    await expire_heal_job(name, namespace, spec, recorded_heal, memo)
     await maybe_heal(name, namespace, spec, status, body, patch, t)
     await watch_rollout(name, namespace, spec, status, body, memo, patch, fresh, t)
     if patch or phase_of(status) != status.get("phase"):
@@ -77,19 +85,20 @@ async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch
 async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, t) -> dict | None:
     """Poll every ready pod; update status.adapter and, when a window fills, status.drift.
     Returns the drift summary of a window completed now, if any."""
-    pods = [p for p in await k8s.list_pods(namespace, {MODEL_LABEL: name, COMPONENT_LABEL: "serving"})
-            if k8s.pod_ready(p)]
+    all_pods = await k8s.list_pods(namespace, {MODEL_LABEL: name, COMPONENT_LABEL: "serving"})
+    pods = [p for p in all_pods if k8s.pod_ready(p)]
     state: WindowState = memo.setdefault("window", WindowState())
     async with aiohttp.ClientSession() as session:
         results = await asyncio.gather(*(fetch_pod_status(session, p, torchserve_model_name(name, spec))
                                          for p in pods), return_exceptions=True)
-    served, unreachable = [], []
+    served, unreachable, serving = [], [], {}
     for pod, result in zip(pods, results):
         try:
             if isinstance(result, BaseException):
                 raise result
             ingest(state, pod["metadata"]["uid"], result)
             served.append(result["adapter"])
+            serving[pod["metadata"]["name"]] = result["adapter"].get("version")
         except (PodUnreachable, ValueError, KeyError) as err:
             unreachable.append(f"{pod['metadata']['name']}: {err}"[:300])
     state.forget_missing({p["metadata"]["uid"] for p in pods})
@@ -104,6 +113,7 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
         update_adapter(patch, status, **seen)
         update(patch, status, refusedAdapters=refused)
     report_pod_health(name, namespace, spec, status, body, patch, unreachable, refused, t)
+    readiness.report_readiness(body, patch, status, spec, all_pods, k8s.pod_ready, serving, t)
 
     before = dict(status.get("drift") or {})
     drift = {**before, "unreachablePods": unreachable}
@@ -197,6 +207,23 @@ def report_pod_health(name, namespace, spec, status, body, patch, unreachable, r
         set_condition_in(patch, status, "Degraded", False, "PodsHealthy", "every ready pod answers and serves "
                                                                           f"{desired}", t)
         kopf.info(body, reason="PodsHealthy", message=f"every ready pod answers again and serves {desired}")
+
+
+async def expire_heal_job(name, namespace, spec, recorded_heal: dict, memo) -> None:
+    """Give the last heal Job its ttlSecondsAfterFinished once its result is stored in
+    status.lastHeal (read from the stored status, not this pass's working copy): the Job and its
+    pod, whose termination message is the result, are deleted only after the operator no longer
+    needs them. Nothing reads a finished heal's Job again; the next heal takes the next name."""
+    job_name = recorded_heal.get("job")
+    if not job_name or recorded_heal.get("result") in (None, "Running") or memo.get("expiring_job") == job_name:
+        return
+    ttl = spec["healing"]["ttlSecondsAfterFinished"]
+    job = await k8s.read("Job", namespace, job_name)
+    job_labels = ((job or {}).get("metadata") or {}).get("labels") or {}
+    if job is not None and (job_labels.get(MODEL_LABEL), job_labels.get(COMPONENT_LABEL)) == (name, "heal") \
+            and (job.get("spec") or {}).get("ttlSecondsAfterFinished") != ttl:
+        await k8s.patch("Job", namespace, job_name, {"spec": {"ttlSecondsAfterFinished": ttl}})
+    memo["expiring_job"] = job_name
 
 
 async def recheck_registry(name, namespace, spec, status, patch, t) -> None:

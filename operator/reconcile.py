@@ -1,4 +1,6 @@
-"""Desired state -> children: the Deployment of TorchServe pods, its Service and ConfigMaps.
+"""Desired state -> children: the Deployment of TorchServe pods, its Service and ConfigMaps (and the
+optional PodDisruptionBudget and NetworkPolicy). That they match the spec is the `ChildrenApplied`
+condition; whether pods serve is `Ready`, which the timer's pod check owns (shm_operator.readiness).
 
 Runs on create, on every spec change and when the operator (re)starts. What the CRD schema cannot
 check (rules that do not parse, thresholds in the wrong order) is reported in a status condition
@@ -9,8 +11,9 @@ from __future__ import annotations
 import kopf
 
 from shm_operator import decisions, k8s, metrics
-from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap, deployment,
-                                   network_policy, rules_configmap, service, serving_name)
+from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap,
+                                   clearing_pod_template, deployment, disruption_budget, inference_url,
+                                   network_policy, rules_configmap, selector_string, service, serving_name)
 from shm_operator.rollout import WaitingForBaseline, accept_version
 from shm_operator.status import full_spec, now, refresh_phase, set_condition_in, update, update_adapter
 
@@ -27,6 +30,7 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runt
     if problems:
         message = "; ".join(problems)
         set_condition_in(patch, status, "Ready", False, "InvalidSpec", message, t, generation)
+        set_condition_in(patch, status, "ChildrenApplied", False, "InvalidSpec", message, t, generation)
         update(patch, status, observedGeneration=generation)
         refresh_phase(patch, status)
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
@@ -46,17 +50,38 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runt
     children = [rules_configmap(name, spec), adapter_configmap(name, version), service(name)]
     if memo.get("network_policy"):  # before the pods exist, so they never run unprotected
         children.append(network_policy(name, memo["network_policy"]))
-    for child in (*children, deployment(name, namespace, spec, served)):
+    for child in children:
         kopf.adopt(child, owner=body)
         await k8s.ensure(child, namespace)
+    serving = deployment(name, namespace, spec, served)
+    kopf.adopt(serving, owner=body)
+    await k8s.ensure(serving, namespace, patch_body=clearing_pod_template(serving))
     owned = {"desired": version}
     if not (status.get("adapter") or {}).get("lastGood"):
         owned["lastGood"] = version   # the first version served; the timer moves it after a watch
+    budget = await apply_disruption_budget(name, namespace, spec, body)
     update_adapter(patch, status, **owned)
-    update(patch, status, observedGeneration=generation)
-    set_condition_in(patch, status, "Ready", True, "ChildrenReconciled",
+    update(patch, status, observedGeneration=generation, url=inference_url(name, namespace, spec),
+           selector=selector_string(name))
+    set_condition_in(patch, status, "ChildrenApplied", True, "ChildrenReconciled",
                      f"Deployment {serving_name(name)}, its Service and ConfigMaps "
-                     f"({adapter_config_name(name)}, rules) match the spec", t)
+                     f"({adapter_config_name(name)}, rules){budget} match the spec", t, generation)
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is None or ready.get("reason") == "InvalidSpec":   # the timer's pod check takes it from here
+        set_condition_in(patch, status, "Ready", False, "PodsNotReady",
+                         "children applied; waiting for the pods' first check", t, generation)
     refresh_phase(patch, status)
     if waiting is not None:
         raise waiting   # Kopf writes this pass's patch, then retries after the wait's delay
+
+
+async def apply_disruption_budget(name, namespace, spec, body) -> str:
+    """Create or update the serving pods' PodDisruptionBudget, or delete it when the spec has none
+    (it is owned, so it also goes with the model). Returns words for the ChildrenApplied message."""
+    budget = disruption_budget(name, spec)
+    if budget is None:
+        await k8s.delete("PodDisruptionBudget", namespace, serving_name(name))
+        return ""
+    kopf.adopt(budget, owner=body)
+    await k8s.ensure(budget, namespace)
+    return ", its PodDisruptionBudget"

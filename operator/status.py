@@ -149,12 +149,29 @@ def condition_true(status: dict, type_: str) -> bool:
     return any(c.get("type") == type_ and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
+# Reasons of a False Ready that are not pod failures (any other names why pods fail to serve).
+NOT_FAILURES = frozenset({"PodsReady", "PodsNotReady", "AdapterNotServed", "InvalidSpec"})
+
+
+def ready_reason(status: dict) -> str | None:
+    """The reason of a False Ready condition, None if Ready is True or absent."""
+    return next((c.get("reason") for c in status.get("conditions") or []
+                 if c.get("type") == "Ready" and c.get("status") == "False"), None)
+
+
+def pods_failing(status: dict) -> bool:
+    """Whether the Ready condition names pods that fail to serve (not pods still starting)."""
+    reason = ready_reason(status)
+    return reason is not None and reason not in NOT_FAILURES
+
+
 def phase_of(status: dict) -> str:
     """One word for `kubectl get shm`, from the most to the least urgent state."""
     adapter = status.get("adapter") or {}
-    if any(c.get("type") == "Ready" and c.get("status") == "False" and c.get("reason") == "InvalidSpec"
-           for c in status.get("conditions") or []):
+    if ready_reason(status) == "InvalidSpec":
         return Phase.FAILED.value
+    if status.get("readyReplicas") == 0 and adapter.get("podsTotal"):   # nothing serves
+        return Phase.UNAVAILABLE.value if pods_failing(status) else Phase.PENDING.value
     if (status.get("lastHeal") or {}).get("result") == "Running":
         return Phase.HEALING.value
     if status.get("candidate"):
@@ -163,7 +180,7 @@ def phase_of(status: dict) -> str:
         return Phase.ROLLING_OUT.value
     if not adapter.get("podsTotal"):
         return Phase.PENDING.value
-    if condition_true(status, "Degraded"):
+    if condition_true(status, "Degraded") or pods_failing(status):
         return Phase.DEGRADED.value
     if ((status.get("drift") or {}).get("trigger") or {}).get("drifting"):
         return Phase.DRIFTING.value

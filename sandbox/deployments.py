@@ -380,10 +380,14 @@ class DeploymentKubelet:
             if process is None and uid not in self.failed:
                 process = self._start_pod(pod, config_maps.get(meta["namespace"], {}))
             if process is None:
+                container = (pod["spec"].get("containers") or [{}])[0]
                 await self._report(api, pod, path, {"phase": "Pending", "conditions": [
                     {"type": "PodScheduled", "status": "True"},
                     {"type": "Ready", "status": "False", "reason": "CreateContainerConfigError",
-                     "message": self.failed[uid]}]})
+                     "message": self.failed[uid]}], "containerStatuses": [
+                    {"name": container.get("name", ""), "image": container.get("image", ""), "imageID": "",
+                     "ready": False, "started": False, "restartCount": 0, "lastState": {},
+                     "state": {"waiting": {"reason": "CreateContainerConfigError", "message": self.failed[uid]}}}]})
                 continue
             process.sync_config_maps(config_maps.get(meta["namespace"], {}))
             await self._report(api, pod, path, process.status())

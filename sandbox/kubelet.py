@@ -13,6 +13,11 @@ A process is not a container, so three conventions stand in for the image's file
 - `python`/`python3` as the command means the sandbox's own interpreter.
 The process inherits the sandbox's environment plus the container's `env` (plain `value`s and
 `configMapKeyRef`s), and its output goes to `<pod dir>/<container>.log`.
+
+It is also the TTL-after-finished controller: a finished Job (`Complete` or `Failed`) with
+`spec.ttlSecondsAfterFinished` is deleted that many seconds after its finishing condition's
+`lastTransitionTime` (its pods go with it, by garbage collection). The field may be set or changed
+after the Job finished, as on a cluster.
 """
 from __future__ import annotations
 
@@ -92,6 +97,7 @@ class JobKubelet:
         self.tasks: dict[str, asyncio.Task] = {}  # Job uid -> its runner
         self.session: aiohttp.ClientSession | None = None
         self.watcher: asyncio.Task | None = None
+        self.expiries: dict[str, tuple[float, asyncio.Task]] = {}  # Job uid -> (its TTL, its deleter)
 
     async def __aenter__(self) -> "JobKubelet":
         self.session = aiohttp.ClientSession(self.api_url, timeout=aiohttp.ClientTimeout(total=None))
@@ -99,7 +105,8 @@ class JobKubelet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        tasks = [t for t in [self.watcher, *self.tasks.values()] if t is not None]
+        tasks = [t for t in [self.watcher, *self.tasks.values(), *(t for _, t in self.expiries.values())]
+                 if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -124,13 +131,46 @@ class JobKubelet:
             task = self.tasks.pop(uid, None)
             if task:
                 task.cancel()
+            _, expiry = self.expiries.pop(uid, (None, None))
+            if expiry:
+                expiry.cancel()
             return
         conditions = {c["type"] for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+        self._schedule_expiry(job)
         if uid in self.tasks or conditions & {"Complete", "Failed"} or (job.get("status") or {}).get("startTime"):
             return  # running, finished, or started by an earlier kubelet (not resumable)
         if job["metadata"].get("deletionTimestamp") or (job.get("spec") or {}).get("suspend"):
             return
         self.tasks[uid] = asyncio.create_task(self._run_job(job))
+
+    def _schedule_expiry(self, job: dict[str, Any]) -> None:
+        """The TTL-after-finished controller: (re)schedule the deletion of a finished Job."""
+        uid, ttl = job["metadata"]["uid"], (job.get("spec") or {}).get("ttlSecondsAfterFinished")
+        finished = [c for c in (job.get("status") or {}).get("conditions") or []
+                    if c.get("status") == "True" and c.get("type") in ("Complete", "Failed")]
+        if ttl is None or not finished or job["metadata"].get("deletionTimestamp"):
+            return
+        if uid in self.expiries:
+            if self.expiries[uid][0] == ttl:
+                return
+            self.expiries.pop(uid)[1].cancel()
+        at = datetime.datetime.strptime(finished[0].get("lastTransitionTime") or _now(), "%Y-%m-%dT%H:%M:%SZ")
+        at = at.replace(tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=ttl)
+        delay = max(0.0, (at - datetime.datetime.now(tz=datetime.timezone.utc)).total_seconds())
+        self.expiries[uid] = (ttl, asyncio.create_task(self._expire(job, delay)))
+
+    async def _expire(self, job: dict[str, Any], delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await ApiClient(self.session).request(
+                "DELETE", _job_path(job), {"kind": "DeleteOptions", "apiVersion": "v1",
+                                           "propagationPolicy": "Background",
+                                           "preconditions": {"uid": job["metadata"]["uid"]}})
+            log.info("job %s/%s deleted %ss after it finished (ttlSecondsAfterFinished)",
+                     job["metadata"]["namespace"], job["metadata"]["name"], job["spec"]["ttlSecondsAfterFinished"])
+        except Exception as exc:  # already gone, or replaced by a Job of the same name
+            log.info("job %s/%s not deleted after its TTL: %s", job["metadata"]["namespace"],
+                     job["metadata"]["name"], exc)
 
     async def _run_job(self, job: dict[str, Any]) -> None:
         api = ApiClient(self.session)

@@ -12,6 +12,8 @@ kubelet would, so the same manifests run on a real cluster:
   `command`/`args`/env values (as the Job kubelet does); `python`/`python3` is the sandbox's interpreter;
 - `readinessProbe`/`livenessProbe` `httpGet` on the pod IP (port by name or number);
 - a process that exits is restarted with exponential backoff (`restartCount`, `CrashLoopBackOff`);
+- an image whose registry host is in the reserved `.invalid` domain (`registry.invalid/model:1`)
+  cannot be pulled: the container waits in `ErrImagePull`/`ImagePullBackOff` and never starts;
 - stopping is graceful: not ready first, a drain, SIGTERM to the process group, SIGKILL (also of
   descendants that left the group, e.g. TorchServe's own session) after the grace period.
 """
@@ -265,6 +267,14 @@ def marked(uid: str) -> set[int]:
     return found
 
 
+def unpullable(image: str) -> bool:
+    """Whether the sandbox treats `image` as one no registry serves: its registry host is in the
+    reserved `.invalid` top-level domain (RFC 2606), e.g. `registry.invalid/model:1`. Everything
+    else counts as pulled (the process kubelet runs the container's command, not the image)."""
+    host = image.split("/")[0] if "/" in image else ""
+    return host.split(":")[0].endswith(".invalid")
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -403,6 +413,9 @@ class PodProcess:
 
     # -- running --------------------------------------------------------------------------------
     def start(self, config_maps: dict[str, dict[str, Any]], session: aiohttp.ClientSession) -> None:
+        if unpullable(self.container.get("image", "")):
+            self.tasks = [asyncio.create_task(self._pull_fails())]
+            return
         inits = self.prepare_init(config_maps)
         argv, env = self.prepare(config_maps)
         readiness = Probe(self.container.get("readinessProbe"), self.container, self.ip)
@@ -469,6 +482,22 @@ class PodProcess:
         if not message and code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             message = "\n".join(log_path.read_text(errors="replace").splitlines()[-80:]) if log_path.exists() else ""
         return message[-4096:]
+
+    async def _pull_fails(self) -> None:
+        """An image no registry serves: ErrImagePull, then ImagePullBackOff with a growing back-off,
+        as a kubelet reports it; the container never starts and the pod stays Pending."""
+        image, attempt = self.container.get("image", ""), 0
+        while not self.terminating:
+            self.state = {"waiting": {"reason": "ErrImagePull", "message": f'failed to pull image "{image}": '
+                                      f"dial tcp: lookup {image.split('/')[0]}: no such host"}}
+            self.on_change()
+            await asyncio.sleep(1)
+            delay = min(MAX_BACKOFF_S, 2 ** attempt)
+            attempt += 1
+            self.state = {"waiting": {"reason": "ImagePullBackOff",
+                                      "message": f'Back-off pulling image "{image}"'}}
+            self.on_change()
+            await asyncio.sleep(delay)
 
     async def _run(self, argv: list[str], env: dict[str, str],
                    inits: list[tuple[list[str], dict[str, str]]] = ()) -> None:

@@ -54,6 +54,7 @@ NEEDED_IN_WATCHED_NAMESPACES = {
     ("", "configmaps"): {"create", "patch"},
     ("batch", "jobs"): {"get", "create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"create", "patch", "delete"},
     ("", "pods"): {"list"},
     ("", "events"): {"create"},
 }
@@ -284,8 +285,11 @@ def assert_least_privilege(rules: list[dict]) -> None:
     for rule in rules:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
         assert not {"secrets", "pods/exec", "roles", "rolebindings", "clusterroles"} & set(rule["resources"]), rule
+        # update: only what OwnerReferencesPermissionEnforcement asks; delete: only the model's own
+        # PodDisruptionBudget when its spec drops it (patch could neuter any PDB just as well)
         assert not {"delete", "deletecollection", "update"} & set(rule["verbs"]) or \
-            rule["resources"] == ["selfhealingmodels/finalizers"], rule
+            rule["resources"] == ["selfhealingmodels/finalizers"] or \
+            (rule["resources"] == ["poddisruptionbudgets"] and "deletecollection" not in rule["verbs"]), rule
 
 
 def test_dashboard_configmap(helm):

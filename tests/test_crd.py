@@ -155,7 +155,12 @@ def test_crd_names_scope_and_subresources():
                              "plural": "selfhealingmodels", "shortNames": ["shm"], "categories": []}
     (version,) = spec["versions"]
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
+    # `kubectl scale shm/NAME --replicas=N` (and an HPA) go through /scale onto spec.replicas
+    assert version["subresources"] == {"status": {}, "scale": {
+        "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector"}}
+    status = openapi_schema()["properties"]["status"]["properties"]
+    assert status["replicas"]["type"] == "integer" and status["selector"]["type"] == "string"
 
 
 def walk(schema: dict, path: str = ""):
@@ -228,6 +233,7 @@ def test_printer_columns_point_at_fields_of_the_schema():
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert list(columns)[:4] == ["Adapter", "Phase", "Drift", "Ready"] and list(columns)[-1] == "Age"
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
+    assert columns["URL"]["jsonPath"] == ".status.url" and not columns["URL"].get("priority")
     paths = {path for path, _ in walk(openapi_schema())}
     for column in columns.values():
         if column["name"] != "Age":

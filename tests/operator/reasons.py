@@ -17,6 +17,10 @@ from pathlib import Path
 
 OPERATOR = Path(__file__).resolve().parents[2] / "operator"
 EVENT_CALLS = {"info", "warn", "event", "exception"}
+# Reasons a kubelet reports, passed on to the Ready condition through readiness.condition_reason:
+# the failing waiting reasons are read from readiness.FAILING_WAITING, these are the others it reads.
+PASS_THROUGH = "condition_reason"
+KUBELET_OTHERS = {"Error", "OOMKilled", "Unschedulable"}
 
 
 class Unresolved(Exception):
@@ -74,9 +78,22 @@ class Source:
             return self.subscript_strings(expr, scope, depth)
         if isinstance(expr, ast.Call):
             name = expr.func.attr if isinstance(expr.func, ast.Attribute) else getattr(expr.func, "id", None)
+            if name == PASS_THROUGH:
+                return self.kubelet_reasons()
             if name in self.functions:
                 return self.returned_strings(self.functions[name], depth)
         raise Unresolved(ast.unparse(expr))
+
+    def kubelet_reasons(self) -> set[str]:
+        """What `condition_reason(...)` passes on from a kubelet: the waiting reasons readiness.py
+        lists as failing (FAILING_WAITING), and the terminated and scheduling reasons it reads."""
+        for tree in self.trees.values():
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "FAILING_WAITING"
+                                                        for t in node.targets):
+                    return {e.value for e in ast.walk(node.value)
+                            if isinstance(e, ast.Constant) and isinstance(e.value, str)} | KUBELET_OTHERS
+        raise Unresolved("FAILING_WAITING (the kubelet reasons condition_reason passes on)")
 
     def name_strings(self, name: str, scope: ast.AST, depth: int) -> set[str]:
         found: set[str] = set()
@@ -95,6 +112,14 @@ class Source:
                             if keyword.arg == name:
                                 found |= self.strings(keyword.value, self.function_of(call), depth + 1)
             return found
+        for node in ast.walk(scope):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):   # a, b = f(...)
+                for target in node.targets:
+                    if isinstance(target, ast.Tuple):
+                        names = [getattr(e, "id", None) for e in target.elts]
+                        called = getattr(node.value.func, "id", getattr(node.value.func, "attr", None))
+                        if name in names and called in self.functions:
+                            found |= self.returned_strings(self.functions[called], depth, names.index(name))
         for node in ast.walk(scope):
             if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
                 value = node.value
@@ -133,11 +158,18 @@ class Source:
                 return found
         raise Unresolved(ast.unparse(expr))
 
-    def returned_strings(self, function: ast.FunctionDef, depth: int) -> set[str]:
+    def returned_strings(self, function: ast.FunctionDef, depth: int, index: int | None = None) -> set[str]:
+        """Every string `function` can return, or, with `index`, element `index` of the tuples it
+        returns."""
         found = set()
         for node in ast.walk(function):
             if isinstance(node, ast.Return) and node.value is not None:
-                found |= self.strings(node.value, function, depth + 1)
+                value = node.value
+                if index is not None:
+                    if not isinstance(value, ast.Tuple):
+                        raise Unresolved(f"{function.name} returns {ast.unparse(value)}, not a tuple")
+                    value = value.elts[index]
+                found |= self.strings(value, function, depth + 1)
         return found
 
     # ---- what the operator emits ------------------------------------------------------------

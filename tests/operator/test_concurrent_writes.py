@@ -61,6 +61,10 @@ def serving_v1() -> dict:
             "phase": "RollingOut", "drift": {"unreachablePods": [], "lastCheck": iso(T)}}
 
 
+def condition_of(status: dict, type_: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
 def timer_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
     async def no_ready_pods(namespace, selector):
         return []
@@ -98,7 +102,8 @@ def test_neither_handler_undoes_the_other(spec, monkeypatch, order):
     assert "complete" not in status["rollout"]
     assert status["rollout"]["baseline"]["classRates"] == {}           # replaced whole, not merged into v1's
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Degraded", "DriftDetected"}
-    assert status["phase"] == "RollingOut"
+    assert status["phase"] == "Pending"   # the stub lists no pod: nothing serves, which outranks the rollout
+    assert status["readyReplicas"] == 0 and condition_of(status, "Ready")["reason"] == "PodsNotReady"
     assert [h["version"] for h in status["history"]] == ["base"]
 
 
@@ -106,7 +111,8 @@ def test_the_timer_still_ends_its_own_rollout(spec, monkeypatch):
     before = serving_v1()
     status = land({"spec": spec, "status": before}, timer_pass(spec, before, monkeypatch))["status"]
     assert "rollout" not in status and status["adapter"]["lastGood"] == "v1"
-    assert status["phase"] == "Serving"   # recomputed on the result: no rollout any more
+    # recomputed on the result: no rollout any more, and no pod ready (the stub lists none)
+    assert status["phase"] == "Pending"
 
 
 def healing() -> dict:

@@ -72,6 +72,10 @@ def test_drift_heal_rollout_rollback(sandbox, namespace, operator, model_dir, tm
         assert status["lastHeal"]["result"] == "Promoted", status["lastHeal"]
         healed_version = status["lastHeal"]["version"]
         assert len(sandbox.get("jobs", "-n", namespace)["items"]) == 1
+        # its result stored, the Job gets its TTL (spec.healing.ttlSecondsAfterFinished, default a day)
+        job = status["lastHeal"]["job"]
+        wait_until(lambda: sandbox.get("job", job, "-n", namespace)["spec"].get("ttlSecondsAfterFinished") == 86400,
+                   timeout=30, what="the heal Job's TTL")
         wait_status(sandbox, namespace, lambda s: (s.get("adapter") or {}).get("current") == healed_version
                     and s["adapter"].get("ready") == "2/2", 180, f"all pods on {healed_version}", operator)
         timeline["healed"] = time.monotonic()

@@ -7,12 +7,17 @@ import datetime as dt
 
 import kopf
 
-from shm_operator import monitor
+from shm_operator import k8s, monitor, readiness
 from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
-SPEC = {"replicas": 1, "drift": {"windowRows": 500}, "model": {"name": "m"}}
+SPEC = {"replicas": 1, "drift": {"windowRows": 500}, "model": {"name": "m"}, "adapter": {"version": "base"}}
 ADAPTER = {"desired": "base", "lastGood": "base", "podsAtDesired": 0, "podsTotal": 1, "ready": "0/1"}
+# what the last check found: no pod (readiness.report_readiness)
+NOT_READY = {"conditions": [{"type": "Ready", "status": "False", "reason": "PodsNotReady",
+                             "message": readiness.readiness(SPEC, [], k8s.pod_ready, {})[2],
+                             "lastTransitionTime": iso(T - dt.timedelta(seconds=60))}],
+             "replicas": 0, "readyReplicas": 0}
 
 
 def check(status: dict, monkeypatch) -> dict:
@@ -37,20 +42,21 @@ def changes(old: dict, new: dict) -> dict:
 
 
 def test_an_unchanged_check_writes_nothing(monkeypatch):
-    fresh = {"adapter": ADAPTER, "drift": {"unreachablePods": [], "lastCheck": iso(T - dt.timedelta(seconds=30))}}
+    fresh = {"adapter": ADAPTER, "drift": {"unreachablePods": [], "lastCheck": iso(T - dt.timedelta(seconds=30))},
+             **NOT_READY}
     assert check(fresh, monkeypatch) == {}
 
 
 def test_last_check_is_still_refreshed_now_and_then(monkeypatch):
     old = iso(T - dt.timedelta(seconds=monitor.LAST_CHECK_REFRESH_SECONDS))
-    patch = check({"adapter": ADAPTER, "drift": {"unreachablePods": [], "lastCheck": old}}, monkeypatch)
+    patch = check({"adapter": ADAPTER, "drift": {"unreachablePods": [], "lastCheck": old}, **NOT_READY}, monkeypatch)
     assert patch["drift"]["lastCheck"] == iso(T) and "adapter" not in patch
 
 
 def test_a_change_is_written_with_a_fresh_last_check(monkeypatch):
     recent = iso(T - dt.timedelta(seconds=30))
     patch = check({"adapter": {**ADAPTER, "ready": "1/1", "podsAtDesired": 1},
-                   "drift": {"unreachablePods": [], "lastCheck": recent}}, monkeypatch)
+                   "drift": {"unreachablePods": [], "lastCheck": recent}, **NOT_READY}, monkeypatch)
     assert patch["adapter"]["ready"] == "0/1" and patch["drift"]["lastCheck"] == iso(T)
     first = check({"adapter": ADAPTER}, monkeypatch)     # never checked before
     assert first["drift"] == {"unreachablePods": [], "lastCheck": iso(T)}

@@ -27,6 +27,8 @@ NOT_EXERCISED_HERE = {
     ("batch", "jobs", "create"), ("batch", "jobs", "get"), ("batch", "jobs", "patch"),  # heals: test_heal_loop
     # (whose operator fixture checks its calls against the same rules)
     ("selfheal.io", "selfhealingmodels/finalizers", "update"),  # an admission check, not a call
+    # a model with spec.serving.disruptionBudget: test_readiness_e2e (same check of its calls)
+    ("policy", "poddisruptionbudgets", "create"), ("policy", "poddisruptionbudgets", "patch"),
 }
 
 
@@ -52,8 +54,9 @@ def test_calls_match_rbac_network_policy_and_hardened_pod(sandbox, namespace, op
     storage.mkdir()
     sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=cr(
         model_dir, storage.as_uri(), promotion={"strategy": "HotSwap"}, drift={"checkIntervalSeconds": 1}))
+    # Ready: the pod serves (TorchServe starting on a busy machine can take minutes)
     wait_until(lambda: condition(status_of(sandbox, namespace), "Ready").get("status") == "True",
-               timeout=60, what="Ready=True")
+               timeout=240, interval=1, what="Ready=True")
     uid = sandbox.get("shm", "fraud", "-n", namespace)["metadata"]["uid"]
     policy = sandbox.get("networkpolicy", "fraud-serving", "-n", namespace)
     assert [o["uid"] for o in policy["metadata"]["ownerReferences"]] == [uid]

@@ -59,6 +59,9 @@ def test_heal_on_a_real_cluster():
                             drift={"windowRows": 300, "checkIntervalSeconds": 5},
                             healing={"cooldownSeconds": 120, "trainingWindowRows": 1500, "minRows": 300})
         run("kubectl", "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+        # Ready: both pods serve spec.adapter.version (image pulls included)
+        subprocess.run(["kubectl", "wait", "--for=condition=Ready", "shm/fraud", "-n", namespace, "--timeout=600s"],
+                       check=True, timeout=620)
         wait_until(lambda: (status(namespace).get("adapter") or {}).get("ready") == "2/2", timeout=600,
                    interval=5, what="2 ready model-server pods")
         port = free_port()

@@ -58,8 +58,8 @@ def test_children_status_versions_and_bad_specs(sandbox, namespace, operator, mo
     storage.mkdir()
     sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=example_cr(model_dir, storage))
     try:
-        wait_until(lambda: condition(status_of(sandbox, namespace), "Ready").get("status") == "True",
-                   timeout=60, what="Ready=True")
+        wait_until(lambda: condition(status_of(sandbox, namespace), "ChildrenApplied").get("status") == "True",
+                   timeout=60, what="ChildrenApplied=True")
     except AssertionError:
         raise AssertionError(operator.tail())
     uid = sandbox.get("shm", "fraud", "-n", namespace)["metadata"]["uid"]

@@ -427,3 +427,33 @@ def test_launcher_refuses_a_bind_address_that_is_not_ipv4(tmp_path: Path):
                            "--model", "plain=plain.mar", "--bind", "$(POD_IP)"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "bind address must be an IPv4 address, got '$(POD_IP)'" in done.stderr
+
+
+def test_pods_that_cannot_start_say_why_in_their_container_statuses(sandbox: Sandbox, namespace: str):
+    """What a kubelet reports for a pod that never serves: an image no registry serves waits in
+    ErrImagePull/ImagePullBackOff (Pending, never started), a process that keeps exiting in
+    CrashLoopBackOff with its last exit code, a spec that cannot run in CreateContainerConfigError."""
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-",
+                    input=plain_deployment("nopull", "").replace("image: busybox", "image: registry.invalid/x:1"))
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-",
+                    input=plain_deployment("crasher", "", command="[python, -c, 'import sys; sys.exit(3)']"))
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=plain_deployment("nocmd", "", command="[]"))
+
+    def waiting(app: str, reasons: set[str]) -> tuple[dict, dict] | None:
+        for pod in sandbox.get("pods", "-n", namespace, "-l", f"app={app}")["items"]:
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                if (container.get("state") or {}).get("waiting", {}).get("reason") in reasons:
+                    return pod, container
+        return None
+    seen = set()
+    for _ in range(2):   # ErrImagePull first, then the back-off
+        pod, container = wait_until(lambda: waiting("nopull", {"ErrImagePull", "ImagePullBackOff"} - seen),
+                                    timeout=20, what="an image pull failure")
+        seen.add(container["state"]["waiting"]["reason"])
+        assert pod["status"]["phase"] == "Pending" and not container["ready"] and not container["started"]
+        assert "registry.invalid/x:1" in container["state"]["waiting"]["message"]
+    pod, container = wait_until(lambda: waiting("crasher", {"CrashLoopBackOff"}), timeout=20, what="a crash loop")
+    assert container["lastState"]["terminated"]["exitCode"] == 3 and container["restartCount"] >= 1
+    assert not container["ready"]
+    pod, container = wait_until(lambda: waiting("nocmd", {"CreateContainerConfigError"}), what="a config error")
+    assert "runs `command`" in container["state"]["waiting"]["message"]

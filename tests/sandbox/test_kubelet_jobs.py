@@ -118,3 +118,24 @@ spec:
     [pod] = _pods(sandbox, namespace, "nocmd")
     message = pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
     assert "runs `command`" in message
+
+
+def test_finished_jobs_are_deleted_after_their_ttl_also_when_it_is_set_later(sandbox: Sandbox, namespace):
+    """The TTL-after-finished controller: a Job with `ttlSecondsAfterFinished` is deleted (its pods
+    with it) that long after it finished; a TTL patched onto a finished Job counts from its end too."""
+    _config(sandbox, namespace)
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-",
+                    input=job_yaml("ttl-set", "print('done')", extra_spec="\n  ttlSecondsAfterFinished: 2"))
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=job_yaml("ttl-later", "print('done')"))
+    for job in ("ttl-set", "ttl-later"):
+        sandbox.kubectl("wait", "-n", namespace, "--for=condition=complete", f"job/{job}", "--timeout=30s")
+    finished = time.monotonic()
+    gone = lambda job: sandbox.kubectl("get", "job", job, "-n", namespace, check=False).returncode != 0  # noqa: E731
+    wait_until(lambda: gone("ttl-set"), timeout=15, what="the Job deleted after its TTL")
+    assert time.monotonic() - finished > 0.5   # not at once: after the TTL
+    wait_until(lambda: not _pods(sandbox, namespace, "ttl-set"), what="its pod garbage-collected")
+    time.sleep(1)
+    assert not gone("ttl-later")               # no TTL: kept
+    sandbox.kubectl("patch", "job", "ttl-later", "-n", namespace, "--type", "merge",
+                    "-p", '{"spec": {"ttlSecondsAfterFinished": 0}}')
+    wait_until(lambda: gone("ttl-later"), timeout=10, what="the Job deleted once a TTL was set")

@@ -103,13 +103,18 @@ them through envFrom, resolved by the kubelet).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "create", "patch"]
+# The optional PodDisruptionBudget of a model's pods (spec.serving.disruptionBudget): deleted when
+# the spec drops it. Heal Jobs are patched once their result is read (ttlSecondsAfterFinished).
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch", "delete"]
 {{- if .Values.networkPolicy.models }}
 # The per-model NetworkPolicy (values: networkPolicy.models).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["create", "patch"]
 {{- end }}
-# Pods are only listed: the ready model pods to poll for drift, a heal Job's pod for its result.
+# Pods are only listed: the model pods to poll for drift and readiness, a heal Job's pod for its result.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
