@@ -6,8 +6,6 @@ its calls; when an `operator` fixture ends, every call it made must be allowed b
 (tests/operator/rbac_audit.py): any operator test that makes a call the chart does not grant fails."""
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -17,7 +15,6 @@ import yaml
 
 from examples.fraud.train import build_served
 from sandbox import env as sandbox_env
-from sandbox.env import free_port
 from sandbox import server as sandbox_server
 from sandbox import tools
 
@@ -27,7 +24,7 @@ from sandbox_helpers import REPO_ROOT, Sandbox  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rbac_audit  # noqa: E402
 
-CRD = REPO_ROOT / "crds" / "selfhealingmodels.yaml"
+from operator_process import CRD, OperatorProcess  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -58,55 +55,6 @@ def namespace(sandbox: Sandbox) -> str:
 def model_dir(tmp_path_factory) -> Path:
     """The example fraud model as a TorchServe model directory (handler + model files)."""
     return build_served(tmp_path_factory.mktemp("models") / "store", rows=16000, seed=0)
-
-
-class OperatorProcess:
-    """The real operator process for one namespace; its log is kept for failure messages."""
-
-    def __init__(self, sandbox: Sandbox, namespace: str, workdir: Path):
-        self.sandbox, self.namespace, self.workdir = sandbox, namespace, workdir
-        self.log_path = workdir / f"operator-{uuid.uuid4().hex[:6]}.log"
-        self.process: subprocess.Popen | None = None
-        self.user = f"operator-{uuid.uuid4().hex[:8]}"   # its own token: its calls are audited apart
-        self.kubeconfig = workdir / f"kubeconfig-{self.user}"
-
-    def start(self, **env_overrides: str) -> "OperatorProcess":
-        self.metrics_port, self.liveness_port = free_port(), free_port()
-        config = yaml.safe_load(Path(self.sandbox.env["KUBECONFIG"]).read_text())
-        for user in config["users"]:
-            user["user"] = {"token": self.user}
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        # as the chart configures it: the per-model NetworkPolicy on
-        policy = rbac_audit.operator_env(self.sandbox.helm_bin, self.namespace)["SELFHEAL_NETWORK_POLICY"]
-        env = {**self.sandbox.env, "KUBECONFIG": str(self.kubeconfig), "SELFHEAL_METRICS_PORT": str(self.metrics_port),
-               "SELFHEAL_METRICS_ADDR": "127.0.0.1", "PYTHONSAFEPATH": "1", "SELFHEAL_NETWORK_POLICY": policy,
-               **env_overrides}
-        self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "shm_operator", "--namespace", self.namespace,
-                                         f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz", "--verbose"],
-                                        env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def get(self, port: int, path: str) -> tuple[int, str]:
-        import urllib.request
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process:
-            sandbox_server.stop_process(self.process, signal.SIGKILL if kill else signal.SIGTERM)
-        self.log.close()
-
-    def tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def calls(self) -> list[dict]:
-        """Every API call this operator made, from the sandbox's audit log."""
-        return rbac_audit.audited_calls(self.sandbox.workdir / "audit.jsonl", self.user)
-
-    def calls_denied_by_chart(self) -> list[dict]:
-        role, cluster_role = rbac_audit.render_rbac(self.sandbox.helm_bin, self.namespace)
-        return rbac_audit.denied_calls(self.calls(), self.namespace, role, cluster_role)
 
 
 @pytest.fixture

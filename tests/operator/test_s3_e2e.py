@@ -30,7 +30,7 @@ from model_handler.registry import AdapterRegistry
 from sandbox.loadgen import LoadLoop
 from sandbox.s3 import S3Server
 from sandbox_helpers import wait_until
-from conftest import OperatorProcess
+from operator_process import OperatorProcess
 from test_heal_loop import FAST, service_url
 from test_reconcile import EXAMPLE, status_of
 
@@ -59,7 +59,7 @@ def test_s3_delivery_in_containers(model_dir, tmp_path, monkeypatch, capsys):
     from images_support import build_images
     from sandbox import env as sandbox_env, server as sandbox_server, tools
     from sandbox_helpers import Sandbox
-    from conftest import CRD
+    from operator_process import CRD
 
     build_images()
     paths = tools.install(tmp_path / "bin")
