@@ -275,6 +275,31 @@ def unpullable(image: str) -> bool:
     return host.split(":")[0].endswith(".invalid")
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def identities(pids: set[int]) -> set[tuple[int, int]]:
+    """(pid, start time) of each live process: a pid alone may name another process later (the
+    kernel reuses pids), and a pod must never kill a process it did not start."""
+    found = set()
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None and fields[0] != "Z":
+            found.add((pid, int(fields[19])))
+    return found
+
+
+def same_process(identity: tuple[int, int]) -> bool:
+    fields = _stat(identity[0])
+    return fields is not None and fields[0] != "Z" and int(fields[19]) == identity[1]
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -349,7 +374,7 @@ class PodProcess:
         self.last_state: dict[str, Any] = {}
         self.error = ""
         self.process: asyncio.subprocess.Process | None = None
-        self.known_descendants: set[int] = set()
+        self.known_descendants: set[tuple[int, int]] = set()   # (pid, start time)
         self.tasks: list[asyncio.Task] = []
         self.config_volumes: dict[str, tuple[dict[str, Any], Path]] = {}
 
@@ -552,7 +577,7 @@ class PodProcess:
                 passes = failures = live_failures = 0
                 continue
             if self.process.pid:
-                self.known_descendants |= descendants(self.process.pid)
+                self.known_descendants |= identities(descendants(self.process.pid))
             running_since = running_since or loop.time()
             age = loop.time() - running_since
             if not readiness.enabled:
@@ -590,7 +615,7 @@ class PodProcess:
         while self.inflight(self.ip) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.process is not None and self.process.returncode is None:
-            self.known_descendants |= descendants(self.process.pid)
+            self.known_descendants |= identities(descendants(self.process.pid))
             await self._signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), max(0.1, deadline - loop.time()))
@@ -612,19 +637,23 @@ class PodProcess:
     def _kill_leftovers(self) -> None:
         """SIGKILL whatever the pod started that outlived its main process (its group, descendants,
         and anything else carrying its marker)."""
-        self.known_descendants |= marked(self.uid) - {os.getpid()}
-        for pid in list(self.known_descendants):
-            if alive(pid):
+        self.known_descendants |= identities(marked(self.uid) - {os.getpid()})
+        groups = {int(f[2]) for f in (_stat(pid) for pid, _ in self.known_descendants if same_process((pid, _)))
+                  if f is not None}
+        for identity in list(self.known_descendants):
+            if same_process(identity):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        if self.process is not None:
+                    os.kill(identity[0], signal.SIGKILL)
+        # The main process's group, while it still is ours: a reaped leader's pid (and group id)
+        # may belong to an unrelated process by now (it killed a test's S3 server once).
+        if self.process is not None and (self.process.returncode is None or self.process.pid in groups):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-        self.known_descendants = {p for p in self.known_descendants if alive(p)}
+        self.known_descendants = {i for i in self.known_descendants if same_process(i)}
 
     def pids(self) -> set[int]:
         """The live processes of this pod (main process and known descendants)."""
-        found = set(self.known_descendants) | (marked(self.uid) - {os.getpid()})
+        found = {pid for pid, _ in self.known_descendants if same_process((pid, _))} | (marked(self.uid) - {os.getpid()})
         if self.process is not None and self.process.returncode is None:
             found |= {self.process.pid} | descendants(self.process.pid)
         return {p for p in found if alive(p)}

@@ -106,6 +106,9 @@ def deliver_heal_roll_back(sandbox, namespace, model_dir, tmp_path, monkeypatch,
             run(sandbox, namespace, operator, capsys, started, runtime)
         finally:
             operator.stop()
+            # the finalizer keeps the models (and their pods, the tampered one crash-looping) once
+            # the operator is gone: stop the pods, or they outlive this S3 server in a shared sandbox
+            sandbox.kubectl("delete", "deployments,jobs", "--all", "-n", namespace, "--wait=false", check=False)
         log = operator.log_path.read_text(errors="replace")
         assert "Traceback" not in log, log[log.index("Traceback") - 500:][:4000]
         assert not operator.calls_denied_by_chart()

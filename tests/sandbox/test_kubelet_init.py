@@ -109,3 +109,29 @@ spec:
     init = pod["status"]["initContainerStatuses"][0]["state"]["terminated"]
     assert (init["exitCode"], init["message"]) == (3, "archive missing")
     assert pod["status"]["containerStatuses"][0]["state"] == {"waiting": {"reason": "PodInitializing"}}
+
+
+def test_a_pod_never_kills_a_process_that_reused_one_of_its_pids(tmp_path):
+    """The pod remembers (pid, start time), not pids: a pid the kernel gave to another process after
+    the pod's own exited is left alone (a lingering pod's clean-up once killed a test's S3 server)."""
+    import subprocess
+    import sys
+
+    from sandbox.pods import PodProcess, identities, same_process
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        (mine,) = identities({other.pid})
+        reused = (other.pid, mine[1] - 1)      # the same pid, as an earlier process had it
+        assert same_process(mine) and not same_process(reused)
+        pod = PodProcess.__new__(PodProcess)
+        pod.uid, pod.process = "no-such-pod", None
+        pod.known_descendants = {reused, (gone.pid, 1)}
+        pod._kill_leftovers()
+        assert other.poll() is None, "the pod killed a process it did not start"
+        assert pod.known_descendants == set()
+    finally:
+        other.kill()
+        other.wait()
