@@ -77,6 +77,14 @@ def test_every_jsonpath_the_doc_waits_on_is_in_the_crd():
     assert {"version", "by"} <= set(history)
 
 
+def test_the_sample_kubectl_get_output_has_the_crds_columns():
+    crd = yaml.safe_load((REPO_ROOT / "crds" / "selfhealingmodels.yaml").read_text())
+    columns = [c["name"].upper() for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]
+               if not c.get("priority")]
+    (header,) = [line for line in DOC_TEXT.splitlines() if line.startswith("NAME ")]
+    assert header.split() == ["NAME", *columns]
+
+
 def test_the_patches_are_valid_json_and_name_an_adapter_version():
     for name, version in (("rollback", "base"), ("rollforward", "v1")):
         (line,) = [l for l in STEPS[name].code.splitlines() if l.startswith("kubectl patch")]
