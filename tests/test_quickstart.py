@@ -26,12 +26,16 @@ OPERATOR_IMAGE, MODEL_IMAGE = "ghcr.io/selfheal/operator:0.1.0", "ghcr.io/selfhe
 MANIFEST = REPO_ROOT / "examples" / "quickstart" / "fraud.yaml"
 
 
-def real_cluster_steps() -> dict[str, str]:
+def real_cluster_test():
     spec = importlib.util.spec_from_file_location("quickstart_real_cluster",
                                                   REPO_ROOT / "tests" / "operator" / "test_real_cluster.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.STEPS
+    return module
+
+
+def real_cluster_steps() -> dict[str, str]:
+    return real_cluster_test().STEPS
 
 
 def exports(step_name: str) -> dict[str, str]:
@@ -46,6 +50,22 @@ def test_the_real_cluster_test_runs_every_block_in_the_docs_order():
     for name, step in STEPS.items():
         assert (planned[name] == "background") == step.background, name
     assert set(planned.values()) <= {"run", "background", "kind", "cleanup", "kind-cleanup"}
+
+
+def test_the_real_cluster_tests_readers_understand_the_blocks_and_the_traffic_output():
+    real = real_cluster_test()
+    assert real.forwarded_port(STEPS["storage-forward"]) == 9000
+    assert real.forwarded_port(STEPS["serving-forward"]) == 8080
+    assert real.forwarded_port(STEPS["traffic"]) is None
+    lines = ("t=   10s  requests=  812  failed=  0  accuracy=0.044  adapters=base\n"
+             "t=   20s  requests=  790  failed=  0  accuracy=0.991  adapters=v1\n"
+             + json.dumps({"summary": {"failed": 0}, "last_30s": {}}) + "\n")
+    assert [p["accuracy"] for p in real.progress(lines)] == [0.044, 0.991]
+    real.check_traffic(lines)
+    with pytest.raises(AssertionError):
+        real.check_traffic(lines.replace("0.991", "0.500"))
+    real.check("rollback", "patched\ncondition met\nv1 (by operator)\nbase (by user)\n")
+    real.check("predict", '{"probabilities": [[0.1, 0.9]], "label": ["fraud"], "adapter_version": "base"}')
 
 
 def test_a_marker_without_its_block_or_a_name_used_twice_is_an_error():
@@ -242,6 +262,8 @@ def test_the_traffic_block_runs_against_a_loopback_model(tmp_path, capsys, model
     assert summary["requests"] > 20 and summary["failed"] == 0 and summary["adapters"] == ["base"]
     assert summary["accuracy"] < 0.5   # --drift: the unhealed model collapses, as the doc says
     assert "accuracy=" in out and "adapters=base" in out
+    progress = real_cluster_test().progress(out)   # the real-cluster test reads these lines
+    assert progress and all(p["adapters"] == "base" for p in progress)
 
 
 @pytest.fixture(scope="module")
