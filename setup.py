@@ -19,7 +19,7 @@ PACKAGES = {
     "sandbox": ("sandbox", []),
     "bench": ("bench", []),
     "fuzz": ("fuzz", []),
-    "examples": ("examples", ["examples.fraud", "examples.datasets"]),
+    "examples": ("examples", ["examples.fraud", "examples.datasets", "examples.quickstart"]),
 }
 
 
