@@ -1,4 +1,4 @@
-"""The healing benchmark's JSON as the README's Markdown tables.
+"""The healing benchmark's JSON as the Markdown tables of docs/benchmarks.md.
 
     python -m bench.report out/healing.json
 """
