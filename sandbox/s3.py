@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from sandbox.env import free_port
+from sandbox.server import stop_process
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -70,13 +71,8 @@ class S3Server:
         raise RuntimeError(f"moto server did not answer on {self.endpoint} within 60 s")
 
     def __exit__(self, *exc: object) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=10)
 
     def filesystem(self):
         """An s3fs filesystem on this server (fresh instance: no fsspec cache across servers)."""

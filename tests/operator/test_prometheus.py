@@ -31,6 +31,7 @@ import yaml
 
 from examples.fraud.generator import World, labelled_rows
 from sandbox.env import free_port
+from sandbox.server import stop_process
 from sandbox.loadgen import LoadLoop
 from sandbox_helpers import REPO_ROOT, wait_until
 from test_heal_loop import service_url, wait_status
@@ -120,12 +121,7 @@ class Prometheus:
         return self.api("query", query=expr)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=10)
         self.log.close()
 
 
