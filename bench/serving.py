@@ -77,7 +77,9 @@ def register_adapter(model_dir: Path, storage_uri: str, model_name: str) -> dict
     """Put a non-identity `v1` (every adapter tensor moved) into the registry; returns its tensors."""
     model = load_model(model_dir)
     gen = torch.Generator().manual_seed(1)
-    tensors = {k: v + 0.2 * torch.randn(v.shape, generator=gen) for k, v in model.adapter_state().items()}
+    # class_prior records the prior a correction served (no output depends on it): it stays as is
+    tensors = {k: v + 0.2 * torch.randn(v.shape, generator=gen) if k != "class_prior" else v
+               for k, v in model.adapter_state().items()}
     rules = RuleSet.from_yaml(model_dir / "rules.yaml", model.spec.features, model.spec.classes)
     AdapterRegistry(storage_uri, NAMESPACE, model_name).put(
         "v1", adapter_to_bytes(tensors), {"base_model_hash": model_hash(model_dir), "rules_hash": rules.hash()})

@@ -28,8 +28,18 @@ async def api_client() -> client.ApiClient:
     return _api
 
 
+_stopping = False
+
+
+def stopping() -> bool:
+    """True once the operator's shutdown closed the API client: a timer Kopf had not stopped yet
+    may still fail on the closed client, which is no error of the model's."""
+    return _stopping
+
+
 async def close() -> None:
-    global _api
+    global _api, _stopping
+    _stopping = True
     if _api is not None:
         await _api.close()
         _api = None

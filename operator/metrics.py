@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 
 from prometheus_client import Counter, Gauge
 
@@ -123,6 +124,11 @@ def count_errors(handler):
         try:
             return await handler(*args, **kwargs)
         except Exception as err:
+            from shm_operator import k8s
+            if k8s.stopping():   # the shutdown closed the API client under a pass still running
+                logging.getLogger(__name__).info("%s stopped by the operator's shutdown: %s", handler.__name__,
+                                                 type(err).__name__)
+                return None
             if not getattr(err, "waiting", False):   # a planned wait (rollout.WaitingForBaseline) is no error
                 RECONCILE_ERRORS.labels(kwargs.get("namespace") or "", kwargs.get("name") or "",
                                         handler.__name__).inc()

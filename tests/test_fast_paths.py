@@ -53,7 +53,9 @@ def random_rows(n: int, seed: int) -> np.ndarray:
 def randomise_adapter(model, seed: int, up_zero: bool = False) -> None:
     """A loaded, non-identity adapter: every recalibration, residual and bias tensor moved."""
     gen = torch.Generator().manual_seed(seed)
-    tensors = {k: v + 0.3 * torch.randn(v.shape, generator=gen) for k, v in model.adapter_state().items()}
+    # class_prior records the prior a correction served (no output depends on it): it stays as is
+    tensors = {k: v + 0.3 * torch.randn(v.shape, generator=gen) if k != "class_prior" else v
+               for k, v in model.adapter_state().items()}
     if up_zero:
         tensors["up.weight"] = torch.zeros_like(tensors["up.weight"])
         tensors["up.bias"] = torch.zeros_like(tensors["up.bias"])

@@ -24,6 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "selfhealingmodels.yaml").read_text())
 SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "fraud" / "selfhealingmodel.yaml").read_text())
+# Optional lists the example leaves out, with one valid item each: a case that breaks an item's
+# field, or leaves out a required one, needs an item to break.
+EXAMPLE["spec"]["podTemplate"] = {"imagePullSecrets": [{"name": "regcred"}],
+                                  "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml",
+                                                   "effect": "NoSchedule"}]}
 DELETE = object()
 
 WRONG_TYPE = {"string": 12345, "integer": "seven", "number": "many", "boolean": "yes",
@@ -104,6 +109,8 @@ def mutated(path: list, value: Any) -> dict:
     node = resource
     for part, following in zip(path[:-1], path[1:]):
         if isinstance(part, int):
+            while len(node) <= part:   # a list the example leaves out (e.g. podTemplate's)
+                node.append({})
             node = node[part]
         else:
             node = node.setdefault(part, [] if isinstance(following, int) else {})
@@ -113,6 +120,8 @@ def mutated(path: list, value: Any) -> dict:
     elif value is DUPLICATE:
         node[last] = copy.deepcopy(node[0])
     elif isinstance(last, int):
+        while len(node) <= last:
+            node.append({})
         node[last] = value
     else:
         node[last] = value

@@ -34,6 +34,25 @@ def test_a_failing_handler_pass_is_counted_and_re_raised():
     assert errors("flaky") == 1.0   # a pass that succeeds counts nothing
 
 
+def test_a_pass_cut_by_the_operator_shutdown_is_no_error(monkeypatch):
+    # Kopf may still run a timer after the cleanup closed the shared API client: aiohttp then fails
+    # with an AssertionError, which was logged as a crash (and failed the S3 end-to-end test in CI).
+    from shm_operator import k8s
+
+    @metrics.count_errors
+    async def tick(name, namespace, **_):
+        raise AssertionError("session closed")
+
+    with pytest.raises(AssertionError):
+        asyncio.run(tick(name="m", namespace="ns"))
+    assert errors("tick") == 1.0
+    monkeypatch.setattr(k8s, "_stopping", False)   # restored after the test
+    asyncio.run(k8s.close())
+    assert k8s.stopping()
+    assert asyncio.run(tick(name="m", namespace="ns")) is None
+    assert errors("tick") == 1.0
+
+
 def test_the_operator_handlers_are_counted():
     from shm_operator import monitor, reconcile
     assert reconcile.reconcile.__wrapped__.__name__ == "reconcile"
