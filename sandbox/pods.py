@@ -645,7 +645,7 @@ class PodProcess:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(identity[0], signal.SIGKILL)
         # The main process's group, while it still is ours: a reaped leader's pid (and group id)
-        # may belong to an unrelated process by now (it killed a test's S3 server once).
+        # may belong to an unrelated process by now.
         if self.process is not None and (self.process.returncode is None or self.process.pid in groups):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)

@@ -22,6 +22,7 @@ import shutil
 import time
 
 import pytest
+import s3fs
 import yaml
 
 from examples.fraud.generator import World, labelled_rows
@@ -90,6 +91,9 @@ def deliver_heal_roll_back(sandbox, namespace, model_dir, tmp_path, monkeypatch,
     with S3Server(log_path=tmp_path / "moto.log") as s3:
         for key, value in s3.env.items():   # this process reads the registry too
             monkeypatch.setenv(key, value)
+        # fsspec caches filesystems by their arguments, not by the endpoint they read from the
+        # environment: without this the registry below still talked to the previous test's server
+        s3fs.S3FileSystem.clear_instance_cache()
         fs = s3.filesystem()
         for bucket in ("models", "selfheal"):
             s3.make_bucket(bucket)

@@ -113,7 +113,7 @@ spec:
 
 def test_a_pod_never_kills_a_process_that_reused_one_of_its_pids(tmp_path):
     """The pod remembers (pid, start time), not pids: a pid the kernel gave to another process after
-    the pod's own exited is left alone (a lingering pod's clean-up once killed a test's S3 server)."""
+    the pod's own exited is left alone."""
     import subprocess
     import sys
 
