@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from model_handler import labelshift
-from model_handler.gate import _implied_prior
 from model_handler.model import SelfHealingNet
 
 
@@ -79,7 +78,7 @@ def norm_stats(model: SelfHealingNet, x_seen: np.ndarray) -> SelfHealingNet:
 
 def em_prior(model: SelfHealingNet, x_seen: np.ndarray) -> SelfHealingNet:
     m = model.copy()
-    assumed = _implied_prior(m)
+    assumed = m.served_prior()
     estimated = labelshift.em_prior(m.predict_proba(x_seen).numpy(), assumed)
     with torch.no_grad():
         m.adapter.logit_bias += torch.as_tensor(np.log(np.maximum(estimated, 1e-6) / assumed),

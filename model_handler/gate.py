@@ -419,8 +419,8 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
             check("untouched_rules_agree", rise, config.witness_tolerance, rise <= config.witness_tolerance,
                   detail, "evidence", "recalibrate")
     if "prior" in steps:
-        assumed = _implied_prior(served)
-        new = _implied_prior(candidate)
+        assumed = served.served_prior()
+        new = candidate.served_prior()
         p_recal = _without_bias_change(candidate, served).predict_proba(x)
         gain = mixture_log_likelihood(p_recal, assumed, new) - mixture_log_likelihood(p_recal, assumed, assumed)
         check("prior_improves_likelihood", gain, config.min_prior_fit_gain,
@@ -511,10 +511,6 @@ def _poisson_range(mean: float, tail: float = 0.001) -> tuple[int, int]:
     """Counts a Poisson variable with this mean stays within, but for `tail` on each side."""
     from scipy.stats import poisson
     return int(poisson.ppf(tail, mean)), int(poisson.isf(tail, mean))
-
-
-def _implied_prior(model: SelfHealingNet) -> np.ndarray:
-    return model.served_prior()
 
 
 def _without_bias_change(candidate: SelfHealingNet, served: SelfHealingNet) -> SelfHealingNet:

@@ -33,7 +33,7 @@ import torch
 
 from model_handler.drift import drift_scores
 from model_handler import labelshift
-from model_handler.gate import GateConfig, GateReport, _implied_prior, evaluate_gate, input_psi
+from model_handler.gate import GateConfig, GateReport, evaluate_gate, input_psi
 from model_handler.model import SelfHealingNet
 from model_handler.rules import RuleSet
 from model_handler.sketches import DriftSketch, ReferenceProfile
@@ -393,7 +393,7 @@ def prune_recalibration(served: SelfHealingNet, found: dict[int, tuple], x_hold:
     def judged(maps: dict[int, tuple]) -> GateReport:
         trial = served.copy()
         apply_recalibration(trial, maps)
-        return evaluate_gate(served, trial, trial, x_hold, rules, trusted, reference, _implied_prior(trial),
+        return evaluate_gate(served, trial, trial, x_hold, rules, trusted, reference, trial.served_prior(),
                              ["recalibrate"], config.gate, recalibrated={j: v[4] for j, v in maps.items()},
                              x_unfitted=x_all)
 
@@ -474,7 +474,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         steps.append("recalibrate")
     stages = [(list(steps), candidate.copy())]  # each fix on top of the previous: cheapest first
 
-    assumed = _implied_prior(candidate)
+    assumed = candidate.served_prior()
     estimate = labelshift.estimate(calibrated_probs(candidate, x_fit), assumed,
                                    np.asarray(model.spec.confusion) if model.spec.confusion else None,
                                    bootstraps=config.prior_bootstraps, seed=config.seed)
@@ -513,7 +513,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         diagnosis["training"] = train_adapter(candidate, cheap_fixed, x_fit, dist, mass, config, y_fit)
         steps.append("adapter")
 
-    before, why_before = estimate_accuracy(served, x_hold, _implied_prior(served) if not prior_estimate
+    before, why_before = estimate_accuracy(served, x_hold, served.served_prior() if not prior_estimate
                                            else expected_prior)
     estimator = "CBPE (mean calibrated confidence)"
     if not steps:
