@@ -420,7 +420,8 @@ def evaluate_gate(served: SelfHealingNet, cheap_fixed: SelfHealingNet, candidate
                   detail, "evidence", "recalibrate")
     if "prior" in steps:
         assumed = served.served_prior()
-        new = candidate.served_prior()
+        # the traffic's prior, which the evidence is about (the candidate may serve a hedged one)
+        new = prior.em if prior is not None else candidate.served_prior()
         p_recal = _without_bias_change(candidate, served).predict_proba(x)
         gain = mixture_log_likelihood(p_recal, assumed, new) - mixture_log_likelihood(p_recal, assumed, assumed)
         check("prior_improves_likelihood", gain, config.min_prior_fit_gain,

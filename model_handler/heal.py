@@ -41,7 +41,7 @@ TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
 HEAL_KEYS = {"minRows": "min_rows", "ruleWeight": "rule_weight", "anchorWeight": "anchor_weight",
              "entropyWeight": "entropy_weight", "balanceWeight": "balance_weight", "minTrust": "min_trust",
-             "seed": "seed"}
+             "priorHedge": "prior_hedge", "seed": "seed"}
 GATE_KEYS = {"maxClassRateRatio": "max_class_rate_ratio", "maxDisagreement": "max_disagreement",
              "minConflictDrop": "min_conflict_drop", "conflictTolerance": "conflict_tolerance"}
 

@@ -107,6 +107,13 @@ class PriorEstimate:
         """[C] bool: the EM interval lies wholly on one side of the source prior."""
         return (self.em_low > self.source) | (self.em_high < self.source)
 
+    def nearest(self, prior: np.ndarray) -> np.ndarray:
+        """The smallest change the evidence supports: per class, the end of the EM interval nearest
+        `prior` (the prior itself where the interval holds it), renormalised."""
+        prior = np.asarray(prior, dtype=np.float64)
+        q = np.clip(prior, self.em_low, self.em_high)
+        return q / q.sum()
+
     def agree(self, tolerance: float = np.log(1.5)) -> bool | None:
         """Do the two estimators tell the same story? None when BBSE is unavailable. They agree if
         their intervals overlap for every class, or their log-ratios to the source prior are

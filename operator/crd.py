@@ -386,6 +386,9 @@ class HealingObjective(SpecModel):
     balance_weight: NonNegative = Field(1.0, description="Weight of keeping class rates near the expected prior.")
     min_trust: Fraction = Field(
         0.5, description="Rules whose inputs drifted so far that their trust falls below this abstain, 0..1.")
+    prior_hedge: Fraction = Field(
+        0.3, description="Share of traffic expected to keep following the training class prior, 0..1: a prior "
+                         "correction serves the prior of that mix with the estimated one (0: serve the estimate).")
 
 
 class HealingSpec(SpecModel):

@@ -70,16 +70,31 @@ def test_a_label_shift_no_rule_sees_is_corrected_by_two_estimators():
     assert f1(result.candidate, s.holdout) > f1(model, s.holdout)
     # The prior was estimated on calibrated probabilities softmax(z / T + b): the candidate must
     # decide as they do under the new prior, b included (leaving b out served a threshold tuned for
-    # neither prior), and record the prior it serves for the pods' label-shift signal.
+    # neither prior), and record the prior it serves for the pods' label-shift signal. It serves
+    # the hedged prior: the smallest change the interval supports, mixed with the training prior
+    # (old traffic may come back).
     q = np.asarray(result.diagnosis["prior"]["em"])
-    assert np.allclose(result.candidate.served_prior(), q, atol=1e-5)
+    low, high = (np.asarray(v) for v in result.diagnosis["prior"]["em_interval"])
+    train = np.asarray(model.spec.train_prior)
+    nearest = np.clip(train, low, high) / np.clip(train, low, high).sum()
+    served = 0.3 * train + 0.7 * nearest
+    assert np.allclose(result.diagnosis["prior"]["served"], served, atol=1e-4)
+    assert np.allclose(result.candidate.served_prior(), served, atol=1e-5)
+    assert train[1] < served[1] < q[1]
     spec = model.spec
     with torch.no_grad():
         z = model(torch.as_tensor(s.holdout.x, dtype=torch.float32)).double().numpy()
     wanted = (z / spec.calibration_temperature + np.asarray(spec.calibration_bias)
-              + np.log(q / np.asarray(spec.train_prior))).argmax(1)
+              + np.log(served / train)).argmax(1)
     got = result.candidate.predict_proba(s.holdout.x).argmax(1).numpy()
     assert (got == wanted).mean() > 0.999
+    # The hedge is what keeps the old traffic: served the estimate itself, the model loses more
+    # on the clean (4%) data than hedged.
+    full = model.copy()
+    with torch.no_grad():
+        full.adapter.logit_bias += torch.as_tensor(spec.calibration_temperature * (
+            np.asarray(spec.calibration_bias) + np.log(q / train)), dtype=torch.float32)
+    assert accuracy(result.candidate, s.clean_test) > accuracy(full, s.clean_test)
     # Healing the corrected model on the same traffic finds the prior it already serves: no
     # second correction (the calibration bias is in its logits once, not twice).
     again = heal(result.candidate, s.stream.x[-2000:], rules, reference)
@@ -146,3 +161,20 @@ def test_float_labels_that_are_not_classes_get_a_clear_error():
         train_backbone(x, rng.random(300), ["a", "b", "c"], ["no", "yes"])
     model = train_backbone(x, (x[:, 0] > 0).astype(np.float64), ["a", "b", "c"], ["no", "yes"], epochs=2)
     assert model.spec.train_prior[0] == pytest.approx(float((x[:, 0] <= 0).mean()))
+
+
+def test_the_prior_served_is_the_hedged_smallest_supported_change():
+    from model_handler.healing import hedged_prior
+    from model_handler.labelshift import PriorEstimate
+    source = np.array([0.96, 0.04])
+    estimate = PriorEstimate(source, np.array([0.8, 0.2]), np.array([0.75, 0.17]), np.array([0.83, 0.25]),
+                             None, None, None)
+    assert np.allclose(estimate.nearest(source), np.array([0.83, 0.17]) / 1.0)
+    inside = PriorEstimate(source, np.array([0.95, 0.05]), np.array([0.93, 0.03]), np.array([0.97, 0.07]),
+                           None, None, None)
+    assert np.allclose(inside.nearest(source), source)   # the interval holds the old prior: no change
+    assert np.allclose(hedged_prior(np.array([0.8, 0.2]), source, 0.0), [0.8, 0.2])
+    assert np.allclose(hedged_prior(np.array([0.8, 0.2]), source, 1.0), source)
+    assert np.allclose(hedged_prior(np.array([0.8, 0.2]), source, 0.25), [0.84, 0.16])
+    with pytest.raises(ValueError, match="prior_hedge"):
+        hedged_prior(source, source, 1.5)
