@@ -255,6 +255,7 @@ def test_the_largest_valid_spec_heal_job_starts_and_reads_its_config(sandbox, na
     (pod,) = sandbox.get("pods", "-n", namespace, "-l", "job-name=fraud-heal-1")["items"]
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     result = json.loads(terminated["message"])
+    print(f"heal Job of the largest spec: {result}")
     assert terminated["exitCode"] == 0 and "error" not in result, result
     assert result["rows"] == 200, f"the Job did not take trainingWindowRows from its config: {result}"
     assert sandbox.get("job", "fraud-heal-1", "-n", namespace)["status"].get("succeeded") == 1
