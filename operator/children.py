@@ -3,8 +3,7 @@
 Names are deterministic (`<model>-serving`, `<model>-rules`, `<model>-adapter`, `<model>-heal-<n>`)
 and every child carries an owner reference to the SelfHealingModel (added by the caller with
 `kopf.adopt`), so Kubernetes' garbage collector deletes them with it and no finalizer is needed.
-The one grandchild, a heal Job's config (`<model>-heal-<n>-config`), is owned by its Job and goes
-with it.
+A heal Job's config ConfigMap (`<model>-heal-<n>-config`) is owned by its Job and goes with it.
 
 Every pod is hardened the same way (`pod_security_context`, `container_security_context`): a fixed
 non-root UID, read-only root filesystem, no capabilities, no privilege escalation, RuntimeDefault
@@ -37,10 +36,7 @@ PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 ADAPTER_DIR = "/etc/selfheal/adapter"
 RULES_DIR = "/etc/selfheal/rules"
 STATUS_DIR = "/var/run/selfheal/status"
-HEAL_CONFIG_DIR = "/etc/selfheal/heal"
-HEAL_CONFIG_FILE = "config.json"
-# What the API server accepts in one ConfigMap's data (keys and values together; corev1.MaxConfigMapSize).
-MAX_CONFIG_MAP_BYTES = 1024 * 1024
+HEAL_CONFIG_DIR, HEAL_CONFIG_FILE = "/etc/selfheal/heal", "config.json"
 # Writable places under a read-only root filesystem. TorchServe 0.12 writes its config, log4j2 and
 # logs (the launcher puts them in a work dir under $TMPDIR), its pid file, worker unix sockets and
 # unpacked .mar archives (java.io.tmpdir = $TEMP) there; Python and Java caches go to $HOME.
@@ -67,10 +63,6 @@ def rules_name(model: str) -> str:
 
 def adapter_config_name(model: str) -> str:
     return f"{model}-adapter"
-
-
-def heal_config_name(job_name: str) -> str:
-    return f"{job_name}-config"
 
 
 def labels(model: str, component: str) -> dict[str, str]:
@@ -304,37 +296,27 @@ def container_port(pod: dict, port_name: str) -> int | None:
 
 
 def heal_config_text(config: dict) -> str:
-    """The heal Job's config file as the operator writes it: compact, sorted JSON, ASCII only (so
-    its sha256 is that of the bytes any kubelet writes)."""
+    """The heal Job's config file: compact sorted JSON, ASCII only (its sha256 is the file's)."""
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
 def heal_config_map(job: dict, config: dict) -> dict:
-    """The heal Job's config file (`heal_job_config()` of the spec) as a ConfigMap owned by `job`
-    (as stored: its uid), so Kubernetes deletes it with the Job. The Job mounts it read-only; the
-    pod waits for it like for any volume, so it may be created just after the Job. Not in argv:
-    Linux refuses any one argument over 128 KiB, and 256 rules of 2,000 characters are ~0.56 MB.
-    The owner reference does not block the Job's deletion, so it needs no right on jobs/finalizers."""
+    """The heal Job's config file as a ConfigMap owned by `job` as stored (its uid), deleted with it;
+    not argv, where Linux refuses any one argument over 128 KiB (a valid spec renders up to ~0.57 MB,
+    docs/architecture.md). No blockOwnerDeletion: no right on jobs/finalizers is needed."""
     meta = job["metadata"]
-    text = heal_config_text(config)
-    size = len(HEAL_CONFIG_FILE) + len(text.encode())
-    if size > MAX_CONFIG_MAP_BYTES:   # unreachable for specs whose rules parse (~0.57 MB at most)
-        raise ValueError(f"the heal config of Job {meta['name']} is {size} bytes, over the "
-                         f"{MAX_CONFIG_MAP_BYTES} bytes a ConfigMap may hold")
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": heal_config_name(meta["name"]),
-                         "labels": labels(meta["labels"][MODEL_LABEL], "heal-config"),
+            "metadata": {"name": f"{meta['name']}-config", "labels": labels(meta["labels"][MODEL_LABEL], "heal-config"),
                          "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
                                               "uid": meta["uid"], "controller": True}]},
-            "data": {HEAL_CONFIG_FILE: text}}
+            "data": {HEAL_CONFIG_FILE: heal_config_text(config)}}
 
 
 def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, version: str,
              config: dict, since: str | None = None) -> dict:
     """The healing Job (ARCHITECTURE.md §4). It reads the model directory the pods serve, so the
-    backbone it heals is exactly the one in production, and `config` from the file
-    `heal_config_map` puts in its own ConfigMap; the Job names that file's sha256, so the config
-    it runs with is the one it was created for."""
+    backbone it heals is exactly the one in production, and `config` from its ConfigMap
+    (`heal_config_map`), whose sha256 it is given, so it runs with the config it was made for."""
     model = spec.get("model") or {}
     healing = spec.get("healing") or {}
     scratch, scratch_mounts, scratch_env = scratch_volumes()
@@ -346,7 +328,7 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
             "--config", f"{HEAL_CONFIG_DIR}/{HEAL_CONFIG_FILE}",
             "--config-sha256", hashlib.sha256(heal_config_text(config).encode()).hexdigest(),
             "--termination-log", "/dev/termination-log", *(["--since", since] if since else [])]
-    config_volume = {"name": "heal-config", "configMap": {"name": heal_config_name(job_name)}}
+    config_volume = {"name": "heal-config", "configMap": {"name": f"{job_name}-config"}}
     config_mount = {"name": "heal-config", "mountPath": HEAL_CONFIG_DIR, "readOnly": True}
     container = {"name": "heal", "image": model.get("image") or DEFAULT_IMAGE, "command": ["python"],
                  "args": args, "env": env,
