@@ -5,22 +5,26 @@ Reads recent sampled traffic from the storage URI, heals the parent adapter with
 short JSON result to the termination log, where the operator reads it from the pod status.
 Exit 0 when healing ran, whatever the gate said; exit 1 on an error (also reported as JSON).
 
-Config file (JSON or YAML, rendered by the operator from the SelfHealingModel spec):
-    rules: [{name, when, label, weight}]     # default: the model directory's rules.yaml
-    healing: {trainingWindowRows, minRows, ruleWeight, anchorWeight, entropyWeight, balanceWeight,
-              minTrust, seed}
-    promotion: {maxClassRateRatio, maxDisagreement, minConflictDrop, conflictTolerance}
+Config file (`--config`, JSON or YAML; the operator renders it from the SelfHealingModel spec into
+a ConfigMap of the Job's own and mounts it read-only, so its size is not bound by argv limits):
+    rules: [{name, when, label, weight, kind}]   # default: the model directory's rules.yaml
+    healing: {trainingWindowRows, <any HealConfig field in camelCase: minRows, ruleWeight, ...>}
+    promotion: {<any GateConfig field in camelCase: maxClassRateRatio, maxDisagreement, ...>}
+Keys are the config dataclasses' own field names in camelCase (`dataclasses.fields`), so a field
+added to HealConfig or GateConfig is accepted without a change here; an unknown key is an error
+that names it.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import os
 import sys
 import time
 import traceback
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,11 +43,8 @@ REFERENCE_FILE = "reference.json"
 RULES_FILE = "rules.yaml"
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
-HEAL_KEYS = {"minRows": "min_rows", "ruleWeight": "rule_weight", "anchorWeight": "anchor_weight",
-             "entropyWeight": "entropy_weight", "balanceWeight": "balance_weight", "minTrust": "min_trust",
-             "priorHedge": "prior_hedge", "seed": "seed"}
-GATE_KEYS = {"maxClassRateRatio": "max_class_rate_ratio", "maxDisagreement": "max_disagreement",
-             "minConflictDrop": "min_conflict_drop", "conflictTolerance": "conflict_tolerance"}
+WINDOW_KEY = "trainingWindowRows"   # the one `healing` key that is no HealConfig field: rows to read
+DEFAULT_WINDOW_ROWS = 3000
 
 
 def load_adapter_version(model, registry: AdapterRegistry, version: str) -> None:
@@ -55,25 +56,62 @@ def load_adapter_version(model, registry: AdapterRegistry, version: str) -> None
     model.load_adapter_state(adapter_from_bytes(data))
 
 
-def configs(config: dict) -> tuple[HealConfig, int]:
-    healing, promotion = config.get("healing") or {}, config.get("promotion") or {}
-    unknown = (set(healing) - set(HEAL_KEYS) - {"trainingWindowRows"}) | (set(promotion) - set(GATE_KEYS))
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def config_keys(cls) -> dict[str, str]:
+    """{camelCase key: field name} of a config dataclass's fields, less a nested config (HealConfig.gate
+    has its own section, `promotion`)."""
+    return {camel(f.name): f.name for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(f.default_factory)}
+
+
+def section(config: dict, name: str, cls, extra: frozenset = frozenset()) -> dict:
+    """`config[name]` as keyword arguments of `cls`; an unknown key is an error naming it."""
+    values = config.get(name) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {name!r} must be a mapping, not {type(values).__name__}")
+    keys = config_keys(cls)
+    unknown = sorted(set(values) - set(keys) - extra)
     if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)}")
-    gate = replace(GateConfig(), **{GATE_KEYS[k]: v for k, v in promotion.items()})
-    heal_config = replace(HealConfig(), gate=gate, **{HEAL_KEYS[k]: v for k, v in healing.items()
-                                                      if k in HEAL_KEYS})
-    return heal_config, int(healing.get("trainingWindowRows", 3000))
+        raise ValueError(f"unknown config keys: {', '.join(f'{name}.{k}' for k in unknown)} "
+                         f"({cls.__name__} takes {', '.join(sorted(keys))})")
+    return {keys[k]: v for k, v in values.items() if k in keys}
+
+
+def configs(config: dict) -> tuple[HealConfig, int]:
+    """(HealConfig with its GateConfig, training window rows) from the config's `healing` and
+    `promotion` sections; what a section leaves out keeps the dataclass's default."""
+    gate = GateConfig(**section(config, "promotion", GateConfig))
+    heal_config = HealConfig(**section(config, "healing", HealConfig, frozenset({WINDOW_KEY})), gate=gate)
+    return heal_config, int((config.get("healing") or {}).get(WINDOW_KEY, DEFAULT_WINDOW_ROWS))
+
+
+def read_config(path: str | None, sha256: str | None = None) -> dict:
+    """The config file (JSON or YAML), {} without one. With `sha256`, the file must have that digest:
+    the operator names the config it created the Job for, so a ConfigMap rewritten since (or another
+    one mounted) fails the Job clearly instead of healing under other rules."""
+    if not path:
+        if sha256:
+            raise ValueError("--config-sha256 needs --config")
+        return {}
+    data = Path(path).read_bytes()
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"config file {path} has sha256 {hashlib.sha256(data).hexdigest()}, the Job was "
+                         f"created for {sha256}: its ConfigMap changed since")
+    try:
+        config = json.loads(data)       # what the operator writes; far faster than YAML on 0.5 MB
+    except ValueError:
+        config = yaml.safe_load(data) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config file {path} must hold a mapping")
+    return config
 
 
 def run(args: argparse.Namespace) -> dict:
     model_dir = Path(args.model_dir)
-    if args.config_json:
-        config = json.loads(args.config_json)
-    else:
-        config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    if not isinstance(config, dict):
-        raise ValueError(f"config file {args.config} must hold a mapping")
+    config = read_config(args.config, args.config_sha256)
     heal_config, window_rows = configs(config)
     model = load_model(model_dir)
     features, classes = model.spec.features, model.spec.classes
@@ -205,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", default=BASE_VERSION, help="the adapter to heal from (last good)")
     parser.add_argument("--version", required=True, help="name of the new adapter version")
     parser.add_argument("--config", help="JSON/YAML config file rendered from the spec")
-    parser.add_argument("--config-json", help="the same config inline (what the operator passes)")
+    parser.add_argument("--config-sha256", help="the config file's expected sha256 (the operator passes it)")
     parser.add_argument("--job-name", default="")
     parser.add_argument("--since", help="ISO time: train only on traffic sampled after it (the drift's onset)")
     parser.add_argument("--wait-for-rows", type=float, default=30.0,

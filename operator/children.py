@@ -3,6 +3,7 @@
 Names are deterministic (`<model>-serving`, `<model>-rules`, `<model>-adapter`, `<model>-heal-<n>`)
 and every child carries an owner reference to the SelfHealingModel (added by the caller with
 `kopf.adopt`), so Kubernetes' garbage collector deletes them with it and no finalizer is needed.
+A heal Job's config ConfigMap (`<model>-heal-<n>-config`) is owned by its Job and goes with it.
 
 Every pod is hardened the same way (`pod_security_context`, `container_security_context`): a fixed
 non-root UID, read-only root filesystem, no capabilities, no privilege escalation, RuntimeDefault
@@ -35,6 +36,7 @@ PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 ADAPTER_DIR = "/etc/selfheal/adapter"
 RULES_DIR = "/etc/selfheal/rules"
 STATUS_DIR = "/var/run/selfheal/status"
+HEAL_CONFIG_DIR, HEAL_CONFIG_FILE = "/etc/selfheal/heal", "config.json"
 # Writable places under a read-only root filesystem. TorchServe 0.12 writes its config, log4j2 and
 # logs (the launcher puts them in a work dir under $TMPDIR), its pid file, worker unix sockets and
 # unpacked .mar archives (java.io.tmpdir = $TEMP) there; Python and Java caches go to $HOME.
@@ -293,10 +295,28 @@ def container_port(pod: dict, port_name: str) -> int | None:
     return None
 
 
+def heal_config_text(config: dict) -> str:
+    """The heal Job's config file: compact sorted JSON, ASCII only (its sha256 is the file's)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def heal_config_map(job: dict, config: dict) -> dict:
+    """The heal Job's config file as a ConfigMap owned by `job` as stored (its uid), deleted with it;
+    not argv, where Linux refuses any one argument over 128 KiB (a valid spec renders up to ~0.57 MB,
+    docs/architecture.md). No blockOwnerDeletion: no right on jobs/finalizers is needed."""
+    meta = job["metadata"]
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"{meta['name']}-config", "labels": labels(meta["labels"][MODEL_LABEL], "heal-config"),
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                              "uid": meta["uid"], "controller": True}]},
+            "data": {HEAL_CONFIG_FILE: heal_config_text(config)}}
+
+
 def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, version: str,
              config: dict, since: str | None = None) -> dict:
     """The healing Job (ARCHITECTURE.md §4). It reads the model directory the pods serve, so the
-    backbone it heals is exactly the one in production."""
+    backbone it heals is exactly the one in production, and `config` from its ConfigMap
+    (`heal_config_map`), whose sha256 it is given, so it runs with the config it was made for."""
     model = spec.get("model") or {}
     healing = spec.get("healing") or {}
     scratch, scratch_mounts, scratch_env = scratch_volumes()
@@ -305,11 +325,15 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
     init_containers, model_volumes, model_mounts, model_dir = model_delivery(spec, env, env_from, unpack=True)
     args = ["-m", "model_handler.heal", "--namespace", namespace, "--model", name, "--model-dir", model_dir,
             "--parent", parent, "--version", version, "--job-name", job_name,
-            "--config-json", json.dumps(config, sort_keys=True, separators=(",", ":")),
+            "--config", f"{HEAL_CONFIG_DIR}/{HEAL_CONFIG_FILE}",
+            "--config-sha256", hashlib.sha256(heal_config_text(config).encode()).hexdigest(),
             "--termination-log", "/dev/termination-log", *(["--since", since] if since else [])]
+    config_volume = {"name": "heal-config", "configMap": {"name": f"{job_name}-config"}}
+    config_mount = {"name": "heal-config", "mountPath": HEAL_CONFIG_DIR, "readOnly": True}
     container = {"name": "heal", "image": model.get("image") or DEFAULT_IMAGE, "command": ["python"],
                  "args": args, "env": env,
-                 "volumeMounts": [*scratch_mounts, *model_mounts], "terminationMessagePath": "/dev/termination-log",
+                 "volumeMounts": [config_mount, *scratch_mounts, *model_mounts],
+                 "terminationMessagePath": "/dev/termination-log",
                  "terminationMessagePolicy": "File", "securityContext": container_security_context()}
     if env_from:
         container["envFrom"] = env_from
@@ -322,7 +346,8 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
         "spec": {"backoffLimit": healing.get("backoffLimit", 1),
                  "activeDeadlineSeconds": healing.get("activeDeadlineSeconds", 600),
                  "template": {"metadata": {"labels": job_labels},
-                              "spec": hardened_pod_spec([container], [*scratch, *model_volumes], restartPolicy="Never",
+                              "spec": hardened_pod_spec([container], [config_volume, *scratch, *model_volumes],
+                                                        restartPolicy="Never",
                                                         **({"initContainers": init_containers} if init_containers else {}))}},
     })
 

@@ -513,10 +513,14 @@ class SelfHealingModelSpec(SpecModel):
     pod_template: PodTemplate = Field(default_factory=PodTemplate)
 
     def heal_job_config(self) -> dict:
-        """The config the heal Job reads (`python -m model_handler.heal --config-json`): the rules,
-        the objective and row counts under `healing`, the gate limits under `promotion`."""
+        """The config the heal Job reads (`python -m model_handler.heal --config FILE`, a ConfigMap
+        of the Job's own): the rules, the objective and row counts under `healing`, the gate limits
+        under `promotion`. A rule's whitespace runs become one space: the same tokens and
+        RuleSet.hash, and every character of a rule that parses is then one byte in JSON (the
+        largest valid spec renders to about 0.57 MB, under a ConfigMap's 1 MiB)."""
         healing = self.healing
-        return {"rules": [rule.model_dump(mode="json") for rule in self.rules],
+        return {"rules": [{**rule.model_dump(mode="json"),
+                           "when": re.sub(r"\s+", " ", rule.when, flags=re.ASCII).strip()} for rule in self.rules],
                 "healing": {"trainingWindowRows": healing.training_window_rows, "minRows": healing.min_rows,
                             "seed": healing.seed, **healing.objective.model_dump()},
                 "promotion": self.promotion.gate.model_dump()}

@@ -77,6 +77,22 @@ async def ensure(obj: dict, namespace: str, patch_body: dict | None = None) -> N
             raise _retry(f"patch {obj['kind']} {namespace}/{name}", err2) from err2
 
 
+async def create(obj: dict, namespace: str) -> bool:
+    """Create `obj` unless one of that name exists (left as it is); returns whether it was created.
+    For objects written once, whose existing copy is the one to keep (a heal Job's config)."""
+    api_name, suffix = _KINDS[obj["kind"]]
+    api = getattr(client, api_name)(await api_client())
+    name = obj["metadata"]["name"]
+    try:
+        await getattr(api, f"create_{suffix}")(namespace, obj)
+    except ApiException as err:
+        if err.status != 409:
+            raise _retry(f"create {obj['kind']} {namespace}/{name}", err) from err
+        return False
+    log.info("created %s %s/%s", obj["kind"], namespace, name)
+    return True
+
+
 async def create_or_read(obj: dict, namespace: str) -> dict:
     """Create `obj` and return it as stored; if one of that name exists, return the existing one
     unchanged. For objects whose content is fixed at creation (a Job's pod template is immutable,

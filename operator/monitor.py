@@ -21,7 +21,7 @@ import kopf
 from model_handler.registry import RegistryError, next_version
 from model_handler.rules import RuleSet
 from shm_operator import decisions, k8s, metrics, policy, readiness
-from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchserve_model_name
+from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_config_map, heal_job, torchserve_model_name
 from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
 from shm_operator.signals import (PodUnreachable, WindowState, class_rates, describe, drift_summary,
@@ -263,13 +263,13 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
     # A Job of this name exists if an earlier pass created it and stopped before its status write
     # landed (an operator restart): adopt it, and the version it makes, never launch or name another.
     job = await k8s.read("Job", namespace, job_name)
+    config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
     if job is None:
         try:
             versions = await asyncio.to_thread(registry_for(name, namespace, spec).versions)
         except RegistryError as err:
             return registry_unreachable(body, patch, status, "cannot start a heal", err, t)
         parent = (status.get("adapter") or {}).get("lastGood") or "base"
-        config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
         job = heal_job(name, namespace, spec, job_name, parent, next_version(versions), config,
                        since=(status.get("drift") or {}).get("onset"))
         kopf.adopt(job, owner=body)
@@ -281,6 +281,8 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
         kopf.warn(body, reason="HealJobNameTaken", message=f"Job {job_name} exists but is no heal Job of this "
                                                            "model; the next heal takes the next name")
         return
+    # Its config file, owned by the Job (deleted with it): its pod waits for this volume
+    await k8s.create(heal_config_map(job, config), namespace)
     parent, version = target
     update(patch, status, healCount=count, recentHealStarts=[*recent, iso(t)], healsToday=len(recent) + 1,
            lastHeal={"job": job_name, "version": version, "parent": parent, "started": iso(t), "finished": None,

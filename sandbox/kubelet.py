@@ -8,7 +8,9 @@ subprocess, then writes the Pod's and the Job's status (`Complete`/`Failed`, `ba
 A process is not a container, so three conventions stand in for the image's filesystem:
 - every `volumeMounts[].mountPath` and the `terminationMessagePath` are mapped to directories under
   `<workdir>/pods/<namespace>/<pod>/`, and occurrences of those paths in `command`, `args` and `env`
-  values are rewritten to the local ones; ConfigMap volumes are projected there as files;
+  values are rewritten to the local ones; ConfigMap volumes are projected there as files (as a
+  kubelet does, the pod waits in Pending for a ConfigMap volume that does not exist yet, up to the
+  Job's `activeDeadlineSeconds`: an owner may create it just after the Job);
 - the process also gets `TERMINATION_MESSAGE_PATH` (the local termination-log file);
 - `python`/`python3` as the command means the sandbox's own interpreter.
 The process inherits the sandbox's environment plus the container's `env` (plain `value`s and
@@ -243,6 +245,9 @@ class JobKubelet:
         container = containers[0]
         loop = asyncio.get_running_loop()
         deadline = None if remaining_s is None else loop.time() + remaining_s
+        if not await self._wait_for_config_maps(api, pod, deadline):
+            await self._pod_finished(api, pod_path, containers, None, "", _now(), "Failed")
+            return "DeadlineExceeded"
         # Init containers first, in order, each to success (restartPolicy Never: one failure fails the pod).
         init_statuses: list[dict[str, Any]] = []
         for init in pod["spec"].get("initContainers") or []:
@@ -284,6 +289,26 @@ class JobKubelet:
         phase = "Succeeded" if exit_code == 0 and not timed_out else "Failed"
         await self._pod_finished(api, pod_path, containers, exit_code, message, started, phase, init_statuses)
         return "DeadlineExceeded" if timed_out else phase
+
+    async def _wait_for_config_maps(self, api: ApiClient, pod: dict[str, Any], deadline: float | None) -> bool:
+        """Wait until every non-optional ConfigMap volume of `pod` exists, as a kubelet retries the
+        mount (the pod stays Pending); False once the deadline passed first."""
+        namespace = pod["metadata"]["namespace"]
+        names = sorted({v["configMap"]["name"] for v in pod["spec"].get("volumes") or []
+                        if "configMap" in v and not v["configMap"].get("optional")})
+        loop = asyncio.get_running_loop()
+        while names:
+            try:
+                await api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{names[0]}")
+                names.pop(0)
+                continue
+            except RuntimeError:
+                pass
+            if deadline is not None and loop.time() >= deadline:
+                log.warning("pod %s/%s: configmap %r never appeared", namespace, pod["metadata"]["name"], names[0])
+                return False
+            await asyncio.sleep(RETRY_DELAY_S)
+        return True
 
     async def _run_process(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path,
                            deadline: float | None) -> tuple[int, bool]:

@@ -34,6 +34,7 @@ class Jobs:
     def __init__(self):
         self.stored: dict[str, dict] = {}
         self.creates = 0
+        self.config_maps: dict[str, dict] = {}   # the heal Jobs' configs (k8s.create)
 
     async def read(self, kind, namespace, name):
         assert kind == "Job"
@@ -44,7 +45,15 @@ class Jobs:
         if name not in self.stored:
             self.creates += 1
             self.stored[name] = copy.deepcopy(obj)
+            self.stored[name]["metadata"].setdefault("uid", f"uid-{name}")
         return copy.deepcopy(self.stored[name])
+
+    async def create(self, obj, namespace):
+        assert obj["kind"] == "ConfigMap"
+        if obj["metadata"]["name"] in self.config_maps:
+            return False
+        self.config_maps[obj["metadata"]["name"]] = copy.deepcopy(obj)
+        return True
 
     async def ensure(self, obj, namespace):
         await self.create_or_read(obj, namespace)
@@ -53,7 +62,7 @@ class Jobs:
 @pytest.fixture
 def jobs(monkeypatch) -> Jobs:
     fake = Jobs()
-    for call in ("read", "create_or_read", "ensure"):
+    for call in ("read", "create_or_read", "ensure", "create"):
         monkeypatch.setattr(monitor.k8s, call, getattr(fake, call), raising=False)
     for poster in ("info", "warn"):
         monkeypatch.setattr(kopf, poster, lambda *args, **kwargs: None)
@@ -87,6 +96,8 @@ def test_a_pass_that_finds_its_job_names_the_jobs_version_not_a_new_one(spec, jo
     first = heal_pass(spec, before)
     assert first["lastHeal"]["job"] == "jobs-heal-3" and first["lastHeal"]["version"] == "v6"
     assert decisions.heal_job_target(jobs.stored["jobs-heal-3"]) == ("v5", "v6")
+    (config_map,) = jobs.config_maps.values()   # the Job's config, owned by the Job
+    assert config_map["metadata"]["ownerReferences"][0]["uid"] == jobs.stored["jobs-heal-3"]["metadata"]["uid"]
 
     # the operator restarts before that status lands; the Job runs and commits its candidate
     commit(registry, "v6")

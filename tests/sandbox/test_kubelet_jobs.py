@@ -60,6 +60,30 @@ def test_job_runs_as_a_process_with_configmap_files_and_termination_message(sand
     wait_until(lambda: not _pods(sandbox, namespace, "heal-1"), what="the Job's pod to be garbage-collected")
 
 
+def test_a_pod_waits_for_its_configmap_volume_like_on_a_kubelet(sandbox: Sandbox, namespace):
+    """A ConfigMap volume created after the Job (an owner that needs the Job's uid first): the pod
+    stays Pending, runs once it appears and reads it; one that never appears fails the Job at its
+    deadline, as on a node."""
+    script = "import sys\nopen('/dev/termination-log', 'w').write(open(sys.argv[1]).read())\n"
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=job_yaml("late-config", script))
+    pod = wait_until(lambda: _pods(sandbox, namespace, "late-config"), what="the Job's pod")[0]
+    time.sleep(1.5)
+    [pod] = _pods(sandbox, namespace, "late-config")
+    assert (pod.get("status") or {}).get("phase") in (None, "Pending"), pod.get("status")
+    _config(sandbox, namespace)
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=complete", "job/late-config", "--timeout=30s")
+    [pod] = _pods(sandbox, namespace, "late-config")
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "rules: []"
+
+    sandbox.kubectl("delete", "configmap", "job-config", "-n", namespace)
+    started = time.monotonic()
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=job_yaml(
+        "no-config", script, extra_spec="\n  activeDeadlineSeconds: 2"))
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=failed", "job/no-config", "--timeout=30s")
+    assert time.monotonic() - started < 15
+    assert sandbox.get("job", "no-config", "-n", namespace)["status"]["conditions"][0]["reason"] == "DeadlineExceeded"
+
+
 def test_failing_job_retries_up_to_the_backoff_limit(sandbox: Sandbox, namespace):
     _config(sandbox, namespace)
     script = "import sys\nprint('bad input: no rows', flush=True)\nsys.exit(3)\n"
