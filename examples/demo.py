@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from examples.cluster import ClusterError, SelfhealCluster
+from examples.cluster import ClusterError, SelfhealCluster, serving
 from examples.fraud.generator import World, labelled_rows
 from sandbox import server as sandbox_server
 from sandbox.loadgen import LoadLoop
@@ -114,11 +114,6 @@ class StatusWatch:
             time.sleep(0.5)
         raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}; "
                          f"status: {json.dumps(self.status)[:1500]}")
-
-
-def adapter_at(status: dict, version: str) -> bool:
-    adapter = status.get("adapter") or {}
-    return adapter.get("current") == version and adapter.get("ready") == "2/2"
 
 
 class Display:
@@ -224,7 +219,7 @@ def run_scenario(cluster: SelfhealCluster, watch: StatusWatch, loop_box: dict, d
     cluster.apply(body)
     watch.start()
     print("waiting for 2 TorchServe pods serving adapter base ...", flush=True)
-    watch.wait(lambda s: adapter_at(s, "base"), 180, "2 ready pods serving base")
+    watch.wait(serving("base"), 180, "2 ready pods serving base")
     service = cluster.get("service", "fraud-serving")
     url = f"http://{service['spec']['clusterIP']}:8080/predictions/fraud"
 
@@ -254,7 +249,7 @@ def run_scenario(cluster: SelfhealCluster, watch: StatusWatch, loop_box: dict, d
         raise DemoFailed(f"the heal ended {heal['result']}: {heal.get('reason')}")
     healed_version = heal["version"]
     display.stage = f"rolling out {healed_version}"
-    status = watch.wait(lambda s: adapter_at(s, healed_version), 180, f"all pods on {healed_version}")
+    status = watch.wait(serving(healed_version), 180, f"all pods on {healed_version}")
     healed_wall = time.time()
     marks["rollout done"] = now()
     drift_since = parse_time((status.get("drift") or {}).get("since")) or parse_time(heal.get("started"))
@@ -271,7 +266,7 @@ def run_scenario(cluster: SelfhealCluster, watch: StatusWatch, loop_box: dict, d
         display.stage = f"kubectl patch: {mark} to {version}"
         marks[mark] = now()
         cluster.patch_version("fraud", version)
-        watch.wait(lambda s, v=version: adapter_at(s, v), 180, f"2/2 pods on {version}")
+        watch.wait(serving(version), 180, f"2/2 pods on {version}")
         patched_ok.append(True)
         display.stage = f"{label}: serving {version}"
         time.sleep(8)

@@ -149,11 +149,13 @@ class LocalCluster:
     shared: Sequence[Path] = ()
     kubectl_bin: str | None = None
     kubectl_timeout: float = 60.0
-    env: dict[str, str] = field(default_factory=dict)
-    url: str = ""
-    api: SandboxProcess | None = None
-    node: NodeProcess | None = None
-    children: list[Child] = field(default_factory=list)
+    # set by `start`
+    env: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    url: str = field(default="", init=False)
+    api: SandboxProcess | None = field(default=None, init=False, repr=False)
+    node: NodeProcess | None = field(default=None, init=False, repr=False)
+    children: list[Child] = field(default_factory=list, init=False, repr=False)
+    _port: int = field(default=0, init=False, repr=False)
 
     @property
     def sandbox_dir(self) -> Path:
