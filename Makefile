@@ -33,11 +33,11 @@ test: install prometheus
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m sandbox.demo --out out
+	$(PY) -m examples.demo --out out
 
 # The same demo with the pods and the heal Job as podman containers of the built images.
 demo-containers: install images
-	$(PY) -m sandbox.demo --runtime podman --out out/containers --workdir .work/demo-containers
+	$(PY) -m examples.demo --runtime podman --out out/containers --workdir .work/demo-containers
 
 # Both images (docker/): docker where an engine answers, podman otherwise (installed on Debian if
 # missing; storage in .work/podman); offline, a stand-in base and the local torch wheel. Prints sizes.

@@ -42,22 +42,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import yaml
 
 from examples.fraud.generator import CLASSES, FEATURES, World, labelled_rows
 from model_handler.model import adapter_to_bytes, load_model, model_hash
 from model_handler.registry import VERSION_PATTERN, AdapterRegistry
 from model_handler.rules import RuleSet
-from sandbox import env as sandbox_env
-from sandbox.env import free_port
+from examples.cluster import Child, SelfhealCluster, condition, serving
 from sandbox import pods as sandbox_pods
-from sandbox import tools
 from sandbox.loadgen import Answer, LoadLoop
-from sandbox.server import NodeProcess, SandboxProcess, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
-CRD = REPO / "crds" / "selfhealingmodels.yaml"
-EXAMPLE_CR = REPO / "examples" / "fraud" / "selfhealingmodel.yaml"
 NAMESPACE = "chaos"
 DRIFTED = World(amount_unit=100.0, distance_unit=1000.0)   # amounts in cents, distances in metres
 FAST = {"replicas": 2,
@@ -80,143 +74,44 @@ class Case:
     skipped: bool = False
 
 
-class Timeout(RuntimeError):
-    """Something the case waits for did not happen in time; the message says what."""
-
-
-def condition(status: dict, type_: str) -> dict:
-    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
-
-
-def serving(version: str, replicas: int = 2) -> Callable[[dict], bool]:
-    return lambda s: (s.get("adapter") or {}).get("current") == version and \
-        (s.get("adapter") or {}).get("ready") == f"{replicas}/{replicas}"
-
-
-class Rig:
-    """The sandbox API (restartable), its node, the operator (killable) and kubectl."""
+class Rig(SelfhealCluster):
+    """The chaos rig: the harness (`examples.cluster`) with the node agents in their own process (so
+    the API can restart under running pods), the operator (killable), one trained model, and the
+    registry helpers the cases use."""
 
     def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.sandbox_dir = workdir / "sandbox"
-        self.port = free_port()
-        self.api: SandboxProcess | None = None
-        self.node: NodeProcess | None = None
-        self.operator: subprocess.Popen | None = None
-        self.kubectl_bin = ""
-        self.env: dict[str, str] = {}
+        super().__init__(workdir, namespace=NAMESPACE, separate_node=True)
+        self.operator: Child | None = None
         self.model_dir: Path | None = None
 
-    # -- processes ---------------------------------------------------------------------------------
     def start(self) -> "Rig":
         from examples.fraud.train import build_served
-        try:
-            self.kubectl_bin = str(tools.find_tool("kubectl"))
-        except tools.ToolsError:
-            self.kubectl_bin = str(tools.install(self.workdir / "bin")["kubectl"])
-        self.model_dir = build_served(self.workdir / "models" / "store", rows=16000, seed=0)
-        self.api = SandboxProcess(self.sandbox_dir, port=self.port, persist=True, node=False)
-        self.api.start()
-        self.node = NodeProcess(self.sandbox_dir)
-        self.node.start()
-        self.env = sandbox_env.client_env(self.sandbox_dir)
-        self.kubectl("apply", "-f", str(CRD))
-        self.kubectl("wait", "--for=condition=Established", "crd/selfhealingmodels.selfheal.io", "--timeout=30s")
-        self.kubectl("create", "namespace", NAMESPACE)
+        self.model_dir = build_served(Path(self.workdir) / "models" / "store", rows=16000, seed=0)
+        super().start()
         self.start_operator()
         return self
 
-    def start_operator(self) -> None:
-        env = {**self.env, "SELFHEAL_METRICS_PORT": str(free_port()), "SELFHEAL_METRICS_ADDR": "127.0.0.1",
-               "PYTHONSAFEPATH": "1"}
-        with open(self.workdir / "operator.log", "ab") as log:
-            self.operator = subprocess.Popen([sys.executable, "-m", "shm_operator", "--namespace", NAMESPACE,
-                                              "--verbose"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def kill_operator(self) -> None:
-        stop_process(self.operator, signal.SIGKILL)
-
-    def restart_api(self, down_s: float = 3.0) -> float:
-        """Stop the API server (SIGTERM: it saves its objects), wait, start it on the same port."""
-        self.api.stop()
-        time.sleep(down_s)
-        began = time.monotonic()
-        self.api = SandboxProcess(self.sandbox_dir, port=self.port, persist=True, node=False)
-        self.api.start()
-        return time.monotonic() - began
-
-    def stop(self) -> None:
-        for process in (self.operator,):
-            if process is not None:
-                stop_process(process)
-        for part in (self.node, self.api):
-            if part is not None:
-                part.stop()
-
-    # -- kubectl -----------------------------------------------------------------------------------
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        result = subprocess.run([self.kubectl_bin, *args], env=self.env, input=input, capture_output=True,
-                                text=True, timeout=60)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout
-
-    def get(self, *args: str) -> dict:
-        return json.loads(self.kubectl("get", *args, "-n", NAMESPACE, "-o", "json"))
-
-    def status(self, name: str) -> dict:
-        try:
-            return self.get("shm", name).get("status") or {}
-        except (RuntimeError, ValueError, subprocess.TimeoutExpired):
-            return {}   # the API may be restarting
-
-    def wait(self, name: str, predicate: Callable[[dict], object], timeout: float, what: str) -> dict:
-        deadline = time.monotonic() + timeout
-        status: dict = {}
-        while time.monotonic() < deadline:
-            status = self.status(name)
-            if status and predicate(status):
-                return status
-            time.sleep(1.0)
-        raise Timeout(f"no {what} within {timeout:.0f}s (phase {status.get('phase')}, adapter "
-                      f"{status.get('adapter')}, lastHeal {json.dumps(status.get('lastHeal'))[:300]}, "
-                      f"conditions {[(c['type'], c['status'], c.get('reason')) for c in status.get('conditions') or []]})")
-
-    def events(self, name: str) -> list[dict]:
-        return [e for e in self.get("events").get("items", []) if e.get("involvedObject", {}).get("name") == name]
-
-    def pods(self, name: str) -> list[dict]:
-        return [p for p in self.get("pods", "-l", f"selfheal.io/model={name},selfheal.io/component=serving")["items"]
-                if not p["metadata"].get("deletionTimestamp")]
+    def start_operator(self) -> Child:
+        self.operator = super().start_operator("--verbose")
+        return self.operator
 
     def jobs(self, name: str) -> list[str]:
         return [j["metadata"]["name"] for j in self.get("jobs")["items"]
                 if j["metadata"]["name"].startswith(f"{name}-heal-")]
 
-    def patch(self, name: str, body: dict) -> None:
-        self.kubectl("patch", "shm", name, "-n", NAMESPACE, "--type", "merge", "-p", json.dumps(body))
-
-    def patch_version(self, name: str, version: str) -> None:
-        self.patch(name, {"spec": {"adapter": {"version": version}}})
-
     # -- models ------------------------------------------------------------------------------------
     def deploy(self, name: str, storage: Path, archive: Path | None = None, **overrides) -> str:
         """Apply a SelfHealingModel and wait for 2 ready pods; returns its predictions URL."""
-        body = yaml.safe_load(EXAMPLE_CR.read_text())
-        body["metadata"]["name"] = name
-        body["spec"]["model"]["archive"] = str(archive or self.model_dir)
-        body["spec"]["storage"] = {"uri": storage.as_uri()}
-        body["spec"].update({**FAST, **overrides})
-        self.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(body))
-        self.wait(name, serving("base"), 240, "2 ready pods serving base")
+        self.apply(self.example_model(name, archive or self.model_dir, storage, **{**FAST, **overrides}))
+        self.wait_status(name, serving("base"), 240, "2 ready pods serving base")
         service = self.get("service", f"{name}-serving")
         return f"http://{service['spec']['clusterIP']}:8080/predictions/{name}"
 
-    def delete(self, name: str) -> None:
-        self.kubectl("delete", "shm", name, "-n", NAMESPACE, "--wait=false", check=False)
+    def delete_model(self, name: str) -> None:
+        """Delete the SelfHealingModel and wait (up to a minute) until its pods are gone."""
+        self.delete("shm", name)
         deadline = time.monotonic() + 60
-        while self.pods(name) and time.monotonic() < deadline:
+        while self.serving_pods(name) and time.monotonic() < deadline:
             time.sleep(1)
 
     def put_adapter(self, storage: Path, name: str, version: str, bias: list[float],
@@ -272,7 +167,7 @@ def restarts_of(pod: dict) -> int:
 
 
 def restarts(rig: Rig, name: str, uid: str) -> int:
-    return next((restarts_of(p) for p in rig.pods(name) if p["metadata"]["uid"] == uid), -1)
+    return next((restarts_of(p) for p in rig.serving_pods(name) if p["metadata"]["uid"] == uid), -1)
 
 
 def signal_all(pids: list[int], sig: int) -> None:
@@ -309,35 +204,35 @@ def group_load(rig: Rig) -> Iterator[Case]:
         time.sleep(10)
         began = time.monotonic()
         loop.retarget(labelled_rows(DRIFTED, 2))
-        status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"), 240,
+        status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"), 240,
                           "heal result")
         heal = status["lastHeal"]
         version = heal["version"]
-        rig.wait(name, serving(version), 240, f"2/2 pods on {version}")
+        rig.wait_status(name, serving(version), 240, f"2/2 pods on {version}")
         time.sleep(6)
         accuracy = loop.summary(loop.window(5))["accuracy"] or 0.0
         yield measured("load: drift -> heal Job -> RollingRestart", loop, began,
                        heal["result"] == "Promoted" and accuracy > 0.9,
                        f"{heal['result']} {version}; live accuracy after rollout {accuracy:.3f}"
                        f"{failures(loop.between(began, time.monotonic()))}")
-        rig.wait(name, lambda s: (s.get("adapter") or {}).get("lastGood") == version and not s.get("rollout"), 90,
+        rig.wait_status(name, lambda s: (s.get("adapter") or {}).get("lastGood") == version and not s.get("rollout"), 90,
                  f"{version} watched and made last good")
 
         began = time.monotonic()
         rig.patch_version(name, "base")
-        rig.wait(name, serving("base"), 240, "2/2 pods on base")
+        rig.wait_status(name, serving("base"), 240, "2/2 pods on base")
         yield measured("load: manual rollback (kubectl patch, RollingRestart)", loop, began, True,
                        f"{version} -> base{failures(loop.between(began, time.monotonic()))}")
 
-        rig.patch(name, {"spec": {"promotion": {"strategy": "HotSwap"}}})   # a template change: one roll
-        rig.wait(name, lambda s: serving("base")(s) and s.get("observedGeneration") and not s.get("rollout"), 240,
+        rig.patch_model(name, {"spec": {"promotion": {"strategy": "HotSwap"}}})   # a template change: one roll
+        rig.wait_status(name, lambda s: serving("base")(s) and s.get("observedGeneration") and not s.get("rollout"), 240,
                  "pods restarted for HotSwap")
         time.sleep(15)   # the strategy change rolls the pods; let the old ones go
-        uids = sorted(p["metadata"]["uid"] for p in rig.pods(name))
+        uids = sorted(p["metadata"]["uid"] for p in rig.serving_pods(name))
         began = time.monotonic()
         rig.patch_version(name, version)
-        rig.wait(name, serving(version), 120, f"2/2 pods swapped to {version}")
-        same_pods = sorted(p["metadata"]["uid"] for p in rig.pods(name)) == uids
+        rig.wait_status(name, serving(version), 120, f"2/2 pods swapped to {version}")
+        same_pods = sorted(p["metadata"]["uid"] for p in rig.serving_pods(name)) == uids
         yield measured("load: HotSwap roll-forward", loop, began, same_pods,
                        f"base -> {version} without restarting pods: {same_pods}"
                        f"{failures(loop.between(began, time.monotonic()))}")
@@ -348,9 +243,9 @@ def group_load(rig: Rig) -> Iterator[Case]:
         # baseline (once, with that stale baseline, the harm passed unseen).
         began = time.monotonic()
         rig.patch_version(name, "v90")
-        status = rig.wait(name, lambda s: condition(s, "RolledBack").get("status") == "True", 180,
+        status = rig.wait_status(name, lambda s: condition(s, "RolledBack").get("status") == "True", 180,
                           "an automatic rollback")
-        status = rig.wait(name, serving(version), 120, f"pods back on {version}")
+        status = rig.wait_status(name, serving(version), 120, f"pods back on {version}")
         spec_version = rig.get("shm", name)["spec"]["adapter"]["version"]
         reasons = event_reasons(rig, name)
         waited = "WaitingForBaseline" in reasons
@@ -361,7 +256,7 @@ def group_load(rig: Rig) -> Iterator[Case]:
                        f"{failures(loop.between(began, time.monotonic()))}")
     finally:
         loop.stop()
-        rig.delete(name)
+        rig.delete_model(name)
 
 
 def group_pods(rig: Rig) -> Iterator[Case]:
@@ -373,12 +268,12 @@ def group_pods(rig: Rig) -> Iterator[Case]:
     loop = LoadLoop(url, labelled_rows(World(), 3), clients=2, max_seconds=900).start()
     try:
         time.sleep(5)
-        pod = rig.pods(name)[0]
+        pod = rig.serving_pods(name)[0]
         workers = pod_processes(pod, "model_service_worker")
         began = time.monotonic()
         rig.patch_version(name, "v1")
         signal_all(workers[:1], signal.SIGKILL)
-        rig.wait(name, serving("v1"), 120, "2/2 pods on v1")
+        rig.wait_status(name, serving("v1"), 120, "2/2 pods on v1")
         deadline = time.monotonic() + 90
         while len(pod_processes(pod, "model_service_worker")) < len(workers) and time.monotonic() < deadline:
             time.sleep(1)
@@ -388,30 +283,30 @@ def group_pods(rig: Rig) -> Iterator[Case]:
                        f"killed 1 of {len(workers)} workers of {pod['metadata']['name']}; TorchServe restarted "
                        f"it: {restarted}{failures(loop.between(began, time.monotonic()))}")
 
-        pod = rig.pods(name)[0]
+        pod = rig.serving_pods(name)[0]
         began = time.monotonic()
         rig.patch_version(name, "v2")
         killed = pod_processes(pod)
         signal_all(killed, signal.SIGKILL)
         restarted = lambda: restarts(rig, name, pod["metadata"]["uid"]) > restarts_of(pod)
-        rig.wait(name, lambda s: serving("v2")(s) and restarted(), 240, "the pod's container restarted and 2/2 on v2")
+        rig.wait_status(name, lambda s: serving("v2")(s) and restarted(), 240, "the pod's container restarted and 2/2 on v2")
         time.sleep(3)
         yield measured("pods: kill -9 a whole pod during a HotSwap", loop, began, True,
                        f"killed all {len(killed)} processes of {pod['metadata']['name']} (launcher, TorchServe "
                        f"JVM, workers); its container restarted (restartPolicy Always), 2/2 on v2"
                        f"{failures(loop.between(began, time.monotonic()))}")
 
-        pod = rig.pods(name)[0]
+        pod = rig.serving_pods(name)[0]
         frozen = pod_processes(pod)
         began = time.monotonic()
         signal_all(frozen, signal.SIGSTOP)
         try:
-            status = rig.wait(name, lambda s: condition(s, "Degraded").get("reason") == "PodsUnreachable", 90,
+            status = rig.wait_status(name, lambda s: condition(s, "Degraded").get("reason") == "PodsUnreachable", 90,
                               "Degraded/PodsUnreachable")
             unreachable = (status.get("drift") or {}).get("unreachablePods") or []
         finally:
             signal_all(frozen, signal.SIGCONT)
-        status = rig.wait(name, lambda s: condition(s, "Degraded").get("status") == "False" and serving("v2")(s), 90,
+        status = rig.wait_status(name, lambda s: condition(s, "Degraded").get("status") == "False" and serving("v2")(s), 90,
                           "Degraded cleared and 2/2 on v2")
         reasons = event_reasons(rig, name)
         yield measured("pods: a pod stops answering (SIGSTOP), then comes back", loop, began,
@@ -421,7 +316,7 @@ def group_pods(rig: Rig) -> Iterator[Case]:
                        f"{failures(loop.between(began, time.monotonic()))}")
     finally:
         loop.stop()
-        rig.delete(name)
+        rig.delete_model(name)
 
 
 def group_operator(rig: Rig) -> Iterator[Case]:
@@ -432,11 +327,11 @@ def group_operator(rig: Rig) -> Iterator[Case]:
         time.sleep(5)
         began = time.monotonic()
         loop.retarget(labelled_rows(DRIFTED, 5))
-        rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
-        rig.kill_operator()
+        rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
+        rig.operator.kill()
         time.sleep(2)
         rig.start_operator()
-        status = rig.wait(name, lambda s: (s.get("rollout") or {}).get("to") or
+        status = rig.wait_status(name, lambda s: (s.get("rollout") or {}).get("to") or
                           (s.get("lastHeal") or {}).get("result") not in (None, "Running"), 240,
                           "the heal's result")
         version = status["lastHeal"]["version"]
@@ -448,13 +343,13 @@ def group_operator(rig: Rig) -> Iterator[Case]:
 
         began = time.monotonic()
         if not (status.get("rollout") or {}).get("complete"):
-            rig.kill_operator()
+            rig.operator.kill()
             time.sleep(2)
             rig.start_operator()
             killed = "while the rollout ran"
         else:
             killed = "too late: the rollout had completed"
-        status = rig.wait(name, lambda s: (s.get("adapter") or {}).get("lastGood") == version and
+        status = rig.wait_status(name, lambda s: (s.get("adapter") or {}).get("lastGood") == version and
                           not s.get("rollout") and serving(version)(s), 240, f"{version} rolled out and watched")
         entries = [h for h in status.get("history") or [] if h.get("version") == version]
         yield measured("operator: kill -9 mid-rollout", loop, began,
@@ -466,14 +361,14 @@ def group_operator(rig: Rig) -> Iterator[Case]:
         down_started = time.monotonic()
         startup_s = rig.restart_api(down_s=5.0)
         rig.patch_version(name, "base")   # the operator must see this change and roll it out
-        rig.wait(name, serving("base"), 240, "2/2 pods on base after the API restart")
+        rig.wait_status(name, serving("base"), 240, "2/2 pods on base after the API restart")
         yield measured("operator: API server restarted under load", loop, began, True,
                        f"API down {5 + startup_s:.1f}s from {down_started - began:.1f}s; pods kept serving; the "
                        f"operator resumed and a rollback after it completed"
                        f"{failures(loop.between(began, time.monotonic()))}")
     finally:
         loop.stop()
-        rig.delete(name)
+        rig.delete_model(name)
 
 
 def group_jobs(rig: Rig) -> Iterator[Case]:
@@ -486,14 +381,14 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
     loop = LoadLoop(url, labelled_rows(DRIFTED, 6), clients=2, max_seconds=900).start()
     try:
         began = time.monotonic()
-        status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
+        status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
         first = status["lastHeal"]["job"]
         deadline = time.monotonic() + 30
         while not (stuck := heal_processes(name)) and time.monotonic() < deadline:
             time.sleep(0.2)
         signal_all(stuck, signal.SIGSTOP)   # a Job that hangs: it never finishes by itself
         (archive / "reference.json").unlink()   # and the next one will fail (the pods keep it in memory)
-        status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("job") == first and
+        status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("job") == first and
                           s["lastHeal"].get("result") != "Running", 120, "the hung Job's end")
         heal = status["lastHeal"]
         yield measured("jobs: a heal Job hangs past activeDeadlineSeconds", loop, began,
@@ -503,7 +398,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
                        f"pods still on base{failures(loop.between(began, time.monotonic()))}")
 
         began = time.monotonic()
-        status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("job") not in (None, first) and
+        status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("job") not in (None, first) and
                           s["lastHeal"].get("result") != "Running", 180, "the second Job's end")
         heal = status["lastHeal"]
         second = heal["job"]
@@ -537,7 +432,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
                                       ("v4", "AdapterNotFound", "a Job killed before meta.json")):
             began = time.monotonic()
             rig.patch_version(name, version)
-            status = rig.wait(name, lambda s, e=expect: condition(s, "Degraded").get("reason") == e, 60,
+            status = rig.wait_status(name, lambda s, e=expect: condition(s, "Degraded").get("reason") == e, 60,
                               f"Degraded/{expect}")
             time.sleep(3)
             status = rig.status(name)
@@ -552,24 +447,24 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
         rig.put_adapter(storage, name, "v5", [0.0, 0.0], base_model_hash="0" * 64)
         began = time.monotonic()
         rig.patch_version(name, "v5")
-        status = rig.wait(name, lambda s: condition(s, "RolledBack").get("reason") == "AdapterRefused", 180,
+        status = rig.wait_status(name, lambda s: condition(s, "RolledBack").get("reason") == "AdapterRefused", 180,
                           "a rollback of the refused adapter")
-        status = rig.wait(name, lambda s: serving("base")(s) and not s.get("rollout"), 180, "pods on base")
+        status = rig.wait_status(name, lambda s: serving("base")(s) and not s.get("rollout"), 180, "pods on base")
         spec_version = rig.get("shm", name)["spec"]["adapter"]["version"]
         yield measured("jobs: an adapter for another backbone (pods refuse it)", loop, began,
                        spec_version == "base" and "RolledBack" in event_reasons(rig, name),
                        f"{condition(status, 'RolledBack').get('message', '')[:160]}; spec back to {spec_version}"
                        f"{failures(loop.between(began, time.monotonic()))}")
         rig.patch_version(name, "base")
-        rig.wait(name, lambda s: condition(s, "Degraded").get("status") != "True", 60, "Degraded cleared")
+        rig.wait_status(name, lambda s: condition(s, "Degraded").get("status") != "True", 60, "Degraded cleared")
 
         # A heal Job whose candidate is damaged right after its commit (a bad disk, a writer racing
         # it): its gate passed, but the operator reads the file back before promoting and refuses it.
         began = time.monotonic()
         adapters = storage / NAMESPACE / name / "adapters"
         with CandidateCutter(adapters) as cutter:
-            rig.patch(name, {"spec": {"healing": {"maxHealsPerDay": 3}}})   # one more heal today
-            status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("job") not in (first, second) and
+            rig.patch_model(name, {"spec": {"healing": {"maxHealsPerDay": 3}}})   # one more heal today
+            status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("job") not in (first, second) and
                               s["lastHeal"].get("result") not in (None, "Running"), 240, "the third Job's end")
         heal = status["lastHeal"]
         time.sleep(5)   # a promotion would show now: spec.adapter.version, a rollout
@@ -586,7 +481,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
                        f"{failures(loop.between(began, time.monotonic()))}")
     finally:
         loop.stop()
-        rig.delete(name)
+        rig.delete_model(name)
 
 
 class CandidateCutter:
@@ -676,7 +571,7 @@ def group_storage(rig: Rig) -> Iterator[Case]:
                 began = time.monotonic()
                 filler = fill(volume)
                 loop.retarget(labelled_rows(DRIFTED, 8))
-                status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"),
+                status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"),
                                   240, "a heal with no room for sampled traffic")
                 heal = status["lastHeal"]
                 yield measured("storage: full (ENOSPC) for sampled traffic", loop, began,
@@ -689,16 +584,16 @@ def group_storage(rig: Rig) -> Iterator[Case]:
                 began = time.monotonic()
                 fill(adapters)
                 filler.unlink()   # traffic can be written again; the registry stays full
-                status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("job") != heal["job"] and
+                status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("job") != heal["job"] and
                                   s["lastHeal"].get("result") not in (None, "Running"), 240,
                                   "a heal with a full registry")
                 failed_heal = status["lastHeal"]
                 full = failed_heal["result"] == "Failed" and "No space left" in (failed_heal.get("reason") or "")
                 (adapters / ".filler").unlink()
-                status = rig.wait(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Promoted", 300,
+                status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Promoted", 300,
                                   "a heal once there is space again")
                 version = status["lastHeal"]["version"]
-                rig.wait(name, serving(version), 240, f"2/2 pods on {version}")
+                rig.wait_status(name, serving(version), 240, f"2/2 pods on {version}")
                 yield measured("storage: full (ENOSPC) for a heal's candidate", loop, began,
                                full and "HealFailed" in event_reasons(rig, name),
                                f"{failed_heal['job']} {failed_heal['result']}: "
@@ -716,13 +611,13 @@ def group_storage(rig: Rig) -> Iterator[Case]:
             storage.unlink()   # the volume is gone: every path under the storage URI fails
             try:
                 rig.patch_version(name, target)
-                status = rig.wait(name, lambda s: condition(s, "Degraded").get("reason") == "RegistryUnreachable",
+                status = rig.wait_status(name, lambda s: condition(s, "Degraded").get("reason") == "RegistryUnreachable",
                                   60, "Degraded/RegistryUnreachable")
                 time.sleep(5)
                 kept = (rig.status(name).get("adapter") or {}).get("current") != target
             finally:
                 storage.symlink_to(volume)
-            status = rig.wait(name, lambda s: serving(target)(s) and condition(s, "Degraded").get("status") == "False",
+            status = rig.wait_status(name, lambda s: serving(target)(s) and condition(s, "Degraded").get("status") == "False",
                               120, f"2/2 on {target} once the storage is back")
             yield measured("storage: unreachable during a version change", loop, began,
                            kept and "RegistryUnreachable" in event_reasons(rig, name),
@@ -730,7 +625,7 @@ def group_storage(rig: Rig) -> Iterator[Case]:
                            f"{failures(loop.between(began, time.monotonic()))}")
         finally:
             loop.stop()
-            rig.delete(name)
+            rig.delete_model(name)
 
 
 GROUPS: dict[str, Callable[[Rig], Iterator[Case]]] = {
@@ -754,7 +649,7 @@ def run(groups: list[str], workdir: Path) -> list[Case]:
                 cases.append(Case(f"{group}: (group stopped)", 0, 0, False,
                                   f"{type(err).__name__}: {err}"[:1500], seconds=round(time.monotonic() - began, 1)))
                 print(f"  FAIL {group}: {err}", flush=True)
-                if rig.operator.poll() is not None:
+                if not rig.operator.running():
                     rig.start_operator()
     finally:
         rig.stop()

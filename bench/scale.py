@@ -1,7 +1,8 @@
 """The scale benchmark: one real operator process reconciling N SelfHealingModels on the sandbox.
 
+    python -m bench.scale --json out/scale.json                 # N = 25, 50, 100, 250, 500, 1000
     python -m bench.scale --models 200 --json out/scale.json    # N = 25, 50, 100, 200 (up to --models)
-    python -m bench.scale --quick --json out/scale-quick.json   # N = 3, 6, 2 s checks, about a minute
+    python -m bench.scale --quick --json out/scale-quick.json   # N = 3, 6, 2 s checks, about two minutes
 
 Why fake pods: 200 TorchServe pods (a JVM and Python workers each) do not fit on a laptop, and the
 operator never sees a pod's process anyway, only its drift status over HTTP. So the sandbox runs with
@@ -13,19 +14,27 @@ are what the fake pods ship. Each describe answer counts one more batch of `wind
 that much traffic had been served since the last poll, so the operator scores one full window per
 check, as it would under steady traffic. A model's mode lives in
 `<workdir>/fake-pods/modes/<namespace>/<model>`: `clean` (in-distribution rows, several different
-batches in turn), `drifted` (amounts in cents, distances in metres) or `idle` (no new rows).
+batches in turn), `drifted` (amounts in cents, distances in metres) or `idle` (no new rows); without
+that file, the fleet's mode in `<workdir>/fake-pods/modes/ALL`.
 
-Protocol, for each N (models are added, the sandbox and operator keep running):
-1. create models up to N (replicas 1, the example's spec, `checkIntervalSeconds` from --interval),
-   wait until each has a ready pod, scored a window (or, idle, was checked) and one more interval;
-2. over --window seconds: API requests by client/verb/resource (the emulator's counter,
-   `GET /debug/requests`), the operator's RSS and CPU seconds (/proc/<pid>), errors in its log;
-3. switch one model's pods to `drifted` and time (a) `DriftDetected=True` in its status and (b) its
+The cluster is the shared harness (`examples.cluster.SelfhealCluster`: the sandbox API with the fake
+pods' kubelet, the CRD, the namespace, the operator process). Protocol, for each N (models are added,
+the sandbox and operator keep running):
+1. every model busy (clean traffic); create models up to N (replicas 1, the example's spec,
+   `checkIntervalSeconds` from --interval), wait until each has a ready pod and scored a window, and
+   one more interval;
+2. busy window, over --window seconds: API requests by client/verb/resource (the emulator's counter,
+   `GET /debug/requests`, which names the operator's clients apart from ours), the operator's RSS
+   (VmRSS, /proc/<pid>/status, the highest sample) and CPU seconds, errors in its log;
+3. every model idle (its pods answer but served nothing new), one interval, then the idle window, the
+   same figures: what a model costs when nothing happens to it;
+4. switch one model's pods to `drifted` and time (a) `DriftDetected=True` in its status and (b) its
    heal Job's creation, polling every 0.5 s; then switch it back. Both include waiting for the
    checks (`persistence` drifted windows, one per check), so (c) "lag" is the operator's own
    delay: from the pod's describe answer that completed the deciding window to DriftDetected.
    Healing mode stays `Auto` (the example's): the Job is what is timed; it then fails for want of
    sampled traffic, which is fine.
+A run's top-level `api`/`operator`/`sandbox` figures are the busy window's; `idle` holds the idle one's.
 
 The sandbox (API + kubelets + fake pods) shares the machine's cores with the operator: the load
 average is recorded with every window, and the sandbox's own CPU is reported beside the operator's.
@@ -37,8 +46,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,11 +57,15 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-CRD_FILE = REPO / "crds" / "selfhealingmodels.yaml"
-EXAMPLE = REPO / "examples" / "fraud" / "selfhealingmodel.yaml"
+from examples.cluster import EXAMPLE_CR as EXAMPLE
+from examples.cluster import SelfhealCluster, condition
+from sandbox.cluster import cpu_seconds, rss_mib, wait
+
 STATUS_FILE = "fake-pods.json"
 MODES_DIR = Path("fake-pods") / "modes"
+FLEET = "ALL"        # <MODES_DIR>/ALL: the mode of every model without its own file
+SIZES = (25, 50, 100, 250, 500, 1000)   # the default Ns, up to --models
+PHASES = ("busy", "idle")   # what every model's pods serve while a window is measured
 SERVED_DIR = Path("fake-pods") / "drifted-answers"   # when each drifted describe answer went out
 OPERATOR_CLIENTS = ("kopf", "OpenAPI-Generator")   # Kopf's own session, kubernetes_asyncio (k8s.py)
 BENCH_AGENT = "selfheal-bench"
@@ -101,12 +112,15 @@ class FraudPods:
         self.state: dict[str, list] = {}   # pod uid -> [cumulative sketch, answers]
 
     def mode(self, pod) -> str:
+        """The model's own mode file, else the fleet's (`modes/ALL`), else the default."""
         meta = pod.pod["metadata"]
         model = pod.env.get("SELFHEAL_MODEL_NAME", "")
-        try:
-            return (self.modes / meta["namespace"] / model).read_text().strip() or self.default_mode
-        except OSError:
-            return self.default_mode
+        for path in (self.modes / meta["namespace"] / model, self.modes / FLEET):
+            try:
+                return path.read_text().strip() or self.default_mode
+            except OSError:
+                continue
+        return self.default_mode
 
     def handle(self, pod, port: str, method: str, path: str, query: Mapping[str, str]):
         if path == "/ping":
@@ -136,8 +150,12 @@ def fake_pods(workdir: Path) -> FraudPods:
     return FraudPods(Path(workdir))
 
 
-def set_mode(workdir: Path, namespace: str, model: str, mode: str) -> None:
-    path = workdir / MODES_DIR / namespace / model
+def set_mode(workdir: Path, namespace: str | None, model: str | None, mode: str | None) -> None:
+    """Set one model's mode (`mode=None`: back to the fleet's), or with `model=None` the fleet's."""
+    path = workdir / MODES_DIR / FLEET if model is None else workdir / MODES_DIR / namespace / model
+    if mode is None:
+        path.unlink(missing_ok=True)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(mode)
@@ -182,26 +200,9 @@ def model_cr(name: str, model_dir: Path, storage: Path, interval: int, window_ro
     return body
 
 
-def condition(obj: dict, type_: str) -> dict:
-    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == type_), {})
 
 
 # ---- process figures ------------------------------------------------------------------------------
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS     # utime + stime
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
 
 ERROR_LINE = re.compile(r"\[(ERROR|CRITICAL)\s*\]")
 WARNING_LINE = re.compile(r"\[WARNING\s*\]")
@@ -222,63 +223,38 @@ class Bench:
         self.namespace = "scale"
         self.created: list[str] = []
         self.drifted: list[str] = []
-        self.sandbox = self.operator = None
+        self.cluster: SelfhealCluster | None = None
+        self.operator = None
 
     def log(self, text: str) -> None:
         print(f"[scale +{time.monotonic() - self.t0:6.1f}s] {text}", file=sys.stderr, flush=True)
 
     def start(self) -> None:
         from examples.fraud.train import build_served
-        from sandbox.env import client_env
-        from sandbox.server import SandboxProcess
         self.t0 = time.monotonic()
         self.model_dir = build_served(self.workdir / "models" / "store", rows=4000, seed=0)
         statuses = build_statuses(self.model_dir, self.args.window_rows)
-        statuses["default_mode"] = self.args.background
-        self.box_dir = self.workdir / "sandbox"     # the fake pods' app reads its files from here
-        self.box_dir.mkdir(exist_ok=True)
+        statuses["default_mode"] = "clean"
+        self.cluster = SelfhealCluster(self.workdir, namespace=self.namespace, fake_pods="bench.scale:fake_pods")
+        self.box_dir = self.cluster.sandbox_dir     # the fake pods' app reads its files from here
+        self.box_dir.mkdir(parents=True, exist_ok=True)
         (self.box_dir / STATUS_FILE).write_text(json.dumps(statuses))
         self.storage = self.workdir / "storage"
         self.storage.mkdir(exist_ok=True)
         self.log(f"model trained, fake statuses built ({self.args.window_rows} rows a batch)")
-        self.sandbox = SandboxProcess(self.box_dir, fake_pods="bench.scale:fake_pods")
-        state = self.sandbox.start()
-        self.api = Api(state["url"])
-        self.sandbox_pid = state["pid"]
-        self.api.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                         yaml.safe_load(CRD_FILE.read_text()))
-        self.wait(lambda: condition(self.api.request(
-            "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/selfhealingmodels.selfheal.io"),
-            "Established").get("status") == "True", 30, "the CRD")
-        self.api.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": self.namespace}})
-        env = {**client_env(self.box_dir), "SELFHEAL_METRICS_PORT": "0", "PYTHONSAFEPATH": "1"}
-        self.operator_log = self.workdir / "operator.log"
-        self.operator_out = open(self.operator_log, "wb")
-        self.operator = subprocess.Popen([sys.executable, "-m", "shm_operator", "--namespace", self.namespace],
-                                         env=env, stdout=self.operator_out, stderr=subprocess.STDOUT,
-                                         start_new_session=True, cwd=self.workdir)
+        self.cluster.start()     # the API with its fake-pod kubelet, the CRD Established, the namespace
+        self.api = Api(self.cluster.url)
+        self.sandbox_pid = self.cluster.api_pid
+        self.operator = self.cluster.start_operator(env={"SELFHEAL_METRICS_PORT": "0"}, cwd=self.workdir)
+        self.operator_log = self.operator.log_path
         self.log(f"sandbox pid {self.sandbox_pid}, operator pid {self.operator.pid}")
 
     def stop(self) -> None:
-        from sandbox.server import stop_process
-        if self.operator is not None:
-            stop_process(self.operator, signal.SIGTERM)
-            self.operator_out.close()
-        if self.sandbox is not None:
-            self.sandbox.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     def wait(self, predicate, timeout: float, what: str, interval: float = 0.5):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.operator is not None and self.operator.poll() is not None:
-                raise RuntimeError(f"the operator exited ({self.operator.returncode}): "
-                                   f"{self.operator_log.read_text()[-2000:]}")
-            result = predicate()
-            if result:
-                return result
-            time.sleep(interval)
-        raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        return wait(predicate, timeout, what, interval, alive=self.operator.check_alive if self.operator else None)
 
     def models(self) -> list[dict]:
         return self.api.request("GET", SHM.format(ns=self.namespace))["items"]
@@ -290,19 +266,24 @@ class Bench:
             self.api.request("POST", SHM.format(ns=self.namespace),
                              model_cr(name, self.model_dir, self.storage, self.args.interval, self.args.window_rows))
             self.created.append(name)
-        idle = self.args.background == "idle"
 
         def settled():
             items = self.models()
             done = [m for m in items if ((m.get("status") or {}).get("adapter") or {}).get("ready") == "1/1"
-                    and ((m["status"].get("drift") or {}).get("lastCheck") if idle
-                         else (m["status"].get("drift") or {}).get("samples"))]
+                    and ((m["status"].get("drift") or {}).get("samples"))]
             return len(done) == n
-        self.wait(settled, 120 + 6 * self.args.interval + n, f"{n} models ready and checked", interval=2.0)
-        self.log(f"{n} models ready and checked after {time.monotonic() - started:.0f}s; settling one interval")
+        self.wait(settled, 120 + 6 * self.args.interval + n, f"{n} models ready and scored", interval=2.0)
+        self.log(f"{n} models ready and scored after {time.monotonic() - started:.0f}s; settling one interval")
         time.sleep(self.args.interval + 2)
 
-    def measure(self, n: int) -> dict:
+    def switch(self, phase: str) -> None:
+        """Every model's pods serve clean traffic (`busy`) or none (`idle`); wait one check interval so
+        that every model has been checked in the new phase before a window starts."""
+        set_mode(self.box_dir, None, None, "clean" if phase == "busy" else "idle")
+        time.sleep(self.args.interval + 2)
+
+    def measure(self, n: int, phase: str) -> dict:
+        self.operator.check_alive()
         pid = self.operator.pid
         log_from = self.operator_log.stat().st_size
         counts0, cpu0, box0, load0 = self.api.counts(), cpu_seconds(pid), cpu_seconds(self.sandbox_pid), os.getloadavg()
@@ -327,7 +308,7 @@ class Bench:
                 by_kind[kind] = by_kind.get(kind, 0) + count / minutes
         operator_total = sum(by_kind.values())
         return {
-            "models": n, "window_s": round(elapsed, 1),
+            "models": n, "phase": phase, "window_s": round(elapsed, 1),
             "loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in load1],
             "api": {"operator_per_min": round(operator_total, 1),
                     "operator_per_model_per_min": round(operator_total / n, 2),
@@ -355,13 +336,13 @@ class Bench:
         while time.monotonic() < deadline and None in (result["drift_detected_s"], result["job_created_s"]):
             if result["drift_detected_s"] is None:
                 obj = self.api.request("GET", f"{SHM.format(ns=self.namespace)}/{name}")
-                if condition(obj, "DriftDetected").get("status") == "True":
+                if condition(obj.get("status") or {}, "DriftDetected").get("status") == "True":
                     result["drift_detected_s"] = round(time.monotonic() - t0, 1)
                     detected_at = time.time()
             if result["job_created_s"] is None and self.api.request("GET", jobs)["items"]:
                 result["job_created_s"] = round(time.monotonic() - t0, 1)
             time.sleep(0.5)
-        set_mode(self.box_dir, self.namespace, name, self.args.background)
+        set_mode(self.box_dir, self.namespace, name, None)   # back to the fleet's mode
         # The check phase is luck (0..interval); the operator's own delay is from the pod's answer that
         # completed `persistence` drifted windows to DriftDetected (0.5 s polling included).
         try:
@@ -382,16 +363,19 @@ class Bench:
     def run(self) -> dict:
         runs = []
         for n in self.args.sizes:
+            self.switch("busy")
             self.grow_to(n)
-            figures = self.measure(n)
-            figures["reaction"] = self.react()
+            figures = self.measure(n, "busy")      # the run's top-level figures are the busy window's
+            self.switch("idle")
+            figures["idle"] = self.measure(n, "idle")
+            figures["reaction"] = self.react()     # one model drifts while the others are idle
             runs.append(figures)
             self.log(f"N={n}: {row(figures)}")
         jobs = self.jobs_by_model()
         return {
             "config": {"sizes": self.args.sizes, "check_interval_s": self.args.interval,
                        "window_s": self.args.window, "window_rows": self.args.window_rows,
-                       "background": self.args.background, "replicas": 1, "healing_mode": "Auto",
+                       "phases": list(PHASES), "replicas": 1, "healing_mode": "Auto",
                        "persistence": PERSISTENCE, "cpus": os.cpu_count()},
             "runs": runs,
             "jobs_by_model": jobs,
@@ -402,39 +386,48 @@ class Bench:
 
 
 def growth(runs: list[dict]) -> dict:
-    """Least-squares slopes over N: what one more model costs."""
+    """Least-squares slopes over N: what one more model costs (busy; `idle_*` with no traffic)."""
     ns = [r["models"] for r in runs]
+    idle = [r.get("idle") or r for r in runs]
     return {"api_calls_per_min": slope(ns, [r["api"]["operator_per_min"] for r in runs]),
             "rss_mib": slope(ns, [r["operator"]["rss_mib"] for r in runs]),
             "cpu_percent": slope(ns, [r["operator"]["cpu_percent_of_one_core"] for r in runs]),
-            "sandbox_cpu_percent": slope(ns, [r["sandbox"]["cpu_percent_of_one_core"] for r in runs])}
+            "sandbox_cpu_percent": slope(ns, [r["sandbox"]["cpu_percent_of_one_core"] for r in runs]),
+            "idle_api_calls_per_min": slope(ns, [r["api"]["operator_per_min"] for r in idle]),
+            "idle_rss_mib": slope(ns, [r["operator"]["rss_mib"] for r in idle])}
 
 
 def row(r: dict) -> str:
-    return (f"api {r['api']['operator_per_min']}/min ({r['api']['operator_per_model_per_min']}/model), "
-            f"rss {r['operator']['rss_mib']} MiB, cpu {r['operator']['cpu_percent_of_one_core']}%, "
-            f"errors {r['operator']['log_errors']}, reaction {r.get('reaction')}")
+    idle = r["idle"]
+    return (f"busy: api {r['api']['operator_per_min']}/min ({r['api']['operator_per_model_per_min']}/model), "
+            f"rss {r['operator']['rss_mib']} MiB, cpu {r['operator']['cpu_percent_of_one_core']}%; "
+            f"idle: api {idle['api']['operator_per_min']}/min ({idle['api']['operator_per_model_per_min']}/model), "
+            f"rss {idle['operator']['rss_mib']} MiB, cpu {idle['operator']['cpu_percent_of_one_core']}%; "
+            f"errors {r['operator']['log_errors'] + idle['operator']['log_errors']}, reaction {r.get('reaction')}")
 
 
 def table(result: dict) -> str:
-    head = (f"{'N':>4} {'API/min':>8} {'/model':>7} {'RSS MiB':>8} {'CPU %':>6} {'box CPU %':>9} {'errors':>6} "
-            f"{'drift s':>7} {'job s':>6} {'lag s':>5} {'load avg':>16}  top operator requests/min")
+    head = (f"{'N':>5} {'phase':>5} {'API/min':>8} {'/model':>7} {'RSS MiB':>8} {'CPU %':>6} {'box CPU %':>9} "
+            f"{'errors':>6} {'drift s':>7} {'job s':>6} {'lag s':>5} {'load avg':>16}  top operator requests/min")
     lines = [head]
-    for r in result["runs"]:
-        top = ", ".join(f"{k} {v:g}" for k, v in list(r["api"]["operator_by_kind_per_min"].items())[:4])
-        rx = r["reaction"]
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"
-        load = "/".join(f"{x:.2f}" for x in r["loadavg_end"])
-        lines.append(f"{r['models']:>4} {r['api']['operator_per_min']:>8.1f} {r['api']['operator_per_model_per_min']:>7.2f} "
-                     f"{r['operator']['rss_mib']:>8.1f} {r['operator']['cpu_percent_of_one_core']:>6.1f} "
-                     f"{r['sandbox']['cpu_percent_of_one_core']:>9.1f} {r['operator']['log_errors']:>6} "
-                     f"{fmt(rx['drift_detected_s']):>7} {fmt(rx['job_created_s']):>6} "
-                     f"{fmt(rx.get('after_deciding_answer_s')):>5} {load:>16}  {top}")
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"
+    for run in result["runs"]:
+        rx = run["reaction"]
+        for phase, r in (("busy", run), ("idle", run["idle"])):
+            top = ", ".join(f"{k} {v:g}" for k, v in list(r["api"]["operator_by_kind_per_min"].items())[:4])
+            load = "/".join(f"{x:.2f}" for x in r["loadavg_end"])
+            reaction = (f"{fmt(rx['drift_detected_s']):>7} {fmt(rx['job_created_s']):>6} "
+                        f"{fmt(rx.get('after_deciding_answer_s')):>5}") if phase == "idle" else f"{'':>7} {'':>6} {'':>5}"
+            lines.append(f"{run['models']:>5} {phase:>5} {r['api']['operator_per_min']:>8.1f} "
+                         f"{r['api']['operator_per_model_per_min']:>7.2f} {r['operator']['rss_mib']:>8.1f} "
+                         f"{r['operator']['cpu_percent_of_one_core']:>6.1f} {r['sandbox']['cpu_percent_of_one_core']:>9.1f} "
+                         f"{r['operator']['log_errors']:>6} {reaction} {load:>16}  {top}")
     g = result["growth_per_model"]
     fmt = lambda v, unit: "n/a" if v is None else f"{v:+.3f} {unit}"
-    lines.append(f"growth per added model: API {fmt(g['api_calls_per_min'], 'calls/min')}, RSS {fmt(g['rss_mib'], 'MiB')}, "
-                 f"operator CPU {fmt(g['cpu_percent'], '% of a core')}, sandbox CPU "
-                 f"{fmt(g['sandbox_cpu_percent'], '% of a core')}")
+    lines.append(f"growth per added model: API {fmt(g['api_calls_per_min'], 'calls/min')} busy, "
+                 f"{fmt(g['idle_api_calls_per_min'], 'calls/min')} idle; RSS {fmt(g['rss_mib'], 'MiB')} busy, "
+                 f"{fmt(g['idle_rss_mib'], 'MiB')} idle; operator CPU {fmt(g['cpu_percent'], '% of a core')}, sandbox CPU "
+                 f"{fmt(g['sandbox_cpu_percent'], '% of a core')} (busy)")
     lines.append(f"jobs: {result['jobs_by_model']} (drifted: {result['drifted_models']}; idle models with jobs: "
                  f"{result['idle_models_with_jobs'] or 'none'})")
     return "\n".join(lines)
@@ -442,14 +435,13 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=int, default=200, help="largest N (default 200)")
-    parser.add_argument("--sizes", type=int, nargs="*", help="the Ns (default 25, 50, 100, 200 up to --models)")
+    parser.add_argument("--models", type=int, default=1000, help="largest N (default 1000)")
+    parser.add_argument("--sizes", type=int, nargs="*",
+                        help=f"the Ns (default {', '.join(map(str, SIZES))} up to --models)")
     parser.add_argument("--quick", action="store_true", help="N = 3, 6 with 2 s checks (tests)")
     parser.add_argument("--interval", type=int, help="spec.drift.checkIntervalSeconds (default 30, quick 2)")
     parser.add_argument("--window", type=float, help="measurement window in seconds (default 120, quick 12)")
     parser.add_argument("--window-rows", type=int, default=500, help="spec.drift.windowRows = rows per batch")
-    parser.add_argument("--background", choices=("clean", "idle"), default="clean",
-                        help="what the other models' pods serve: clean traffic, or none at all")
     parser.add_argument("--workdir", type=Path, help="keep the work files here (default: a temporary dir)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
@@ -458,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         args.interval = args.interval or 2
         args.window = args.window or 12.0
     else:
-        args.sizes = args.sizes or [n for n in (25, 50, 100, 200) if n < args.models] + [args.models]
+        args.sizes = args.sizes or [n for n in SIZES if n < args.models] + [args.models]
         args.interval = args.interval or 30
         args.window = args.window or 120.0
     args.sizes = sorted(set(args.sizes))

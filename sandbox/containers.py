@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sandbox.deployments import DeploymentKubelet
-from sandbox.kubelet import ApiClient, JobKubelet, env_sources
+from sandbox.kubelet import ApiClient, JobKubelet, pod_config_maps
 from sandbox.pods import PodProcess, PodSpecError
 from sandbox.podman import pod_container, podman, podman_env
 
@@ -139,16 +139,8 @@ class ContainerJobKubelet(JobKubelet):
 
     async def _prepare(self, api: ApiClient, pod: dict[str, Any], container: dict[str, Any],
                        pod_dir: Path) -> tuple[list[str], dict[str, str], Path, Path]:
-        namespace = pod["metadata"]["namespace"]
         pod_dir.mkdir(parents=True, exist_ok=True)
-        wanted = {v["configMap"]["name"] for v in pod["spec"].get("volumes") or [] if "configMap" in v}
-        wanted |= {e["valueFrom"]["configMapKeyRef"]["name"] for e in container.get("env") or []
-                   if "configMapKeyRef" in (e.get("valueFrom") or {})}
-        config_maps = {}
-        for name in wanted:
-            with contextlib.suppress(RuntimeError):  # a missing one: pod_container says whether that is fatal
-                config_maps[name] = await api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
-        config_maps.update(await env_sources(api, namespace, container))
+        config_maps = await pod_config_maps(api, pod, container)   # pod_container says whether a missing one is fatal
         await asyncio.to_thread(give_to_pod, self.shared, pod)
         name = container_name(pod)
         if container is not (pod["spec"].get("containers") or [None])[0]:   # an init container

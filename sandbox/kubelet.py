@@ -13,8 +13,10 @@ A process is not a container, so three conventions stand in for the image's file
   Job's `activeDeadlineSeconds`: an owner may create it just after the Job);
 - the process also gets `TERMINATION_MESSAGE_PATH` (the local termination-log file);
 - `python`/`python3` as the command means the sandbox's own interpreter.
-The process inherits the sandbox's environment plus the container's `env` (plain `value`s and
-`configMapKeyRef`s), and its output goes to `<pod dir>/<container>.log`.
+Volumes, env (`envFrom`, `value` with `$(VAR)` expansion, `fieldRef`, `configMapKeyRef`), `$(VAR)` in
+command/args and the emptyDir/configMap-only check are prepared by the same code as a Deployment
+pod's (`pods.prepare_container`). The process inherits the sandbox's environment plus the container's,
+and its output goes to `<pod dir>/<container>.log`.
 
 It is also the TTL-after-finished controller: a finished Job (`Complete` or `Failed`) with
 `spec.ttlSecondsAfterFinished` is deleted that many seconds after its finishing condition's
@@ -28,23 +30,20 @@ import contextlib
 import datetime
 import json
 import logging
-import os
 import random
-import shutil
 import string
-import sys
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiohttp
 
-from sandbox.pods import PodSpecError, env_from, secret_key
+from sandbox.pods import PodSpecError, prepare_container, secret_key
 
 log = logging.getLogger("sandbox.kubelet")
 
 TERMINATION_MESSAGE_LIMIT = 4096
-DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 RETRY_DELAY_S = 0.5
+JOB_POD_IP = "127.0.0.1"   # a Job's process runs on the host network: its `status.podIP` for `fieldRef`
 
 
 def _now() -> str:
@@ -338,63 +337,18 @@ class JobKubelet:
 
     async def _prepare(self, api: ApiClient, pod: dict[str, Any], container: dict[str, Any],
                        pod_dir: Path) -> tuple[list[str], dict[str, str], Path, Path]:
-        """Project volumes, map paths, build argv and env."""
+        """argv, env, log path and termination-message file of one container of the attempt's pod,
+        prepared as for a Deployment pod (`pods.prepare_container`)."""
         namespace = pod["metadata"]["namespace"]
+        is_main = container is (pod["spec"].get("containers") or [None])[0]
+        message_path = pod_dir / ("termination-log" if is_main else f"termination-log-{container['name']}")
         pod_dir.mkdir(parents=True, exist_ok=True)
-        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
-        mapping: dict[str, str] = {}
-        for mount in container.get("volumeMounts") or []:
-            local = pod_dir / "volumes" / mount["name"]
-            volume = volumes.get(mount["name"])
-            if volume is None:
-                raise RuntimeError(f"volumeMount {mount['name']!r} names no volume of the pod")
-            if local.exists() and "configMap" in volume:   # an emptyDir keeps what an init container wrote
-                shutil.rmtree(local)
-            local.mkdir(parents=True, exist_ok=True)
-            if "configMap" in volume:
-                source = volume["configMap"]
-                try:
-                    config_map = await api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/"
-                                                          f"{source['name']}")
-                except RuntimeError:
-                    if source.get("optional"):
-                        config_map = {}
-                    else:
-                        raise RuntimeError(f"configmap {source['name']!r} for volume {mount['name']!r} not found")
-                data = config_map.get("data") or {}
-                items = source.get("items") or [{"key": k, "path": k} for k in data]
-                for item in items:
-                    if item["key"] not in data:
-                        raise RuntimeError(f"configmap {source['name']!r} has no key {item['key']!r}")
-                    target = local / item["path"]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_text(data[item["key"]])
-            mapping[mount["mountPath"].rstrip("/")] = str(local)
-        message_path = pod_dir / "termination-log"
         message_path.write_text("")
-        mapping[container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH)] = str(message_path)
-
-        def local_path(text: str) -> str:
-            for remote in sorted(mapping, key=len, reverse=True):  # the most specific mount wins
-                text = text.replace(remote, mapping[remote])
-            return text
-
-        argv = [local_path(str(a)) for a in (container.get("command") or []) + (container.get("args") or [])]
-        if argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
-        env = dict(os.environ)
         try:
-            env.update(env_from(container, await env_sources(api, namespace, container)))
+            argv, env, _ = prepare_container(pod, container, pod_dir, JOB_POD_IP,
+                                             await pod_config_maps(api, pod, container), message_path)
         except PodSpecError as exc:
             raise RuntimeError(str(exc)) from exc
-        for var in container.get("env") or []:
-            if "value" in var:
-                env[var["name"]] = local_path(str(var["value"]))
-            elif "configMapKeyRef" in (var.get("valueFrom") or {}):
-                ref = var["valueFrom"]["configMapKeyRef"]
-                config_map = await api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{ref['name']}")
-                env[var["name"]] = (config_map.get("data") or {}).get(ref["key"], "")
-        env["TERMINATION_MESSAGE_PATH"] = str(message_path)
         env["POD_NAME"] = pod["metadata"]["name"]
         env["POD_NAMESPACE"] = namespace
         return argv, env, pod_dir / f"{container['name']}.log", message_path
@@ -423,6 +377,23 @@ class JobKubelet:
         if init_statuses:
             status["initContainerStatuses"] = list(init_statuses)
         await api.patch_status(pod_path, status)
+
+
+async def pod_config_maps(api: ApiClient, pod: dict[str, Any], container: dict[str, Any]
+                          ) -> dict[str, dict[str, Any]]:
+    """Every ConfigMap and Secret one container of the pod names (configMap volumes,
+    `configMapKeyRef`s, `envFrom`), keyed as `pods.prepare_container` reads them; a missing one is left
+    out (the preparation says whether that is fatal)."""
+    namespace = pod["metadata"]["namespace"]
+    wanted = {v["configMap"]["name"] for v in pod["spec"].get("volumes") or [] if "configMap" in v}
+    wanted |= {e["valueFrom"]["configMapKeyRef"]["name"] for e in container.get("env") or []
+               if "configMapKeyRef" in (e.get("valueFrom") or {})}
+    found: dict[str, dict[str, Any]] = {}
+    for name in wanted:
+        with contextlib.suppress(RuntimeError):
+            found[name] = await api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+    found.update(await env_sources(api, namespace, container))
+    return found
 
 
 async def env_sources(api: ApiClient, namespace: str, container: dict[str, Any]) -> dict[str, dict[str, Any]]:

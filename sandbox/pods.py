@@ -219,6 +219,54 @@ def project_config_map(source: dict[str, Any], config_map: dict[str, Any] | None
     return changed
 
 
+def prepare_container(pod: dict[str, Any], container: dict[str, Any], pod_dir: Path, ip: str,
+                      config_maps: dict[str, dict[str, Any]], message_path: Path
+                      ) -> tuple[list[str], dict[str, str], dict[str, tuple[dict[str, Any], Path]]]:
+    """One container of a pod as a local process, the same for Deployment pods and Job pods: its
+    volumes projected under `<pod_dir>/volumes/` (configMap, emptyDir; anything else refused), the
+    mount paths and the termination-message path rewritten in argv and env, env built as the kubelet
+    does (`envFrom`, `value` with `$(VAR)` expansion, `fieldRef`, `configMapKeyRef`), `$(VAR)`
+    expanded in command/args. Returns argv, the full env, and the projected ConfigMap volumes
+    (mount name -> (source, local dir)) for re-syncing. `config_maps` holds every ConfigMap and
+    Secret the container names (see `kubelet.pod_config_maps`); a missing one fails unless optional."""
+    pod_dir.mkdir(parents=True, exist_ok=True)
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    mapping: dict[str, str] = {}
+    config_volumes: dict[str, tuple[dict[str, Any], Path]] = {}
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            raise PodSpecError(f"volumeMount {mount['name']!r} names no volume of the pod")
+        local = pod_dir / "volumes" / mount["name"]
+        if "configMap" in volume:
+            source = volume["configMap"]
+            project_config_map(source, config_maps.get(source.get("name", "")), local)
+            config_volumes[mount["name"]] = (source, local)
+        elif "emptyDir" in volume:   # keeps what an init container wrote
+            local.mkdir(parents=True, exist_ok=True)
+        else:
+            raise PodSpecError(f"volume {mount['name']!r}: only configMap and emptyDir volumes are supported here")
+        mapping[mount["mountPath"].rstrip("/")] = str(local)
+    message_path.touch()
+    mapping[container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH)] = str(message_path)
+
+    def local_path(text: str) -> str:
+        for remote in sorted(mapping, key=len, reverse=True):  # the most specific mount wins
+            text = text.replace(remote, mapping[remote])
+        return text
+
+    own_env = container_env(container, pod, ip, config_maps, local_path)
+    argv = [local_path(expand(str(a), own_env)) for a in (container.get("command") or []) + (container.get("args") or [])]
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):  # the pod runs in its own directory: keep the sandbox's entries valid
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    env.update(own_env)
+    env["TERMINATION_MESSAGE_PATH"] = str(message_path)
+    return argv, env, config_volumes
+
+
 def _process_table() -> dict[int, int]:
     """pid -> parent pid of every live process, from /proc."""
     table = {}
@@ -388,43 +436,11 @@ class PodProcess:
 
     def prepare_container(self, container: dict[str, Any], config_maps: dict[str, dict[str, Any]]
                           ) -> tuple[list[str], dict[str, str]]:
-        self.pod_dir.mkdir(parents=True, exist_ok=True)
-        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
-        mapping: dict[str, str] = {}
-        for mount in container.get("volumeMounts") or []:
-            volume = volumes.get(mount["name"])
-            if volume is None:
-                raise PodSpecError(f"volumeMount {mount['name']!r} names no volume of the pod")
-            local = self.pod_dir / "volumes" / mount["name"]
-            if "configMap" in volume:
-                source = volume["configMap"]
-                project_config_map(source, config_maps.get(source.get("name", "")), local)
-                self.config_volumes[mount["name"]] = (source, local)
-            elif "emptyDir" in volume:
-                local.mkdir(parents=True, exist_ok=True)
-            else:
-                raise PodSpecError(f"volume {mount['name']!r}: only configMap and emptyDir volumes are supported here")
-            mapping[mount["mountPath"].rstrip("/")] = str(local)
         message_path = self.pod_dir / ("termination-log" if container is self.container
                                        else f"termination-log-{container['name']}")
-        message_path.touch()
-        mapping[container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH)] = str(message_path)
-
-        def local_path(text: str) -> str:
-            for remote in sorted(mapping, key=len, reverse=True):  # the most specific mount wins
-                text = text.replace(remote, mapping[remote])
-            return text
-
-        own_env = container_env(container, self.pod, self.ip, config_maps, local_path)
-        argv = [local_path(expand(str(a), own_env))
-                for a in (container.get("command") or []) + (container.get("args") or [])]
-        if argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
-        env = dict(os.environ)
-        if env.get("PYTHONPATH"):  # the pod runs in its own directory: keep the sandbox's entries valid
-            env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
-        env.update(own_env)
-        env["TERMINATION_MESSAGE_PATH"] = str(message_path)
+        argv, env, config_volumes = prepare_container(self.pod, container, self.pod_dir, self.ip, config_maps,
+                                                      message_path)
+        self.config_volumes.update(config_volumes)
         return argv, env
 
     def sync_config_maps(self, config_maps: dict[str, dict[str, Any]]) -> None:

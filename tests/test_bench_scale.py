@@ -27,11 +27,20 @@ def test_quick_scale_benchmark(tmp_path):
                                                                    abs=0.05 / r["models"] + 0.005 + 1e-9)
         assert r["operator"]["rss_mib"] > 50 and r["operator"]["cpu_percent_of_one_core"] >= 0
         assert r["operator"]["log_errors"] == 0
+        # the same window with every model idle (its pods serve nothing new): no window to score and
+        # no status to write, so fewer calls than busy; the RSS is the same process's
+        idle = r["idle"]
+        assert (r["phase"], idle["phase"], idle["models"]) == ("busy", "idle", r["models"])
+        assert idle["api"]["operator_per_min"] < api["operator_per_min"], (idle["api"], api)
+        assert idle["api"]["operator_by_kind_per_min"].get("patch selfhealingmodels/status", 0) < \
+            api["operator_by_kind_per_min"]["patch selfhealingmodels/status"]
+        assert idle["operator"]["rss_mib"] > 50 and idle["operator"]["log_errors"] == 0
         reaction = r["reaction"]
         # two drifted windows (persistence 2), one per check, plus the tick's own slack
         assert reaction["drift_detected_s"] is not None and reaction["job_created_s"] is not None, reaction
         assert reaction["job_created_s"] <= 2 * (interval + 2) + 10
     assert result["idle_models_with_jobs"] == []
     assert set(result["jobs_by_model"]) == set(result["drifted_models"]) and len(result["drifted_models"]) == len(sizes)
-    assert set(result["growth_per_model"]) >= {"api_calls_per_min", "rss_mib", "cpu_percent"}
+    assert set(result["growth_per_model"]) >= {"api_calls_per_min", "rss_mib", "cpu_percent",
+                                                "idle_api_calls_per_min", "idle_rss_mib"}
     assert "API/min" in run.stdout and "growth per added model" in run.stdout

@@ -1,4 +1,4 @@
-"""`python -m sandbox.demo` end to end, as `make demo` runs it (plain-line mode): the heal, the
+"""`python -m examples.demo` end to end, as `make demo` runs it (plain-line mode): the heal, the
 recovery and the kubectl rollback/roll-forward happen, the JSON and the plot are written, and no
 process of the demo is left behind. About 2 minutes on 2 cores."""
 from __future__ import annotations
@@ -35,7 +35,7 @@ def processes_mentioning(text: str) -> list[str]:
 def test_demo_heals_rolls_back_and_forward_and_cleans_up(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
-    result = subprocess.run([sys.executable, "-m", "sandbox.demo", "--out", str(out), "--workdir", str(work),
+    result = subprocess.run([sys.executable, "-m", "examples.demo", "--out", str(out), "--workdir", str(work),
                              "--no-live"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((out / "demo.json").read_text())
@@ -52,7 +52,7 @@ def test_demo_heals_rolls_back_and_forward_and_cleans_up(tmp_path):
 
 def test_demo_refuses_to_empty_a_foreign_directory(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    result = subprocess.run([sys.executable, "-m", "sandbox.demo", "--out", str(tmp_path / "out"),
+    result = subprocess.run([sys.executable, "-m", "examples.demo", "--out", str(tmp_path / "out"),
                              "--workdir", str(tmp_path), "--no-live"], cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONSAFEPATH": "1"}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -252,7 +252,7 @@ def test_container_demo_heals_rolls_back_and_forward_with_no_failed_request(imag
 
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
-    result = subprocess.run([sys.executable, "-m", "sandbox.demo", "--runtime", "podman", "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "examples.demo", "--runtime", "podman", "--out", str(out),
                              "--workdir", str(work), "--no-live"], cwd=REPO_ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -14,33 +14,26 @@ import pytest
 import yaml
 
 from examples.fraud.train import build_served
-from sandbox import env as sandbox_env
-from sandbox import server as sandbox_server
+from examples.cluster import SelfhealCluster
 from sandbox import tools
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
-from sandbox_helpers import REPO_ROOT, Sandbox  # noqa: E402
+from sandbox_helpers import Sandbox  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import rbac_audit  # noqa: E402
-
-from operator_process import CRD, OperatorProcess  # noqa: E402,F401
+from operator_process import OperatorProcess, sandbox_view  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory) -> Sandbox:
-    """`python -m sandbox up --foreground` for the session, with the SelfHealingModel CRD applied."""
+    """The local-cluster harness for the session (`python -m sandbox up --foreground`, the
+    SelfHealingModel CRD Established), seen through the tests' `Sandbox` handle."""
     try:
         paths = tools.install(tmp_path_factory.mktemp("bin"))
     except tools.ToolsError as exc:
         pytest.skip(f"kubectl could not be provided: {exc}")
-    workdir = tmp_path_factory.mktemp("sandbox")
-    with sandbox_server.SandboxProcess(workdir) as state:
-        box = Sandbox(url=state["url"], workdir=workdir, env=sandbox_env.client_env(workdir),
-                      kubectl_bin=str(paths["kubectl"]), helm_bin=str(paths["helm"]))
-        box.kubectl("apply", "-f", str(CRD))
-        box.kubectl("wait", "--for=condition=Established", "crd/selfhealingmodels.selfheal.io", "--timeout=30s")
-        yield box
+    with SelfhealCluster(tmp_path_factory.mktemp("cluster"), kubectl_bin=str(paths["kubectl"])).start() as cluster:
+        yield sandbox_view(cluster, str(paths["helm"]))
 
 
 @pytest.fixture

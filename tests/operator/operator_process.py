@@ -1,23 +1,30 @@
 """The real operator process for one namespace (`python -m shm_operator`), with its own audited
 token: shared by the `operator` fixture and tests that start more than one operator. A module of its
-own, not conftest: `from conftest import ...` finds whichever conftest was imported first."""
+own, not conftest: `from conftest import ...` finds whichever conftest was imported first.
+
+The sandbox, the CRD and the process itself come from the one local-cluster harness
+(`examples.cluster.SelfhealCluster`); `sandbox_view` gives the tests' `Sandbox` handle of it."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import yaml
 
-from sandbox import server as sandbox_server
+from examples.cluster import SelfhealCluster
+from sandbox.cluster import Child
 from sandbox.env import free_port
 
 import rbac_audit
-from sandbox_helpers import REPO_ROOT, Sandbox
+from sandbox_helpers import Sandbox
 
-CRD = REPO_ROOT / "crds" / "selfhealingmodels.yaml"
+
+def sandbox_view(cluster: SelfhealCluster, helm_bin: str | None = None) -> Sandbox:
+    """The tests' handle of a started harness: its URL, the API's workdir (audit log, pods), the client
+    environment, kubectl and helm; `cluster` for starting operators on it."""
+    return Sandbox(url=cluster.url, workdir=cluster.sandbox_dir, env=cluster.env, kubectl_bin=cluster.kubectl_bin,
+                   helm_bin=helm_bin, cluster=cluster)
 
 
 class OperatorProcess:
@@ -26,7 +33,7 @@ class OperatorProcess:
     def __init__(self, sandbox: Sandbox, namespace: str, workdir: Path):
         self.sandbox, self.namespace, self.workdir = sandbox, namespace, workdir
         self.log_path = workdir / f"operator-{uuid.uuid4().hex[:6]}.log"
-        self.process: subprocess.Popen | None = None
+        self.child: Child | None = None
         self.user = f"operator-{uuid.uuid4().hex[:8]}"   # its own token: its calls are audited apart
         self.kubeconfig = workdir / f"kubeconfig-{self.user}"
 
@@ -38,13 +45,11 @@ class OperatorProcess:
         self.kubeconfig.write_text(yaml.safe_dump(config))
         # as the chart configures it: the per-model NetworkPolicy on
         policy = rbac_audit.operator_env(self.sandbox.helm_bin, self.namespace)["SELFHEAL_NETWORK_POLICY"]
-        env = {**self.sandbox.env, "KUBECONFIG": str(self.kubeconfig), "SELFHEAL_METRICS_PORT": str(self.metrics_port),
-               "SELFHEAL_METRICS_ADDR": "127.0.0.1", "PYTHONSAFEPATH": "1", "SELFHEAL_NETWORK_POLICY": policy,
-               **env_overrides}
-        self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "shm_operator", "--namespace", self.namespace,
-                                         f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz", "--verbose"],
-                                        env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {"KUBECONFIG": str(self.kubeconfig), "SELFHEAL_METRICS_PORT": str(self.metrics_port),
+               "SELFHEAL_NETWORK_POLICY": policy, **env_overrides}
+        self.child = self.sandbox.cluster.start_operator(
+            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz", "--verbose", env=env,
+            namespace=self.namespace, log_path=self.log_path)
         return self
 
     def get(self, port: int, path: str) -> tuple[int, str]:
@@ -53,12 +58,11 @@ class OperatorProcess:
             return response.status, response.read().decode()
 
     def stop(self, kill: bool = False) -> None:
-        if self.process:
-            sandbox_server.stop_process(self.process, signal.SIGKILL if kill else signal.SIGTERM)
-        self.log.close()
+        if self.child:
+            self.child.stop(signal.SIGKILL if kill else signal.SIGTERM, timeout=20)
 
     def tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self.child.tail(chars) if self.child else ""
 
     def calls(self) -> list[dict]:
         """Every API call this operator made, from the sandbox's audit log."""

@@ -58,19 +58,16 @@ def test_s3_delivery_in_containers(model_dir, tmp_path, monkeypatch, capsys):
     """The same with `--runtime podman`: the storage-initializer, TorchServe and the heal Job run as
     containers of the model-server image (read-only root, uid 10001), which must hold s3fs."""
     from images_support import build_images
-    from sandbox import env as sandbox_env, server as sandbox_server, tools
-    from sandbox_helpers import Sandbox
-    from operator_process import CRD
+    from examples.cluster import SelfhealCluster
+    from sandbox import tools
+    from operator_process import sandbox_view
 
     build_images()
     paths = tools.install(tmp_path / "bin")
-    workdir = tmp_path / "sandbox"
-    with sandbox_server.SandboxProcess(workdir, runtime="podman") as state:
-        box = Sandbox(url=state["url"], workdir=workdir, env=sandbox_env.client_env(workdir),
-                      kubectl_bin=str(paths["kubectl"]), helm_bin=str(paths["helm"]))
-        box.kubectl("apply", "-f", str(CRD))
-        box.kubectl("wait", "--for=condition=Established", "crd/selfhealingmodels.selfheal.io", "--timeout=30s")
-        box.kubectl("create", "namespace", "s3")
+    with SelfhealCluster(tmp_path / "cluster", namespace="s3", runtime="podman",
+                         kubectl_bin=str(paths["kubectl"])).start() as cluster:
+        box = sandbox_view(cluster, str(paths["helm"]))
+        workdir = box.workdir
         deliver_heal_roll_back(box, "s3", model_dir, tmp_path, monkeypatch, capsys, "podman containers")
         # each storage-initializer ran as a container: its termination log was opened to the container's
         # user and the model emptyDir given to uid 10001 (the process runtime leaves both to root, 0644)

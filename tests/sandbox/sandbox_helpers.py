@@ -6,6 +6,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -20,6 +21,7 @@ class Sandbox:
     kubectl_bin: str = "kubectl"
     helm_bin: str | None = None
     processes: list[subprocess.Popen] = field(default_factory=list)
+    cluster: Any = None   # the harness that started it (sandbox.cluster.LocalCluster), where a test needs one
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 30) -> subprocess.CompletedProcess:

@@ -163,3 +163,42 @@ def test_finished_jobs_are_deleted_after_their_ttl_also_when_it_is_set_later(san
     sandbox.kubectl("patch", "job", "ttl-later", "-n", namespace, "--type", "merge",
                     "-p", '{"spec": {"ttlSecondsAfterFinished": 0}}')
     wait_until(lambda: gone("ttl-later"), timeout=10, what="the Job deleted once a TTL was set")
+
+
+def test_a_job_container_is_prepared_as_a_deployment_pod_is(sandbox: Sandbox, namespace):
+    """Jobs and Deployments share one container preparation: `$(VAR)` in env values and args, the
+    downward API (`fieldRef`), an emptyDir shared with an init container, and the refusal of volume
+    kinds the sandbox cannot provide."""
+    _config(sandbox, namespace)
+    script = ("import json, os, sys\n"
+              "open('/dev/termination-log', 'w').write(json.dumps({'arg': sys.argv[1], 'derived': os.environ['DERIVED'],"
+              " 'pod': os.environ['MY_POD'], 'ns': os.environ['MY_NS'], 'scratch': open('/scratch/seed').read()}))\n")
+    extra = ("\n          env: [{name: MODE, value: fast}, {name: DERIVED, value: '$(MODE)-run'},"
+             " {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}},"
+             " {name: MY_NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}]"
+             "\n          volumeMounts: [{name: cfg, mountPath: /etc/job}, {name: scratch, mountPath: /scratch}]")
+    body = job_yaml("prep-1", script).replace("          args: [/etc/job/rules.yaml]\n", "          args: ['$(DERIVED)']\n")
+    body = body.replace("          env: [{name: MODE, value: fast}]\n", "").replace(
+        "          volumeMounts: [{name: cfg, mountPath: /etc/job}]", extra.lstrip("\n"))
+    body = body.replace("      volumes: [{name: cfg, configMap: {name: job-config}}]",
+                        "      volumes: [{name: cfg, configMap: {name: job-config}}, {name: scratch, emptyDir: {}}]\n"
+                        "      initContainers:\n"
+                        "        - name: seed\n"
+                        "          image: selfheal/heal:dev\n"
+                        "          command: [python, -c, \"open('/scratch/seed', 'w').write('from init')\"]\n"
+                        "          volumeMounts: [{name: scratch, mountPath: /scratch}]")
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=body)
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=complete", "job/prep-1", "--timeout=30s")
+    [pod] = _pods(sandbox, namespace, "prep-1")
+    message = json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+    assert message == {"arg": "fast-run", "derived": "fast-run", "pod": pod["metadata"]["name"], "ns": namespace,
+                       "scratch": "from init"}
+
+    refused = job_yaml("prep-2", "print('never')").replace(
+        "      volumes: [{name: cfg, configMap: {name: job-config}}]",
+        "      volumes: [{name: cfg, hostPath: {path: /etc}}]")
+    sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=refused)
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=failed", "job/prep-2", "--timeout=30s")
+    [pod] = _pods(sandbox, namespace, "prep-2")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert "only configMap and emptyDir volumes are supported here" in terminated["message"], terminated

@@ -6,13 +6,14 @@ sketches alone, runs a label-free heal Job, passes the promotion gate and rolls 
 pod by pod; accuracy recovers. Then a person rolls back to `base` with one `kubectl patch` (accuracy
 drops again) and forward to the healed version (it recovers), with no failed request throughout.
 
-How: it builds the model, starts `python -m sandbox up --foreground` (API + process kubelet that runs
-TorchServe pods), applies the CRD, starts the real operator (`python -m shm_operator`), applies
+How: it builds the model, then the local-cluster harness (`examples.cluster.SelfhealCluster`) starts
+`python -m sandbox up --foreground` (API + process kubelet that runs TorchServe pods), applies the CRD
+and starts the real operator (`python -m shm_operator`); the demo applies
 `examples/fraud/selfhealingmodel.yaml` with fast settings, and sends bounded loopback traffic through
 the Service (`sandbox.loadgen.LoadLoop`). Accuracy is scored with the data generator's labels, which
 selfheal never sees. Status comes from the real `kubectl`.
 
-    python -m sandbox.demo [--out out/] [--no-live] [--runtime podman]
+    python -m examples.demo [--out out/] [--no-live] [--runtime podman]
 
 With `--runtime podman` (`make demo-containers`) the pods and the heal Job run as podman containers
 of the built images (`make images`), with the securityContext the operator writes (uid 10001,
@@ -36,20 +37,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from examples.cluster import ClusterError, SelfhealCluster, serving
 from examples.fraud.generator import World, labelled_rows
-from sandbox import env as sandbox_env
-from sandbox.env import free_port
 from sandbox import server as sandbox_server
-from sandbox import tools
 from sandbox.loadgen import LoadLoop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = REPO_ROOT / ".work" / "demo"
 NAMESPACE = "demo"
-EXAMPLE_CR = REPO_ROOT / "examples" / "fraud" / "selfhealingmodel.yaml"
-CRD = REPO_ROOT / "crds" / "selfhealingmodels.yaml"
 COLLAPSE = World(amount_unit=100.0, distance_unit=1000.0)   # amounts in cents, distances in metres
 # Fast settings so the loop reacts in seconds; one heal only (long cooldown).
 FAST = {"replicas": 2,
@@ -70,76 +66,10 @@ def parse_time(value: str | None) -> float | None:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-class Cluster:
-    """The processes of the demo (sandbox, operator) and the real kubectl pointed at the sandbox."""
-
-    def __init__(self, workdir: Path, runtime: str = "process", shared: tuple[Path, ...] = ()):
-        self.workdir, self.runtime, self.shared = workdir, runtime, shared
-        self.kubectl_bin = str(self._kubectl())
-        self.processes: list[tuple[str, subprocess.Popen]] = []
-        self.env: dict[str, str] = {}
-
-    @staticmethod
-    def _kubectl() -> Path:
-        try:
-            return tools.find_tool("kubectl")
-        except tools.ToolsError:
-            return tools.install()["kubectl"]
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "wb")
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)   # Ctrl-C reaches only us; we stop them in order
-        log.close()
-        self.processes.append((name, process))
-        return process
-
-    def start_sandbox(self) -> None:
-        sandbox_dir = self.workdir / "sandbox"
-        process = self._spawn("sandbox", [sys.executable, "-m", "sandbox", "up", "--foreground",
-                                          "--workdir", str(sandbox_dir), "--runtime", self.runtime,
-                                          *[a for path in self.shared for a in ("--share", str(path))]])
-        deadline = time.monotonic() + 30
-        while not ((state := sandbox_server.read_state(sandbox_dir)) and state.get("pid") == process.pid):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise DemoFailed(f"the sandbox did not start; see {self.workdir / 'sandbox.log'}")
-            time.sleep(0.2)
-        self.env = sandbox_env.client_env(sandbox_dir)
-        self.kubectl("apply", "-f", str(CRD))
-        self.kubectl("wait", "--for=condition=Established", "crd/selfhealingmodels.selfheal.io", "--timeout=30s")
-        self.kubectl("create", "namespace", NAMESPACE)
-
-    def start_operator(self) -> None:
-        env = {**self.env, "SELFHEAL_METRICS_PORT": str(free_port()), "PYTHONSAFEPATH": "1"}
-        self._spawn("operator", [sys.executable, "-m", "shm_operator", "--namespace", NAMESPACE, "--verbose"], env)
-
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        result = subprocess.run([self.kubectl_bin, *args], env=self.env, input=input, capture_output=True,
-                                text=True, timeout=30)
-        if result.returncode != 0:
-            raise DemoFailed(f"`kubectl {' '.join(args)}` failed: {result.stderr.strip()}")
-        return result.stdout
-
-    def get(self, *args: str) -> dict:
-        return json.loads(self.kubectl("get", *args, "-n", NAMESPACE, "-o", "json"))
-
-    def stop(self) -> None:
-        """Operator first, then the sandbox (which stops its pods); SIGKILL whatever hangs."""
-        for name, process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-        self.processes.clear()
-
-
 class StatusWatch:
     """Polls the SelfHealingModel and its events with kubectl in a thread; keeps the latest of each."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: SelfhealCluster):
         self.cluster = cluster
         self.status: dict = {}
         self.last_event = ""
@@ -162,7 +92,7 @@ class StatusWatch:
                 self.status = self.cluster.get("shm", "fraud").get("status") or {}
                 if tick % 3 == 0:
                     self.last_event = self._newest_event()
-            except (DemoFailed, subprocess.TimeoutExpired, json.JSONDecodeError):
+            except (ClusterError, subprocess.TimeoutExpired, json.JSONDecodeError):
                 pass
             tick += 1
             self._stop.wait(1.0)
@@ -184,11 +114,6 @@ class StatusWatch:
             time.sleep(0.5)
         raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}; "
                          f"status: {json.dumps(self.status)[:1500]}")
-
-
-def adapter_at(status: dict, version: str) -> bool:
-    adapter = status.get("adapter") or {}
-    return adapter.get("current") == version and adapter.get("ready") == "2/2"
 
 
 class Display:
@@ -272,7 +197,7 @@ def prepare_workdir(workdir: Path) -> None:
     (workdir / MARKER).touch()
 
 
-def run_scenario(cluster: Cluster, watch: StatusWatch, loop_box: dict, display_box: dict, live: bool) -> dict:
+def run_scenario(cluster: SelfhealCluster, watch: StatusWatch, loop_box: dict, display_box: dict, live: bool) -> dict:
     """The story, step by step; returns the measured figures and the timeline (seconds since traffic began)."""
     from examples.fraud.train import build_served
     print("building the example fraud model ...", flush=True)
@@ -282,18 +207,19 @@ def run_scenario(cluster: Cluster, watch: StatusWatch, loop_box: dict, display_b
     if cluster.runtime == "podman":  # network storage, as far as the containers are concerned
         cluster.shared = (cluster.workdir / "models", storage)
     print("starting the sandbox and the operator ...", flush=True)
-    cluster.start_sandbox()
-    cluster.start_operator()
-    body = yaml.safe_load(EXAMPLE_CR.read_text())
-    body["spec"]["model"]["archive"] = str(model_dir)
-    body["spec"]["storage"] = {"uri": storage.as_uri()}
-    if cluster.runtime == "podman":
-        body["spec"]["model"]["image"] = model_server_image()
-    body["spec"].update(FAST)
-    cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(body))
+    image = model_server_image() if cluster.runtime == "podman" else None   # checked before anything starts
+    try:
+        cluster.start()
+    except RuntimeError as err:
+        raise DemoFailed(f"the sandbox did not start: {err}") from err
+    cluster.start_operator("--verbose")
+    body = cluster.example_model("fraud", model_dir, storage, **FAST)
+    if image:
+        body["spec"]["model"]["image"] = image
+    cluster.apply(body)
     watch.start()
     print("waiting for 2 TorchServe pods serving adapter base ...", flush=True)
-    watch.wait(lambda s: adapter_at(s, "base"), 180, "2 ready pods serving base")
+    watch.wait(serving("base"), 180, "2 ready pods serving base")
     service = cluster.get("service", "fraud-serving")
     url = f"http://{service['spec']['clusterIP']}:8080/predictions/fraud"
 
@@ -323,7 +249,7 @@ def run_scenario(cluster: Cluster, watch: StatusWatch, loop_box: dict, display_b
         raise DemoFailed(f"the heal ended {heal['result']}: {heal.get('reason')}")
     healed_version = heal["version"]
     display.stage = f"rolling out {healed_version}"
-    status = watch.wait(lambda s: adapter_at(s, healed_version), 180, f"all pods on {healed_version}")
+    status = watch.wait(serving(healed_version), 180, f"all pods on {healed_version}")
     healed_wall = time.time()
     marks["rollout done"] = now()
     drift_since = parse_time((status.get("drift") or {}).get("since")) or parse_time(heal.get("started"))
@@ -339,9 +265,8 @@ def run_scenario(cluster: Cluster, watch: StatusWatch, loop_box: dict, display_b
                                  ("rolled forward", "roll-forward", healed_version)):
         display.stage = f"kubectl patch: {mark} to {version}"
         marks[mark] = now()
-        patch = json.dumps({"spec": {"adapter": {"version": version}}})
-        cluster.kubectl("patch", "shm", "fraud", "-n", NAMESPACE, "--type", "merge", "-p", patch)
-        watch.wait(lambda s, v=version: adapter_at(s, v), 180, f"2/2 pods on {version}")
+        cluster.patch_version("fraud", version)
+        watch.wait(serving(version), 180, f"2/2 pods on {version}")
         patched_ok.append(True)
         display.stage = f"{label}: serving {version}"
         time.sleep(8)
@@ -454,7 +379,7 @@ def model_server_image() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out"), help="where demo.json and demo.png go")
     parser.add_argument("--no-live", action="store_true", help="plain progress lines instead of a live table")
     parser.add_argument("--workdir", type=Path, default=WORKDIR,
@@ -477,14 +402,14 @@ def main(argv: list[str] | None = None) -> int:
     except DemoFailed as err:
         print(f"demo FAILED: {err}", file=sys.stderr)
         return 1
-    cluster = Cluster(workdir, args.runtime)
+    cluster = SelfhealCluster(workdir, namespace=NAMESPACE, runtime=args.runtime)
     watch = StatusWatch(cluster)
     loop_box: dict = {}
     display_box: dict = {}
     try:
         result = run_scenario(cluster, watch, loop_box, display_box, live)
-    except DemoFailed as err:
-        print(f"demo FAILED: {err}\nlogs: {workdir}/operator.log, {workdir}/sandbox.log", file=sys.stderr)
+    except (DemoFailed, ClusterError) as err:
+        print(f"demo FAILED: {err}\nlogs: {workdir}/operator.log, {cluster.sandbox_dir}/api.log", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; stopping everything", file=sys.stderr)
