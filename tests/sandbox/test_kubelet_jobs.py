@@ -149,13 +149,13 @@ def test_finished_jobs_are_deleted_after_their_ttl_also_when_it_is_set_later(san
     with it) that long after it finished; a TTL patched onto a finished Job counts from its end too."""
     _config(sandbox, namespace)
     sandbox.kubectl("apply", "-n", namespace, "-f", "-",
-                    input=job_yaml("ttl-set", "print('done')", extra_spec="\n  ttlSecondsAfterFinished: 2"))
+                    input=job_yaml("ttl-set", "print('done')", extra_spec="\n  ttlSecondsAfterFinished: 4"))
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=complete", "job/ttl-set", "--timeout=30s")
+    finished = time.monotonic()   # at once, so that a loaded machine cannot eat the TTL before it is read
     sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=job_yaml("ttl-later", "print('done')"))
-    for job in ("ttl-set", "ttl-later"):
-        sandbox.kubectl("wait", "-n", namespace, "--for=condition=complete", f"job/{job}", "--timeout=30s")
-    finished = time.monotonic()
+    sandbox.kubectl("wait", "-n", namespace, "--for=condition=complete", "job/ttl-later", "--timeout=30s")
     gone = lambda job: sandbox.kubectl("get", "job", job, "-n", namespace, check=False).returncode != 0  # noqa: E731
-    wait_until(lambda: gone("ttl-set"), timeout=15, what="the Job deleted after its TTL")
+    wait_until(lambda: gone("ttl-set"), timeout=20, what="the Job deleted after its TTL")
     assert time.monotonic() - finished > 0.5   # not at once: after the TTL
     wait_until(lambda: not _pods(sandbox, namespace, "ttl-set"), what="its pod garbage-collected")
     time.sleep(1)
