@@ -59,7 +59,9 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     if requested != BASE_VERSION:
         registry = registry_for(name, namespace, spec)
         try:
-            meta = await asyncio.to_thread(verified_meta, registry, requested, *adapter_expected(memo))
+            # no pod-derived expectations here: a new spec.model.archive may come with this very version,
+            # and the pods reporting the old backbone must not veto it (the new pods check it)
+            meta = await asyncio.to_thread(verified_meta, registry, requested)
         except AdapterNotFoundError as err:
             set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", str(err), t)
             kopf.warn(body, reason="AdapterNotFound",
@@ -147,9 +149,11 @@ def verified_meta(registry: AdapterRegistry, version: str, shapes: AdapterShapes
 
 
 def adapter_expected(memo) -> tuple[AdapterShapes, str | None]:
-    """What the served model asks of an adapter, as far as the operator knows: the feature and class
-    counts of the reference profile the pods ship, and the backbone hash they report (both unknown
-    before a pod has answered: then the adapter's tensors must only agree with each other)."""
+    """What the served model asks of a heal Job's candidate, as far as the operator knows: the
+    feature and class counts of the reference profile the pods ship, and the backbone hash they
+    report (both unknown before a pod has answered: then the adapter's tensors must only agree with
+    each other). The Job healed the model these pods serve, so a candidate for another backbone is
+    refused here, as the pods would refuse it."""
     window = (memo or {}).get("window")
     reference = getattr(window, "reference", None)
     shapes = AdapterShapes(len(reference.features), len(reference.classes)) if reference else AdapterShapes()
