@@ -45,7 +45,7 @@ from model_handler.model import FoldedPredictor, SelfHealingNet
 from model_handler.requests import RequestError, RequestParser
 from model_handler.rules import RuleSet
 from model_handler.registry import AdapterRegistry
-from model_handler.served import REFERENCE_FILE, RULES_FILE, load_adapter, load_served  # noqa: F401
+from model_handler.served import load_adapter, load_served
 from model_handler.sketches import DriftSketch, ReferenceProfile, SketchError
 from model_handler.traffic import TrafficSampler, TrafficStore
 
