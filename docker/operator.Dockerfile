@@ -1,17 +1,14 @@
 # syntax=docker/dockerfile:1
-# The selfheal operator image: Kopf + kubernetes_asyncio + the model_handler core it reads adapters and
-# drift sketches with (CPU torch). Build from the repository root:
+# The selfheal operator image: Kopf + kubernetes_asyncio + the numpy part of model_handler it reads
+# adapters, rules and drift sketches with. No torch: the controller never imports it (a build step
+# checks both). Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/selfheal/operator:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/selfheal
 ENV PATH=/opt/selfheal/bin:$PATH
-# The CPU build first: `torch==2.13.0` in pyproject.toml is then already satisfied (2.13.0+cpu) and
-# pip does not pull the CUDA wheels from PyPI.
-RUN pip install torch==2.13.0+cpu --index-url ${TORCH_INDEX_URL}
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY operator operator
@@ -20,6 +17,9 @@ COPY model_handler model_handler
 ENV SELFHEAL_PACKAGES=shm_operator,model_handler
 RUN pip install ".[operator]"
 RUN python -P -c "import shm_operator.__main__, model_handler.registry"
+RUN python -P -c "import importlib.util, sys, shm_operator.handlers; \
+assert 'torch' not in sys.modules, 'the operator imports torch'; \
+assert importlib.util.find_spec('torch') is None, 'torch is installed in the operator image'"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 selfheal \

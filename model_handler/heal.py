@@ -32,28 +32,16 @@ import yaml
 
 from model_handler.gate import GateConfig
 from model_handler.healing import HealConfig, heal
-from model_handler.model import AdapterError, adapter_from_bytes, adapter_to_bytes, load_model, model_hash
+from model_handler.model import AdapterError, adapter_to_bytes
 from model_handler.redact import redact
 from model_handler.registry import BASE_VERSION, AdapterRegistry, RegistryError
-from model_handler.rules import RuleSet
-from model_handler.sketches import ReferenceProfile
+from model_handler.served import load_adapter, load_served
 from model_handler.traffic import TrafficStore
 
-REFERENCE_FILE = "reference.json"
-RULES_FILE = "rules.yaml"
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
 WINDOW_KEY = "trainingWindowRows"   # the one `healing` key that is no HealConfig field: rows to read
 DEFAULT_WINDOW_ROWS = 3000
-
-
-def load_adapter_version(model, registry: AdapterRegistry, version: str) -> None:
-    """Load `version` into `model` (hash-verified by the registry, shape-checked by the model)."""
-    if version == BASE_VERSION:
-        model.reset_adapter()
-        return
-    data, _ = registry.get(version)
-    model.load_adapter_state(adapter_from_bytes(data))
 
 
 def camel(name: str) -> str:
@@ -113,13 +101,11 @@ def run(args: argparse.Namespace) -> dict:
     model_dir = Path(args.model_dir)
     config = read_config(args.config, args.config_sha256)
     heal_config, window_rows = configs(config)
-    model = load_model(model_dir)
-    features, classes = model.spec.features, model.spec.classes
-    rules = (RuleSet.from_dicts(config["rules"], features, classes) if config.get("rules")
-             else RuleSet.from_yaml(model_dir / RULES_FILE, features, classes))
-    reference = ReferenceProfile.from_dict(json.loads((model_dir / REFERENCE_FILE).read_text()))
+    served = load_served(model_dir, rules=config.get("rules") or None)
+    model, rules, reference = served.model, served.rules, served.reference
+    classes = model.spec.classes
     registry = AdapterRegistry(args.storage_uri, args.namespace, args.model)
-    load_adapter_version(model, registry, args.parent)
+    load_adapter(model, registry, args.parent)   # every check, the backbone hash included
     store = TrafficStore(args.storage_uri, args.namespace, args.model)
     since = datetime.fromisoformat(args.since.replace("Z", "+00:00")) if args.since else None
     x, _ = store.read_recent(window_rows, since=since)
@@ -150,7 +136,7 @@ def run(args: argparse.Namespace) -> dict:
     state = "candidate" if verdict in ("promote", "approve") else "rejected"
     data = adapter_to_bytes(result.candidate.adapter_state(), {"version": args.version, "parent": args.parent})
     meta = registry.put(args.version, data, {
-        "parent": args.parent, "base_model_hash": model_hash(model_dir), "rules_hash": rules.hash(),
+        "parent": args.parent, "base_model_hash": served.backbone_hash, "rules_hash": rules.hash(),
         "training_window": {"start": since.isoformat() if since else None, "end": started.isoformat(),
                             "rows": int(len(x))}, "creator": args.job_name,
         "labels_used": result.labels_used, "state": state, "reason": result.reason[:2000],

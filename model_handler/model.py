@@ -32,15 +32,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from model_handler.adapters import AdapterError, AdapterShapes, check_tensors  # noqa: F401  (AdapterError: callers)
+
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 ADAPTER_PREFIX = "adapter."
-ADAPTER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-class AdapterError(ValueError):
-    """An adapter that must not be served: wrong tensors, wrong shapes, non-finite values."""
-
 
 @dataclass
 class ModelSpec:
@@ -139,6 +135,7 @@ class SelfHealingNet(nn.Module):
         self.backbone = nn.Sequential(*layers)
         self.head = nn.Linear(width, n_classes)
         self.adapter = ReflexiveAdapter(n_features, width, spec.adapter_rank, n_classes)
+        self.backbone_hash = ""   # sha256 of model.safetensors when loaded from a directory ("" = unknown)
 
     # ---- forward path -------------------------------------------------------------------
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,37 +200,18 @@ class SelfHealingNet(nn.Module):
     def adapter_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.adapter.state_dict().items()}
 
+    def adapter_shapes(self) -> AdapterShapes:
+        return AdapterShapes(len(self.spec.features), len(self.spec.classes), self.spec.hidden[-1],
+                             self.spec.adapter_rank)
+
     def load_adapter_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Validate fully, then load: a refused adapter leaves the current one untouched."""
-        expected = self.adapter.state_dict()
-        if "input_sign" not in tensors:   # adapters written before reflections were healable
-            tensors = {**tensors, "input_sign": torch.ones_like(expected["input_sign"])}
-        if "class_prior" not in tensors:  # adapters written before prior corrections were recorded
-            tensors = {**tensors, "class_prior": torch.zeros_like(expected["class_prior"])}
-        missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
-        if missing or unexpected:
-            raise AdapterError(f"adapter tensors do not match the model: missing {sorted(missing)}, "
-                               f"unexpected {sorted(unexpected)}")
-        converted = {}
-        for name, ref in expected.items():
-            value = tensors[name]
-            if not isinstance(value, torch.Tensor) or value.dtype not in ADAPTER_DTYPES:
-                dtype = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-                raise AdapterError(f"adapter tensor {name!r} has dtype {dtype}; adapters hold "
-                                   f"float16, bfloat16, float32 or float64 tensors")
-            if tuple(value.shape) != tuple(ref.shape):
-                raise AdapterError(f"adapter tensor {name!r} has shape {tuple(value.shape)}, "
-                                   f"the model needs {tuple(ref.shape)}")
-            # checked after the cast: a finite float64 beyond the float32 range would load as inf
-            converted[name] = value.detach().to(ref.dtype)
-            if not torch.isfinite(converted[name]).all():
-                raise AdapterError(f"adapter tensor {name!r} has non-finite values "
-                                   f"(or values beyond the {ref.dtype} range)")
-        prior = converted["class_prior"].double()
-        if prior.any() and ((prior < 0).any() or abs(float(prior.sum()) - 1.0) > 1e-3):
-            raise AdapterError(f"adapter tensor 'class_prior' must be all zeros or a distribution "
-                               f"(non-negative, summing to 1), got {prior.tolist()}")
-        self.adapter.load_state_dict(converted)
+        """Validate fully (`adapters.check_tensors`, the checks every reader runs), then load: a
+        refused adapter leaves the current one untouched."""
+        self.load_adapter_arrays(check_tensors({k: _as_array(v) for k, v in tensors.items()}, self.adapter_shapes()))
+
+    def load_adapter_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Load float32 arrays that passed `adapters.check_tensors` for this model's shapes."""
+        self.adapter.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in arrays.items()})
 
     def reset_adapter(self) -> None:
         self.adapter.reset()
@@ -241,7 +219,22 @@ class SelfHealingNet(nn.Module):
     def copy(self) -> "SelfHealingNet":
         clone = SelfHealingNet(self.spec)
         clone.load_state_dict(self.state_dict())
+        clone.backbone_hash = self.backbone_hash
         return clone
+
+
+def _as_array(value):
+    """A torch tensor as numpy for `check_tensors` (bfloat16 widened to float32, exactly); anything
+    else as it is, for the check to refuse with its type."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:
+        return value.to(torch.float32).numpy()
+    try:
+        return value.numpy()
+    except TypeError:   # a dtype numpy has no name for (float8, complex32): refused by its name
+        return str(value.dtype).removeprefix("torch.")
 
 
 FOLDED_MAX_MULTIPLY_ADDS = 2 ** 18   # OpenBLAS computes a GEMM this small on one thread
@@ -346,7 +339,8 @@ def load_model(directory: str | Path) -> SelfHealingNet:
     directory = Path(directory)
     try:
         spec = ModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
-        tensors = st_load((directory / MODEL_FILE).read_bytes())
+        data = (directory / MODEL_FILE).read_bytes()
+        tensors = st_load(data)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"no model at {directory}: {err.filename} is missing") from err
     except (TypeError, ValueError, json.JSONDecodeError) as err:
@@ -359,6 +353,7 @@ def load_model(directory: str | Path) -> SelfHealingNet:
     model.load_state_dict({**tensors, **{ADAPTER_PREFIX + k: v for k, v in model.adapter.state_dict().items()}})
     model.freeze_backbone()
     model.eval()
+    model.backbone_hash = hashlib.sha256(data).hexdigest()
     return model
 
 

@@ -7,7 +7,9 @@ where nobody can attach a debugger. Each rule compiles once into vectorised ops,
 `RuleSet.fires(x)` is one pass over a batch with no Python loop over rows: the handler calls it on
 every request batch and the healing Job on every training step. There are two compiled forms with
 the same float32 semantics: torch ops (large batches, any device) and numpy ops (CPU batches up to
-`NUMPY_MAX_ROWS` rows, where a numpy ufunc costs about a microsecond and a torch op ten).
+`NUMPY_MAX_ROWS` rows, where a numpy ufunc costs about a microsecond and a torch op ten). Parsing,
+hashing and `fires_array` need numpy only: torch is imported on the first torch evaluation (or
+`labels`/`weights`), so the operator, which parses and scores rules, never loads it.
 
 Grammar, lowest precedence first (comparisons do not chain):
     or  <  and  <  not  <  (< <= > >= == !=)  <  (+ -)  <  (* /)  <  unary -  <  atom
@@ -20,6 +22,7 @@ so the torch and numpy forms agree bit for bit.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -30,7 +33,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 import yaml
 
 MAX_EXPRESSION_CHARS = 2000
@@ -329,7 +331,8 @@ class Backend:
     comparisons: dict             # all but "!=", which is built from < and > (false for any NaN)
 
 
-def _torch_log(value: torch.Tensor) -> torch.Tensor:
+def _torch_log(value):
+    import torch
     # float32 log is not correctly rounded and torch's differs from numpy's in the last bit for a
     # few percent of inputs; log in float64, rounded once to float32, is the same in both.
     logged = torch.log(value.to(torch.float64)).to(value.dtype)
@@ -348,13 +351,28 @@ def _numpy_constant(value, x):
         return np.float32(value)
 
 
-TORCH = Backend(
-    constant=lambda value, x: torch.full((x.shape[0],), value,
-                                         dtype=torch.bool if isinstance(value, bool) else x.dtype, device=x.device),
-    log=_torch_log, neg=torch.neg, abs=torch.abs, logical_not=torch.logical_not,
-    logical_and=torch.logical_and, logical_or=torch.logical_or,
-    arithmetic={"+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div},
-    comparisons={"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq})
+@functools.cache
+def torch_backend() -> Backend:
+    """The torch ops, built (and torch imported) on first use."""
+    import torch
+    return Backend(
+        constant=lambda value, x: torch.full((x.shape[0],), value,
+                                             dtype=torch.bool if isinstance(value, bool) else x.dtype,
+                                             device=x.device),
+        log=_torch_log, neg=torch.neg, abs=torch.abs, logical_not=torch.logical_not,
+        logical_and=torch.logical_and, logical_or=torch.logical_or,
+        arithmetic={"+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div},
+        comparisons={"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq})
+
+
+def __getattr__(name: str):
+    """`rules.TORCH`, the torch backend, built on first access (PEP 562): importing this module
+    never imports torch."""
+    if name == "TORCH":
+        return torch_backend()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 NUMPY = Backend(
     constant=_numpy_constant,
     log=_numpy_log,
@@ -369,10 +387,11 @@ def _float32(value: float) -> float:
         return float(np.float32(value))
 
 
-def compile_node(node: Node, ops: Backend = TORCH) -> Callable:
+def compile_node(node: Node, ops: Backend | None = None) -> Callable:
     """A closure mapping x [N, F] float32 to the node's [N] value (numpy may return a scalar for a
     constant subtree; the caller broadcasts). Under numpy, call it inside
-    `np.errstate(all="ignore")`: IEEE results (inf, NaN), no warnings."""
+    `np.errstate(all="ignore")`: IEEE results (inf, NaN), no warnings. `ops` None: torch."""
+    ops = ops if ops is not None else torch_backend()
     kind = node.kind
     if kind in ("number", "bool"):
         # a number is rounded to float32 once, here: beyond its range it is +-inf on both backends
@@ -428,10 +447,9 @@ class RuleSet:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.features, self.classes = list(features), list(classes)
         self._trees = tuple(trees)
-        self._compiled = [compile_node(tree) for tree in trees]
         self._compiled_numpy = [compile_node(tree, NUMPY) for tree in trees]
-        self.labels = torch.tensor([self.classes.index(r.label) for r in self.rules], dtype=torch.long)
-        self.weights = torch.tensor([r.weight for r in self.rules], dtype=torch.float32)
+        self.label_index = np.array([self.classes.index(r.label) for r in self.rules], dtype=np.int64)
+        self.weight_array = np.array([r.weight for r in self.rules], dtype=np.float32)
         self.definitions = np.array([r.kind == "definition" for r in self.rules], dtype=bool)
         self.feature_index = [sorted(_features_read(tree)) for tree in trees]
 
@@ -468,8 +486,26 @@ class RuleSet:
     def __len__(self) -> int:
         return len(self.rules)
 
+    # The torch side, built on first use (the operator never uses it, so never imports torch).
+    @functools.cached_property
+    def _compiled(self) -> list[Callable]:
+        return [compile_node(tree, torch_backend()) for tree in self._trees]
+
+    @functools.cached_property
+    def labels(self):
+        """[R] torch.long: each rule's class index (`label_index` as numpy)."""
+        import torch
+        return torch.from_numpy(self.label_index.copy())
+
+    @functools.cached_property
+    def weights(self):
+        """[R] torch.float32: each rule's weight (`weight_array` as numpy)."""
+        import torch
+        return torch.from_numpy(self.weight_array.copy())
+
     def fires(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """[N, R] bool: which rules fire on which rows (on x's device)."""
+        import torch
         if isinstance(x, np.ndarray) and len(x) <= NUMPY_MAX_ROWS:
             return torch.from_numpy(self.fires_array(x))
         if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.ndim > 0 and len(x) <= NUMPY_MAX_ROWS:
@@ -512,6 +548,7 @@ class RuleSet:
         return x.astype(np.float32, copy=False)
 
     def _as_matrix(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        import torch
         if isinstance(x, np.ndarray):
             if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
                 raise ValueError(f"rule input must be numeric, got dtype {x.dtype}")

@@ -41,16 +41,14 @@ import numpy as np
 import torch
 
 from model_handler.drift import drift_scores
-from model_handler.model import (AdapterError, FoldedPredictor, SelfHealingNet, adapter_from_bytes, adapter_sha256,
-                                 load_model, model_hash)
+from model_handler.model import FoldedPredictor, SelfHealingNet
 from model_handler.requests import RequestError, RequestParser
 from model_handler.rules import RuleSet
 from model_handler.registry import AdapterRegistry
+from model_handler.served import load_adapter, load_served
 from model_handler.sketches import DriftSketch, ReferenceProfile, SketchError
 from model_handler.traffic import TrafficSampler, TrafficStore
 
-REFERENCE_FILE = "reference.json"
-RULES_FILE = "rules.yaml"
 BASE_VERSION = "base"
 STATUS_FORMAT = 1
 COUNT_BATCH_ROWS = 1024                   # queued rows that trigger counting before the next read
@@ -142,7 +140,7 @@ class ModelService:
         self.model, self.reference, self.rules, self.config = model.eval(), reference, rules, config
         self.registry, self.backbone_hash = registry, backbone_hash
         self.parser = RequestParser(model.spec.features, max_rows=config.max_rows)
-        self.rule_labels = rules.labels.numpy()
+        self.rule_labels = rules.label_index
         self.rules_hash = rules.hash()
         # counted under the rules actually served, so sketches of different rule sets never mix
         self._sketch = DriftSketch.empty(reference, len(rules), self.rules_hash)
@@ -168,11 +166,7 @@ class ModelService:
         names other rules) from an archive directory."""
         model_dir = Path(model_dir)
         try:
-            model = load_model(model_dir)
-            reference = ReferenceProfile.from_dict(json.loads((model_dir / REFERENCE_FILE).read_text()))
-            rules_path = Path(config.rules_file) if config.rules_file else model_dir / RULES_FILE
-            rules = RuleSet.from_yaml(rules_path, model.spec.features, model.spec.classes)
-            digest = model_hash(model_dir)
+            served = load_served(model_dir, config.rules_file or None)
         except (OSError, ValueError) as exc:
             raise ServiceError(f"cannot load the model directory {model_dir}: {exc}") from exc
         if config.storage_uri:
@@ -183,7 +177,8 @@ class ModelService:
                                                    flush_interval_s=config.sample_flush_interval_s)
         if config.status_dir:
             Path(config.status_dir).mkdir(parents=True, exist_ok=True)
-        return cls(model, reference, rules, config, backbone_hash=digest, **kwargs)
+        return cls(served.model, served.reference, served.rules, config, backbone_hash=served.backbone_hash,
+                   **kwargs)
 
     # -- serving ----------------------------------------------------------------------------------
     def predict(self, body: Any) -> dict:
@@ -293,19 +288,9 @@ class ModelService:
         if version == self.adapter.version:
             return True
         try:
-            if version == BASE_VERSION:
-                self.model.reset_adapter()
-                digest = ""
-            else:
-                if self.registry is None:
-                    raise AdapterError("no storage_uri configured, so only 'base' can be served")
-                data, meta = self.registry.get(version)  # verifies the file's sha256
-                if self.backbone_hash and meta.base_model_hash != self.backbone_hash:
-                    raise AdapterError(f"adapter {version} was trained for backbone {meta.base_model_hash[:12]}, "
-                                       f"this pod serves {self.backbone_hash[:12]}")
-                tensors = adapter_from_bytes(data)
-                self.model.load_adapter_state(tensors)  # validates names, shapes, finiteness first
-                digest = adapter_sha256(data)
+            # every check (sha256, backbone, safetensors, names, shapes, finite, class_prior) before loading
+            verified = load_adapter(self.model, self.registry, version, self.backbone_hash)
+            digest = verified.sha256 if verified is not None else ""
             self.predictor = FoldedPredictor(self.model)
         except Exception as exc:  # registry errors, corrupt files, validation: all keep the old adapter
             why = f"{type(exc).__name__}: {exc}"[:400]

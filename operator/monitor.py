@@ -23,7 +23,7 @@ from model_handler.rules import RuleSet
 from shm_operator import decisions, k8s, metrics, policy, readiness
 from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_config_map, heal_job, torchserve_model_name
 from shm_operator.crd import SelfHealingModelSpec
-from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
+from shm_operator.rollout import CHANGE_ANNOTATION, adapter_expected, candidate_problem, registry_for
 from shm_operator.signals import (PodUnreachable, WindowState, class_rates, describe, drift_summary,
                                   fetch_pod_status, ingest)
 from shm_operator.status import (full_spec, iso, now, parse_time, phase_of, refresh_phase, set_condition_in, update,
@@ -74,7 +74,7 @@ async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch
     recorded_heal = dict(status.get("lastHeal") or {})   # as stored, before this pass changes it
     fresh = await observe_pods(name, namespace, spec, status, body, memo, rules, patch, t)
     await recheck_registry(name, namespace, spec, status, patch, t)
-    await follow_heal(name, namespace, spec, status, body, patch, t)
+    await follow_heal(name, namespace, spec, status, body, patch, t, memo)
     await expire_heal_job(name, namespace, spec, recorded_heal, memo)
     await maybe_heal(name, namespace, spec, status, body, patch, t)
     await watch_rollout(name, namespace, spec, status, body, memo, patch, fresh, t)
@@ -294,7 +294,7 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
     metrics.HEALS_STARTED.labels(namespace, name).inc()
 
 
-async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
+async def follow_heal(name, namespace, spec, status, body, patch, t, memo=None) -> None:
     """A running heal Job finished: promote its candidate, wait for a person, or record why not."""
     last = dict(status.get("lastHeal") or {})
     if last.get("result") != "Running":
@@ -327,7 +327,8 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
     if action.action in ("promote", "await-approval"):
         registry = registry_for(name, namespace, spec)
         try:
-            problem = await asyncio.to_thread(candidate_problem, registry, result.version, result.sha256)
+            problem = await asyncio.to_thread(candidate_problem, registry, result.version, result.sha256,
+                                              *adapter_expected(memo))
         except RegistryError as err:   # the result stays in the Job; read it again next check
             return registry_unreachable(body, patch, status, f"cannot check candidate {result.version}", err, t)
         if problem is not None:

@@ -16,7 +16,7 @@ import logging
 
 import kopf
 
-from model_handler.model import AdapterError, adapter_from_bytes
+from model_handler.adapters import AdapterError, AdapterShapes, verify_adapter
 from model_handler.registry import (BASE_VERSION, AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
                                     RegistryError)
 from shm_operator import decisions, metrics
@@ -59,6 +59,8 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     if requested != BASE_VERSION:
         registry = registry_for(name, namespace, spec)
         try:
+            # no pod-derived expectations here: a new spec.model.archive may come with this very version,
+            # and the pods reporting the old backbone must not veto it (the new pods check it)
             meta = await asyncio.to_thread(verified_meta, registry, requested)
         except AdapterNotFoundError as err:
             set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", str(err), t)
@@ -137,24 +139,35 @@ def clear_refusal(patch, status: dict, version: str, t) -> None:
         set_condition_in(patch, status, "Degraded", False, "AdapterAccepted", f"serving {version}", t)
 
 
-def verified_meta(registry: AdapterRegistry, version: str):
-    """The version's meta, after reading its bytes: the sha256 must match and the file must parse as
-    safetensors with finite values. Adapters are kilobytes, so a corrupt or truncated candidate is
-    refused here, before any pod is asked to load it (the pods check again)."""
-    data, meta = registry.get(version)
-    for key, tensor in adapter_from_bytes(data).items():
-        if not bool(tensor.isfinite().all()):
-            raise AdapterError(f"adapter {version}: tensor {key!r} has non-finite values")
-    return meta
+def verified_meta(registry: AdapterRegistry, version: str, shapes: AdapterShapes = AdapterShapes(),
+                  backbone_hash: str | None = None):
+    """The version's meta, after every check the pods and the heal Job run (`adapters.verify_adapter`:
+    sha256, backbone hash where known, safetensors, tensor names and shapes, finite values, class
+    prior), torch-free. Adapters are kilobytes, so a corrupt or truncated candidate is refused here,
+    before any pod is asked to load it (the pods check again)."""
+    return verify_adapter(registry, version, shapes, backbone_hash).meta
 
 
-def candidate_problem(registry: AdapterRegistry, version: str, reported_sha256: str | None) -> str | None:
+def adapter_expected(memo) -> tuple[AdapterShapes, str | None]:
+    """What the served model asks of a heal Job's candidate, as far as the operator knows: the
+    feature and class counts of the reference profile the pods ship, and the backbone hash they
+    report (both unknown before a pod has answered: then the adapter's tensors must only agree with
+    each other). The Job healed the model these pods serve, so a candidate for another backbone is
+    refused here, as the pods would refuse it."""
+    window = (memo or {}).get("window")
+    reference = getattr(window, "reference", None)
+    shapes = AdapterShapes(len(reference.features), len(reference.classes)) if reference else AdapterShapes()
+    return shapes, getattr(window, "backbone_hash", None) or None
+
+
+def candidate_problem(registry: AdapterRegistry, version: str, reported_sha256: str | None,
+                      shapes: AdapterShapes = AdapterShapes(), backbone_hash: str | None = None) -> str | None:
     """Why a heal Job's candidate cannot be promoted or offered, or None if it can: it must be in the
     registry, intact (`verified_meta`), and the very file the Job reported (its sha256). A Job that
     crashed mid-write, a bad disk or another writer must not turn a passing gate into a rollout of
     something else. RegistryError (unreachable storage) is raised: that is a retry, not a verdict."""
     try:
-        meta = verified_meta(registry, version)
+        meta = verified_meta(registry, version, shapes, backbone_hash)
     except (AdapterNotFoundError, CorruptAdapterError, AdapterError) as err:
         return f"candidate {version} is unusable in the registry: {err}"
     if reported_sha256 and meta.sha256 != reported_sha256:

@@ -58,6 +58,7 @@ class WindowState:
     reference: ReferenceProfile | None = None
     last: dict[str, DriftSketch] = field(default_factory=dict)  # pod uid -> last cumulative sketch
     pending: DriftSketch | None = None
+    backbone_hash: str = ""   # what the pods last reported serving: adapters must name it (rollout.verified_meta)
 
     def add(self, pod_uid: str, cumulative: DriftSketch) -> None:
         previous = self.last.get(pod_uid)
@@ -95,6 +96,7 @@ def reference_of(status: dict, state: WindowState) -> ReferenceProfile:
 
 def ingest(state: WindowState, pod_uid: str, status: dict) -> None:
     reference = reference_of(status, state)
+    state.backbone_hash = status.get("backbone_hash") or state.backbone_hash
     try:
         sketch = DriftSketch.from_dict(status["sketch"], reference)
     except (KeyError, SketchError) as err:

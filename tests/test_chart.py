@@ -491,8 +491,12 @@ def test_dockerfiles_are_pinned_non_root_and_copy_what_exists(dockerfile, extra)
     assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in lines
     stages = [line for line in lines if line.startswith("FROM ")]
     assert len(stages) == 2 and all(s.startswith("FROM ${PYTHON_IMAGE}") for s in stages)
-    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in lines
-    assert "RUN pip install torch==2.13.0+cpu --index-url ${TORCH_INDEX_URL}" in lines
+    if extra == "serve":
+        assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in lines
+        assert "RUN pip install torch==2.13.0+cpu --index-url ${TORCH_INDEX_URL}" in lines
+    else:   # the controller carries no ML runtime: no torch installed, and a build step proves it
+        assert not [line for line in lines if "torch" in line.lower() and line.startswith(("RUN pip", "ARG"))]
+        assert "assert importlib.util.find_spec('torch') is None" in text
     # the final stage runs as a numeric non-root user
     final = lines[lines.index(stages[-1]):]
     (user,) = [line for line in final if line.startswith("USER ")]

@@ -1,7 +1,7 @@
 """Adapters from a registry nobody should have to trust: storage is shared, can rot, or be written by an
 attacker. Whatever sits in `adapter.safetensors`, with a `meta.json` whose sha256 matches it or not, the
 healing Job and the serving pods must refuse it with a clear error, never execute it, and keep serving
-the adapter they had. Each case runs through both readers: `heal.load_adapter_version` (the Job) and
+the adapter they had. Each case runs through both readers: `served.load_adapter` (the Job) and
 `ModelService.load_adapter` (the pod), on a real trained model and a real file:// registry. The last
 test reuses that model for the pod's other bad input: values that overflow the network."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ from safetensors.torch import save as st_save
 
 from examples.fraud.generator import FEATURES, sample
 from examples.fraud.train import build
-from model_handler.heal import load_adapter_version
+from model_handler.served import load_adapter as load_adapter_version   # the heal Job's reader
 from model_handler.model import AdapterError, adapter_from_bytes, adapter_to_bytes, load_model, model_hash
 from model_handler.registry import ADAPTER_FILE, META_FILE, AdapterRegistry, RegistryError
 from model_handler.service import ModelService, ServiceConfig
