@@ -617,11 +617,12 @@ class PodProcess:
                 self.ready = ready
                 self.on_change()
 
-    async def stop(self, drain_s: float, grace_s: float) -> None:
-        """Graceful stop: not ready at once, drain (at least `drain_s`, until no request is in flight),
-        SIGTERM, SIGKILL after `grace_s`; returns when nothing of the pod runs any more."""
+    async def _drain(self, drain_s: float, grace_s: float) -> float | None:
+        """The first half of a graceful stop: not ready at once, then wait at least `drain_s` and until
+        no request is in flight (at most until `grace_s` from now). Returns that deadline on the event
+        loop's clock, or None if the pod is already stopped."""
         if self.terminating and not self.tasks:
-            return
+            return None
         self.terminating = True
         self.ready = False
         self.on_change()
@@ -630,6 +631,15 @@ class PodProcess:
         await asyncio.sleep(drain_s)
         while self.inflight(self.ip) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        return deadline
+
+    async def stop(self, drain_s: float, grace_s: float) -> None:
+        """Graceful stop: not ready at once, drain (at least `drain_s`, until no request is in flight),
+        SIGTERM, SIGKILL after `grace_s`; returns when nothing of the pod runs any more."""
+        deadline = await self._drain(drain_s, grace_s)
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
         if self.process is not None and self.process.returncode is None:
             self.known_descendants |= identities(descendants(self.process.pid))
             await self._signal(signal.SIGTERM)
