@@ -151,6 +151,15 @@ def measured(name: str, loop: LoadLoop, began: float, recovered: bool, detail: s
                 None if slowest is None else round(slowest, 1), round(time.monotonic() - began, 1))
 
 
+def drift(loop: LoadLoop, seed: int, after_s: float) -> float:
+    """Let clean traffic run `after_s` more seconds, then send drifted rows (`DRIFTED`, drawn with
+    `seed`); returns the moment the drift began (time.monotonic())."""
+    time.sleep(after_s)
+    began = time.monotonic()
+    loop.retarget(labelled_rows(DRIFTED, seed))
+    return began
+
+
 def failures(answers: list[Answer], limit: int = 3) -> str:
     bad = [f"HTTP {a.status or 'error'} at +{a.at:.1f}s" for a in answers if not a.ok]
     return "" if not bad else f"; failed: {', '.join(bad[:limit])}{' ...' if len(bad) > limit else ''}"
@@ -208,9 +217,7 @@ def group_load(rig: Rig) -> Iterator[Case]:
     name, storage = "load", rig.storage("load")
     url = rig.deploy(name, storage)
     with rig.traffic(name, url, labelled_rows(World(), 1)) as loop:
-        time.sleep(10)
-        began = time.monotonic()
-        loop.retarget(labelled_rows(DRIFTED, 2))
+        began = drift(loop, seed=2, after_s=10)
         status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"), 240,
                           "heal result")
         heal = status["lastHeal"]
@@ -318,9 +325,7 @@ def group_operator(rig: Rig) -> Iterator[Case]:
     name, storage = "ops", rig.storage("ops")
     url = rig.deploy(name, storage)
     with rig.traffic(name, url, labelled_rows(World(), 4)) as loop:
-        time.sleep(5)
-        began = time.monotonic()
-        loop.retarget(labelled_rows(DRIFTED, 5))
+        began = drift(loop, seed=5, after_s=5)
         rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
         rig.operator.kill()
         time.sleep(2)
