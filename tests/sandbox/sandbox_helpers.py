@@ -61,3 +61,18 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.2, what: st
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
+
+
+def deployment_yaml(name: str, pod_spec: str, replicas: int = 1) -> str:
+    """A Deployment of `replicas` pods labelled `app: <name>`; `pod_spec` is the YAML of the pod
+    template's spec, each line indented by 6 spaces (it follows `spec:` directly, so it starts with a
+    newline)."""
+    return f"""apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:{pod_spec}"""

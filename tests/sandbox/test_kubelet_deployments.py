@@ -22,7 +22,7 @@ import socket
 
 from sandbox.pods import AddressPool, alive, descendants, expand
 from sandbox_helpers import REPO_ROOT
-from sandbox_helpers import Sandbox, wait_until
+from sandbox_helpers import Sandbox, deployment_yaml, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serving_support import FEATURES, build_plain_store, expected_probabilities  # noqa: E402
@@ -224,15 +224,7 @@ def torchserve_deployment(name: str, store: Path, version: str) -> str:
     args = ["-m", "model_handler.launcher", "serve", "--model-store", str(store), "--model", "plain=plain.mar",
             "--bind", "$(POD_IP)", "--inference-port", "$(INFERENCE_PORT)", "--management-port", "8081",
             "--metrics-port", "8082"]
-    return f"""apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
+    return deployment_yaml(name, f"""
       terminationGracePeriodSeconds: 20
       containers:
         - name: torchserve
@@ -245,7 +237,7 @@ spec:
             - {{name: INFERENCE_PORT, value: "8080"}}
             - name: POD_IP
               valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
-          readinessProbe: {{httpGet: {{path: /ping, port: inference}}, periodSeconds: 1}}
+          readinessProbe: {{httpGet: {{path: /ping, port: inference}}, periodSeconds: 1}}""", replicas=2) + f"""
 ---
 apiVersion: v1
 kind: Service
@@ -377,20 +369,12 @@ def test_scale_and_rollout_undo(sandbox: Sandbox, namespace: str, echo: str):
 
 
 def plain_deployment(name: str, container_extra: str, command: str = "[python, -c, 'import time; time.sleep(600)']"):
-    return f"""apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
+    return deployment_yaml(name, f"""
       containers:
         - name: main
           image: busybox
           command: {command}{container_extra}
-"""
+""")
 
 
 def test_failing_liveness_probe_kills_and_restarts_the_process(sandbox: Sandbox, namespace: str):
