@@ -47,18 +47,14 @@ from examples.fraud.generator import CLASSES, FEATURES, World, labelled_rows
 from model_handler.model import adapter_to_bytes, load_model, model_hash
 from model_handler.registry import VERSION_PATTERN, AdapterRegistry
 from model_handler.rules import RuleSet
-from examples.cluster import Child, SelfhealCluster, condition, serving
+from examples.cluster import Child, SelfhealCluster, condition, fast_settings, serving
 from sandbox import pods as sandbox_pods
 from sandbox.loadgen import Answer, LoadLoop
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "chaos"
 DRIFTED = World(amount_unit=100.0, distance_unit=1000.0)   # amounts in cents, distances in metres
-FAST = {"replicas": 2,
-        "serving": {"workers": 1, "sampleFraction": 1.0},
-        "drift": {"windowRows": 300, "minSamples": 200, "checkIntervalSeconds": 2},
-        "healing": {"cooldownSeconds": 60, "trainingWindowRows": 1500, "minRows": 300},
-        "promotion": {"strategy": "RollingRestart", "rollback": {"watchSeconds": 20, "minSamples": 200}}}
+FAST = fast_settings(cooldown_seconds=60)
 
 
 @dataclass
@@ -126,6 +122,17 @@ class Rig(SelfhealCluster):
                      {"base_model_hash": base_model_hash or model_hash(self.model_dir), "rules_hash": rules.hash()})
         return storage / NAMESPACE / name / "adapters" / version / "adapter.safetensors"
 
+    @contextlib.contextmanager
+    def traffic(self, name: str, url: str, rows: Iterator) -> Iterator[LoadLoop]:
+        """Two clients send `rows` to `url` for the length of the block (a case group); then the load
+        stops and the model `name` is deleted, however the group ended."""
+        loop = LoadLoop(url, rows, clients=2, max_seconds=900).start()
+        try:
+            yield loop
+        finally:
+            loop.stop()
+            self.delete_model(name)
+
     def storage(self, name: str) -> Path:
         path = self.workdir / f"storage-{name}"
         path.mkdir(parents=True, exist_ok=True)
@@ -134,13 +141,23 @@ class Rig(SelfhealCluster):
 
 # -- measuring -------------------------------------------------------------------------------------
 def measured(name: str, loop: LoadLoop, began: float, recovered: bool, detail: str) -> Case:
-    """A case over the requests sent since `began` (a time.monotonic() moment)."""
+    """A case over the requests sent since `began` (a time.monotonic() moment); its detail ends with
+    the first of those requests that failed."""
     answers = loop.between(began, time.monotonic())
     summary = loop.summary(answers)
     slowest = max((a.latency_ms for a in answers if a.ok), default=None)
-    return Case(name, summary["requests"], summary["failed"], bool(recovered), detail,
+    return Case(name, summary["requests"], summary["failed"], bool(recovered), detail + failures(answers),
                 None if summary["p99_ms"] is None else round(summary["p99_ms"], 1),
                 None if slowest is None else round(slowest, 1), round(time.monotonic() - began, 1))
+
+
+def drift(loop: LoadLoop, seed: int, after_s: float) -> float:
+    """Let clean traffic run `after_s` more seconds, then send drifted rows (`DRIFTED`, drawn with
+    `seed`); returns the moment the drift began (time.monotonic())."""
+    time.sleep(after_s)
+    began = time.monotonic()
+    loop.retarget(labelled_rows(DRIFTED, seed))
+    return began
 
 
 def failures(answers: list[Answer], limit: int = 3) -> str:
@@ -199,11 +216,8 @@ def event_reasons(rig: Rig, name: str) -> set[str]:
 def group_load(rig: Rig) -> Iterator[Case]:
     name, storage = "load", rig.storage("load")
     url = rig.deploy(name, storage)
-    loop = LoadLoop(url, labelled_rows(World(), 1), clients=2, max_seconds=900).start()
-    try:
-        time.sleep(10)
-        began = time.monotonic()
-        loop.retarget(labelled_rows(DRIFTED, 2))
+    with rig.traffic(name, url, labelled_rows(World(), 1)) as loop:
+        began = drift(loop, seed=2, after_s=10)
         status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"), 240,
                           "heal result")
         heal = status["lastHeal"]
@@ -213,8 +227,7 @@ def group_load(rig: Rig) -> Iterator[Case]:
         accuracy = loop.summary(loop.window(5))["accuracy"] or 0.0
         yield measured("load: drift -> heal Job -> RollingRestart", loop, began,
                        heal["result"] == "Promoted" and accuracy > 0.9,
-                       f"{heal['result']} {version}; live accuracy after rollout {accuracy:.3f}"
-                       f"{failures(loop.between(began, time.monotonic()))}")
+                       f"{heal['result']} {version}; live accuracy after rollout {accuracy:.3f}")
         rig.wait_status(name, lambda s: (s.get("adapter") or {}).get("lastGood") == version and not s.get("rollout"), 90,
                  f"{version} watched and made last good")
 
@@ -222,7 +235,7 @@ def group_load(rig: Rig) -> Iterator[Case]:
         rig.patch_version(name, "base")
         rig.wait_status(name, serving("base"), 240, "2/2 pods on base")
         yield measured("load: manual rollback (kubectl patch, RollingRestart)", loop, began, True,
-                       f"{version} -> base{failures(loop.between(began, time.monotonic()))}")
+                       f"{version} -> base")
 
         rig.patch_model(name, {"spec": {"promotion": {"strategy": "HotSwap"}}})   # a template change: one roll
         rig.wait_status(name, lambda s: serving("base")(s) and s.get("observedGeneration") and not s.get("rollout"), 240,
@@ -234,8 +247,7 @@ def group_load(rig: Rig) -> Iterator[Case]:
         rig.wait_status(name, serving(version), 120, f"2/2 pods swapped to {version}")
         same_pods = sorted(p["metadata"]["uid"] for p in rig.serving_pods(name)) == uids
         yield measured("load: HotSwap roll-forward", loop, began, same_pods,
-                       f"base -> {version} without restarting pods: {same_pods}"
-                       f"{failures(loop.between(began, time.monotonic()))}")
+                       f"base -> {version} without restarting pods: {same_pods}")
 
         rig.put_adapter(storage, name, "v90", [-3.0, 3.0])   # flags nearly every transaction as fraud
         # Patched right after the swap: the last drift window still holds base's answers to drifted
@@ -252,11 +264,7 @@ def group_load(rig: Rig) -> Iterator[Case]:
         yield measured("load: automatic rollback of a harmful adapter (HotSwap)", loop, began,
                        spec_version == version and "RolledBack" in reasons and "NoBaseline" not in reasons,
                        f"v90 -> {version} (waited for a window of {version}: {waited}): "
-                       f"{condition(status, 'RolledBack').get('message', '')[:160]}"
-                       f"{failures(loop.between(began, time.monotonic()))}")
-    finally:
-        loop.stop()
-        rig.delete_model(name)
+                       f"{condition(status, 'RolledBack').get('message', '')[:160]}")
 
 
 def group_pods(rig: Rig) -> Iterator[Case]:
@@ -265,8 +273,7 @@ def group_pods(rig: Rig) -> Iterator[Case]:
                      promotion={"strategy": "HotSwap", "rollback": {"watchSeconds": 0, "minSamples": 200}})
     for version, bias in (("v1", [0.0, 0.0]), ("v2", [0.2, -0.2])):
         rig.put_adapter(storage, name, version, bias)
-    loop = LoadLoop(url, labelled_rows(World(), 3), clients=2, max_seconds=900).start()
-    try:
+    with rig.traffic(name, url, labelled_rows(World(), 3)) as loop:
         time.sleep(5)
         pod = rig.serving_pods(name)[0]
         workers = pod_processes(pod, "model_service_worker")
@@ -281,7 +288,7 @@ def group_pods(rig: Rig) -> Iterator[Case]:
         time.sleep(3)
         yield measured("pods: kill -9 a TorchServe worker during a HotSwap", loop, began, restarted,
                        f"killed 1 of {len(workers)} workers of {pod['metadata']['name']}; TorchServe restarted "
-                       f"it: {restarted}{failures(loop.between(began, time.monotonic()))}")
+                       f"it: {restarted}")
 
         pod = rig.serving_pods(name)[0]
         began = time.monotonic()
@@ -293,8 +300,7 @@ def group_pods(rig: Rig) -> Iterator[Case]:
         time.sleep(3)
         yield measured("pods: kill -9 a whole pod during a HotSwap", loop, began, True,
                        f"killed all {len(killed)} processes of {pod['metadata']['name']} (launcher, TorchServe "
-                       f"JVM, workers); its container restarted (restartPolicy Always), 2/2 on v2"
-                       f"{failures(loop.between(began, time.monotonic()))}")
+                       f"JVM, workers); its container restarted (restartPolicy Always), 2/2 on v2")
 
         pod = rig.serving_pods(name)[0]
         frozen = pod_processes(pod)
@@ -312,21 +318,14 @@ def group_pods(rig: Rig) -> Iterator[Case]:
         yield measured("pods: a pod stops answering (SIGSTOP), then comes back", loop, began,
                        {"PodsUnreachable", "PodsHealthy"} <= reasons and serving("v2")(status),
                        f"status listed {unreachable[:1]}; Events PodsUnreachable and PodsHealthy: "
-                       f"{ {'PodsUnreachable', 'PodsHealthy'} <= reasons}"
-                       f"{failures(loop.between(began, time.monotonic()))}")
-    finally:
-        loop.stop()
-        rig.delete_model(name)
+                       f"{ {'PodsUnreachable', 'PodsHealthy'} <= reasons}")
 
 
 def group_operator(rig: Rig) -> Iterator[Case]:
     name, storage = "ops", rig.storage("ops")
     url = rig.deploy(name, storage)
-    loop = LoadLoop(url, labelled_rows(World(), 4), clients=2, max_seconds=900).start()
-    try:
-        time.sleep(5)
-        began = time.monotonic()
-        loop.retarget(labelled_rows(DRIFTED, 5))
+    with rig.traffic(name, url, labelled_rows(World(), 4)) as loop:
+        began = drift(loop, seed=5, after_s=5)
         rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
         rig.operator.kill()
         time.sleep(2)
@@ -339,7 +338,7 @@ def group_operator(rig: Rig) -> Iterator[Case]:
         yield measured("operator: kill -9 mid-heal", loop, began,
                        status["lastHeal"]["result"] == "Promoted" and len(jobs) == 1,
                        f"the restarted operator found Job {status['lastHeal']['job']} and promoted {version}; "
-                       f"Jobs: {jobs}{failures(loop.between(began, time.monotonic()))}")
+                       f"Jobs: {jobs}")
 
         began = time.monotonic()
         if not (status.get("rollout") or {}).get("complete"):
@@ -354,8 +353,7 @@ def group_operator(rig: Rig) -> Iterator[Case]:
         entries = [h for h in status.get("history") or [] if h.get("version") == version]
         yield measured("operator: kill -9 mid-rollout", loop, began,
                        len(entries) == 1 and len(rig.jobs(name)) == 1 and killed.startswith("while"),
-                       f"killed {killed}; history has {len(entries)} entry for {version}; Jobs {rig.jobs(name)}"
-                       f"{failures(loop.between(began, time.monotonic()))}")
+                       f"killed {killed}; history has {len(entries)} entry for {version}; Jobs {rig.jobs(name)}")
 
         began = time.monotonic()
         down_started = time.monotonic()
@@ -364,11 +362,7 @@ def group_operator(rig: Rig) -> Iterator[Case]:
         rig.wait_status(name, serving("base"), 240, "2/2 pods on base after the API restart")
         yield measured("operator: API server restarted under load", loop, began, True,
                        f"API down {5 + startup_s:.1f}s from {down_started - began:.1f}s; pods kept serving; the "
-                       f"operator resumed and a rollback after it completed"
-                       f"{failures(loop.between(began, time.monotonic()))}")
-    finally:
-        loop.stop()
-        rig.delete_model(name)
+                       f"operator resumed and a rollback after it completed")
 
 
 def group_jobs(rig: Rig) -> Iterator[Case]:
@@ -378,8 +372,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
     url = rig.deploy(name, storage, archive=archive,
                      healing={"cooldownSeconds": 20, "maxHealsPerDay": 2, "trainingWindowRows": 1500, "minRows": 300,
                               "activeDeadlineSeconds": 30})
-    loop = LoadLoop(url, labelled_rows(DRIFTED, 6), clients=2, max_seconds=900).start()
-    try:
+    with rig.traffic(name, url, labelled_rows(DRIFTED, 6)) as loop:
         began = time.monotonic()
         status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
         first = status["lastHeal"]["job"]
@@ -395,7 +388,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
                        bool(stuck) and heal["result"] == "Failed" and "DeadlineExceeded" in (heal.get("reason") or "")
                        and serving("base")(status) and "HealFailed" in event_reasons(rig, name),
                        f"{first} (process frozen: {bool(stuck)}): {heal['result']}: {(heal.get('reason') or '')[:120]}; "
-                       f"pods still on base{failures(loop.between(began, time.monotonic()))}")
+                       f"pods still on base")
 
         began = time.monotonic()
         status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("job") not in (None, first) and
@@ -408,7 +401,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
                        heal["result"] == "Failed" and "reference.json" in (heal.get("reason") or "")
                        and len(jobs) == 2 and serving("base")(rig.status(name)),
                        f"{heal['job']}: {(heal.get('reason') or '')[:120]}; daily budget then stopped healing "
-                       f"(Jobs: {jobs}){failures(loop.between(began, time.monotonic()))}")
+                       f"(Jobs: {jobs})")
 
         shutil.copy(rig.model_dir / "reference.json", archive / "reference.json")   # repaired for new pods
 
@@ -440,7 +433,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
             yield measured(f"jobs: {what} in the registry", loop, began,
                            kept and expect in event_reasons(rig, name),
                            f"{version} refused ({expect}: {condition(status, 'Degraded').get('message', '')[:100]}); "
-                           f"pods kept serving base{failures(loop.between(began, time.monotonic()))}")
+                           f"pods kept serving base")
 
         # An adapter that passes every registry check but was trained for another backbone: only
         # the pods can tell, and the operator rolls back what they refuse.
@@ -453,8 +446,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
         spec_version = rig.get("shm", name)["spec"]["adapter"]["version"]
         yield measured("jobs: an adapter for another backbone (pods refuse it)", loop, began,
                        spec_version == "base" and "RolledBack" in event_reasons(rig, name),
-                       f"{condition(status, 'RolledBack').get('message', '')[:160]}; spec back to {spec_version}"
-                       f"{failures(loop.between(began, time.monotonic()))}")
+                       f"{condition(status, 'RolledBack').get('message', '')[:160]}; spec back to {spec_version}")
         rig.patch_version(name, "base")
         rig.wait_status(name, lambda s: condition(s, "Degraded").get("status") != "True", 60, "Degraded cleared")
 
@@ -477,11 +469,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
                        and "sha256 mismatch" in (heal.get("reason") or "") and spec_version == "base"
                        and serving("base")(status) and state == "rejected" and event,
                        f"{heal['job']} wrote {heal['version']} (cut to 40 bytes: {cutter.cut}); {heal['result']}: "
-                       f"{(heal.get('reason') or '')[:120]}; registry state {state}; spec stays {spec_version}"
-                       f"{failures(loop.between(began, time.monotonic()))}")
-    finally:
-        loop.stop()
-        rig.delete_model(name)
+                       f"{(heal.get('reason') or '')[:120]}; registry state {state}; spec stays {spec_version}")
 
 
 class CandidateCutter:
@@ -565,8 +553,7 @@ def group_storage(rig: Rig) -> Iterator[Case]:
         storage.symlink_to(volume)
         url = rig.deploy(name, storage, healing={"cooldownSeconds": 20, "maxHealsPerDay": 4,
                                                  "trainingWindowRows": 1500, "minRows": 300})
-        loop = LoadLoop(url, labelled_rows(World(), 7), clients=2, max_seconds=900).start()
-        try:
+        with rig.traffic(name, url, labelled_rows(World(), 7)) as loop:
             if mounted:
                 began = time.monotonic()
                 filler = fill(volume)
@@ -578,8 +565,7 @@ def group_storage(rig: Rig) -> Iterator[Case]:
                                heal["result"] == "NothingToFix" and "sampled traffic" in (heal.get("reason") or "")
                                and serving("base")(status),
                                f"pods dropped the samples they could not write; the heal found "
-                               f"{(heal.get('reason') or '')[:100]!r}; pods still on base"
-                               f"{failures(loop.between(began, time.monotonic()))}")
+                               f"{(heal.get('reason') or '')[:100]!r}; pods still on base")
 
                 began = time.monotonic()
                 fill(adapters)
@@ -598,7 +584,7 @@ def group_storage(rig: Rig) -> Iterator[Case]:
                                full and "HealFailed" in event_reasons(rig, name),
                                f"{failed_heal['job']} {failed_heal['result']}: "
                                f"{(failed_heal.get('reason') or '')[:160]}; after space was freed, {version} "
-                               f"promoted{failures(loop.between(began, time.monotonic()))}")
+                               f"promoted")
                 # the version to move to while the storage is gone: the healed adapter under a new name
                 registry = AdapterRegistry(storage.as_uri(), NAMESPACE, name)
                 data, meta = registry.get(version)
@@ -621,11 +607,7 @@ def group_storage(rig: Rig) -> Iterator[Case]:
                               120, f"2/2 on {target} once the storage is back")
             yield measured("storage: unreachable during a version change", loop, began,
                            kept and "RegistryUnreachable" in event_reasons(rig, name),
-                           f"pods kept their adapter while the registry was gone: {kept}; then {target} rolled out"
-                           f"{failures(loop.between(began, time.monotonic()))}")
-        finally:
-            loop.stop()
-            rig.delete_model(name)
+                           f"pods kept their adapter while the registry was gone: {kept}; then {target} rolled out")
 
 
 GROUPS: dict[str, Callable[[Rig], Iterator[Case]]] = {

@@ -27,7 +27,7 @@ CRD = REPO / "crds" / "selfhealingmodels.yaml"
 EXAMPLE_CR = REPO / "examples" / "fraud" / "selfhealingmodel.yaml"
 
 __all__ = ["CRD", "EXAMPLE_CR", "Child", "ClusterError", "SelfhealCluster", "WaitTimeout", "condition",
-           "operator_command", "serving"]
+           "fast_settings", "operator_command", "serving"]
 
 
 def operator_command(namespace: str, *extra: str) -> list[str]:
@@ -38,6 +38,17 @@ def operator_command(namespace: str, *extra: str) -> list[str]:
 def condition(status: dict, type_: str) -> dict:
     """One condition of a status (`{}` if absent)."""
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+
+
+def fast_settings(cooldown_seconds: int) -> dict:
+    """Spec settings for a model on a local cluster under test traffic: 2 pods, every request
+    sampled, and drift, healing and rollback windows of a few hundred rows, so that the loop reacts
+    in seconds. `cooldown_seconds` sets how soon a second heal may follow."""
+    return {"replicas": 2,
+            "serving": {"workers": 1, "sampleFraction": 1.0},
+            "drift": {"windowRows": 300, "minSamples": 200, "checkIntervalSeconds": 2},
+            "healing": {"cooldownSeconds": cooldown_seconds, "trainingWindowRows": 1500, "minRows": 300},
+            "promotion": {"strategy": "RollingRestart", "rollback": {"watchSeconds": 20, "minSamples": 200}}}
 
 
 def serving(version: str, replicas: int = 2) -> Callable[[dict], bool]:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from examples.cluster import ClusterError, SelfhealCluster, serving
+from examples.cluster import ClusterError, SelfhealCluster, fast_settings, serving
 from examples.fraud.generator import World, labelled_rows
 from sandbox import server as sandbox_server
 from sandbox.loadgen import LoadLoop
@@ -48,11 +48,7 @@ WORKDIR = REPO_ROOT / ".work" / "demo"
 NAMESPACE = "demo"
 COLLAPSE = World(amount_unit=100.0, distance_unit=1000.0)   # amounts in cents, distances in metres
 # Fast settings so the loop reacts in seconds; one heal only (long cooldown).
-FAST = {"replicas": 2,
-        "serving": {"workers": 1, "sampleFraction": 1.0},
-        "drift": {"windowRows": 300, "minSamples": 200, "checkIntervalSeconds": 2},
-        "healing": {"cooldownSeconds": 900, "trainingWindowRows": 1500, "minRows": 300},
-        "promotion": {"strategy": "RollingRestart", "rollback": {"watchSeconds": 20, "minSamples": 200}}}
+FAST = fast_settings(cooldown_seconds=900)
 
 
 class DemoFailed(RuntimeError):

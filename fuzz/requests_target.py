@@ -6,7 +6,7 @@ the failure of every other request in the batch).
 """
 from __future__ import annotations
 
-import sys
+from fuzz import fuzz
 
 FEATURES = ["amount", "hour", "distance", "is_new"]
 _parser = None
@@ -34,11 +34,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
 
 
 def main() -> None:
-    import atheris
-    with atheris.instrument_imports(include=["model_handler"]):
-        _load()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzz(_load, TestOneInput)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ and numpy backends (NaN and inf rows included).
 """
 from __future__ import annotations
 
-import sys
+from fuzz import fuzz
 
 FEATURES = ["amount", "hour", "merchant_age", "is_new"]
 _m = None   # the modules under test, imported by _load (instrumented when run by atheris)
@@ -45,11 +45,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
 
 
 def main() -> None:
-    import atheris
-    with atheris.instrument_imports(include=["model_handler"]):
-        _load()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzz(_load, TestOneInput)
 
 
 if __name__ == "__main__":

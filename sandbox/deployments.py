@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from sandbox.kubelet import ApiClient
-from sandbox.pods import POD_NETWORK, AddressPool, PodProcess, PodSpecError, now, secret_key
+from sandbox.pods import POD_NETWORK, AddressPool, PodProcess, PodSpecError, _resolve_port, now, secret_key
 from sandbox.proxy import ServicePort, proxy_session
 
 log = logging.getLogger("sandbox.deployments")
@@ -491,7 +491,7 @@ class DeploymentKubelet:
                     continue
                 if all(labels.get(k) == v for k, v in selector.items()):
                     with contextlib.suppress(PodSpecError):
-                        found.append((process.ip, _target_port(target, process.container)))
+                        found.append((process.ip, _resolve_port(target, process.container)))
             return sorted(found)
         return endpoints
 
@@ -501,15 +501,6 @@ def declared_ports(pod: dict) -> list[int]:
     containers = (pod.get("spec") or {}).get("containers") or [{}]
     return [int(p["containerPort"]) for p in containers[0].get("ports") or []
             if p.get("protocol", "TCP") == "TCP" and "containerPort" in p]
-
-
-def _target_port(target: Any, container: dict) -> int:
-    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
-        return int(target)
-    for declared in container.get("ports") or []:
-        if declared.get("name") == target:
-            return int(declared["containerPort"])
-    raise PodSpecError(f"no container port named {target!r}")
 
 
 def deployment_kubelet(api_url: str, workdir: Path) -> DeploymentKubelet:

@@ -169,16 +169,8 @@ class FakePod(PodProcess):
             await asyncio.sleep(period)
 
     async def stop(self, drain_s: float, grace_s: float) -> None:
-        if self.terminating and not self.tasks:
+        if await self._drain(drain_s, grace_s) is None:
             return
-        self.terminating = True
-        self.ready = False
-        self.on_change()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace_s
-        await asyncio.sleep(drain_s)
-        while self.inflight(self.ip) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
         await self.server.unbind(self)
         for task in self.tasks:
             task.cancel()

@@ -154,7 +154,7 @@ def pod_container(pod: dict[str, Any], name: str, pod_dir: Path, ip: str, config
     - each path in `shared` (the sandbox's stand-in for network storage: the storage URI's directory,
       the model archives) is mounted read-write at the same path;
     - `env` (values, configMapKeyRef, the downward API) and `$(VAR)` in command/args are expanded."""
-    from sandbox.pods import DEFAULT_TERMINATION_PATH, container_env, expand, project_config_map
+    from sandbox.pods import DEFAULT_TERMINATION_PATH, container_env, expand, mounted_volumes
 
     spec = pod["spec"]
     containers = spec.get("containers") or []
@@ -165,29 +165,19 @@ def pod_container(pod: dict[str, Any], name: str, pod_dir: Path, ip: str, config
     pod_sc, sc = spec.get("securityContext") or {}, container.get("securityContext") or {}
     uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
     gid = pod_sc.get("fsGroup", sc.get("runAsGroup", pod_sc.get("runAsGroup", uid)))
-    volumes = {v["name"]: v for v in spec.get("volumes") or []}
     mounts: list[Mount] = []
     config_volumes: dict[str, tuple[dict[str, Any], Path]] = {}
-    for mount in container.get("volumeMounts") or []:
-        volume = volumes.get(mount["name"])
-        if volume is None:
-            raise PodSpecError(f"volumeMount {mount['name']!r} names no volume of the pod")
-        local = pod_dir / "volumes" / mount["name"]
+    for mount, volume, local in mounted_volumes(spec, container, pod_dir, config_maps, config_volumes):
         if "configMap" in volume:
-            project_config_map(volume["configMap"], config_maps.get(volume["configMap"].get("name", "")), local)
-            config_volumes[mount["name"]] = (volume["configMap"], local)
             mounts.append(Mount(str(local), mount["mountPath"], True))
-        elif "emptyDir" in volume:
-            if empty_dir_tmpfs or (volume["emptyDir"] or {}).get("medium") == "Memory":
-                mounts.append(Mount(None, mount["mountPath"]))
-                continue
+        elif empty_dir_tmpfs or (volume["emptyDir"] or {}).get("medium") == "Memory":
+            mounts.append(Mount(None, mount["mountPath"]))
+        else:
             local.mkdir(parents=True, exist_ok=True)
             if uid is not None:
                 os.chown(local, int(uid), int(gid if gid is not None else uid))
             local.chmod(0o2775)
             mounts.append(Mount(str(local), mount["mountPath"], bool(mount.get("readOnly"))))
-        else:
-            raise PodSpecError(f"volume {mount['name']!r}: only configMap and emptyDir volumes are supported here")
     termination_log = pod_dir / ("termination-log" if main else f"termination-log-{container['name']}")
     termination_log.parent.mkdir(parents=True, exist_ok=True)
     termination_log.write_text("")

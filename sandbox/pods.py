@@ -35,7 +35,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import aiohttp
 
@@ -219,6 +219,29 @@ def project_config_map(source: dict[str, Any], config_map: dict[str, Any] | None
     return changed
 
 
+def mounted_volumes(spec: dict[str, Any], container: dict[str, Any], pod_dir: Path,
+                    config_maps: dict[str, dict[str, Any]],
+                    config_volumes: dict[str, tuple[dict[str, Any], Path]]
+                    ) -> Iterator[tuple[dict[str, Any], dict[str, Any], Path]]:
+    """Each volumeMount of `container` with the pod volume it names and its local directory,
+    `<pod_dir>/volumes/<name>`. A configMap volume is projected there first and recorded in
+    `config_volumes` (mount name -> (source, local dir)) for re-syncing; an emptyDir is left to the
+    caller; a mount of no volume, or of any other kind of volume, is refused (PodSpecError)."""
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            raise PodSpecError(f"volumeMount {mount['name']!r} names no volume of the pod")
+        local = pod_dir / "volumes" / mount["name"]
+        if "configMap" in volume:
+            source = volume["configMap"]
+            project_config_map(source, config_maps.get(source.get("name", "")), local)
+            config_volumes[mount["name"]] = (source, local)
+        elif "emptyDir" not in volume:
+            raise PodSpecError(f"volume {mount['name']!r}: only configMap and emptyDir volumes are supported here")
+        yield mount, volume, local
+
+
 def prepare_container(pod: dict[str, Any], container: dict[str, Any], pod_dir: Path, ip: str,
                       config_maps: dict[str, dict[str, Any]], message_path: Path
                       ) -> tuple[list[str], dict[str, str], dict[str, tuple[dict[str, Any], Path]]]:
@@ -230,22 +253,11 @@ def prepare_container(pod: dict[str, Any], container: dict[str, Any], pod_dir: P
     (mount name -> (source, local dir)) for re-syncing. `config_maps` holds every ConfigMap and
     Secret the container names (see `kubelet.pod_config_maps`); a missing one fails unless optional."""
     pod_dir.mkdir(parents=True, exist_ok=True)
-    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
     mapping: dict[str, str] = {}
     config_volumes: dict[str, tuple[dict[str, Any], Path]] = {}
-    for mount in container.get("volumeMounts") or []:
-        volume = volumes.get(mount["name"])
-        if volume is None:
-            raise PodSpecError(f"volumeMount {mount['name']!r} names no volume of the pod")
-        local = pod_dir / "volumes" / mount["name"]
-        if "configMap" in volume:
-            source = volume["configMap"]
-            project_config_map(source, config_maps.get(source.get("name", "")), local)
-            config_volumes[mount["name"]] = (source, local)
-        elif "emptyDir" in volume:   # keeps what an init container wrote
+    for mount, volume, local in mounted_volumes(pod["spec"], container, pod_dir, config_maps, config_volumes):
+        if "emptyDir" in volume:   # keeps what an init container wrote
             local.mkdir(parents=True, exist_ok=True)
-        else:
-            raise PodSpecError(f"volume {mount['name']!r}: only configMap and emptyDir volumes are supported here")
         mapping[mount["mountPath"].rstrip("/")] = str(local)
     message_path.touch()
     mapping[container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH)] = str(message_path)
@@ -617,11 +629,12 @@ class PodProcess:
                 self.ready = ready
                 self.on_change()
 
-    async def stop(self, drain_s: float, grace_s: float) -> None:
-        """Graceful stop: not ready at once, drain (at least `drain_s`, until no request is in flight),
-        SIGTERM, SIGKILL after `grace_s`; returns when nothing of the pod runs any more."""
+    async def _drain(self, drain_s: float, grace_s: float) -> float | None:
+        """The first half of a graceful stop: not ready at once, then wait at least `drain_s` and until
+        no request is in flight (at most until `grace_s` from now). Returns that deadline on the event
+        loop's clock, or None if the pod is already stopped."""
         if self.terminating and not self.tasks:
-            return
+            return None
         self.terminating = True
         self.ready = False
         self.on_change()
@@ -630,6 +643,15 @@ class PodProcess:
         await asyncio.sleep(drain_s)
         while self.inflight(self.ip) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        return deadline
+
+    async def stop(self, drain_s: float, grace_s: float) -> None:
+        """Graceful stop: not ready at once, drain (at least `drain_s`, until no request is in flight),
+        SIGTERM, SIGKILL after `grace_s`; returns when nothing of the pod runs any more."""
+        deadline = await self._drain(drain_s, grace_s)
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
         if self.process is not None and self.process.returncode is None:
             self.known_descendants |= identities(descendants(self.process.pid))
             await self._signal(signal.SIGTERM)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,22 @@ def post(url: str, body: bytes | str | object, content_type: str = "application/
             return err.code, json.loads(payload)
         except ValueError:
             return err.code, payload.decode(errors="replace")
+
+
+def post_all(url: str, bodies: list) -> list[tuple[int, object]]:
+    """POST every body at once, one thread each, so TorchServe spreads them over its workers (and
+    batches them); returns the answers in the order of `bodies` (None where a thread hung past 60 s)."""
+    answers: list = [None] * len(bodies)
+
+    def call(i):
+        answers[i] = post(url, bodies[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return answers
 
 
 def get_text(url: str) -> str:

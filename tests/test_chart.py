@@ -610,10 +610,5 @@ def test_rendered_operator_arguments_run_kopf_with_a_working_liveness_probe(clus
         seen = set((tmp_path / "seen").read_text().split()) & {f"{watched}/fraud", f"{other}/fraud"}
         assert seen == expected, (tmp_path / "kopf.log").read_text()[-3000:]
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        sandbox_server.stop_process(process, signal.SIGINT, timeout=20)
         log.close()

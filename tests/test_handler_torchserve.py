@@ -19,7 +19,7 @@ from model_handler.model import adapter_to_bytes, load_model, model_hash
 from model_handler.registry import AdapterRegistry
 from model_handler.rules import RuleSet
 from model_handler.traffic import TrafficStore
-from serving_support import REPO, get_text, post
+from serving_support import REPO, get_text, post, post_all
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,17 +59,7 @@ def url(pod) -> str:
 
 def post_concurrently(pod, bodies: list) -> list[tuple]:
     """Send all bodies at once, so TorchServe spreads them over both workers (and batches them)."""
-    answers: list = [None] * len(bodies)
-
-    def call(i):
-        answers[i] = post(url(pod), bodies[i])
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return answers
+    return post_all(url(pod), bodies)
 
 
 def customized(pod) -> dict:

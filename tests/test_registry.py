@@ -11,6 +11,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import fsspec
 import numpy as np
@@ -359,26 +360,25 @@ def test_namespace_and_model_must_be_kubernetes_names(tmp_path, namespace, model
 # --- storage failures: always RegistryError naming the URI and the operation, never a bare OSError
 
 
-def assert_registry_error(caught: pytest.ExceptionInfo, uri: str, operation: str) -> None:
+def registry_error(call: Callable[[], object], uri: str, operation: str) -> RegistryError:
+    """The RegistryError that `call` raises, checked to name `uri` and `operation` (and not to be an
+    OSError, so callers cannot catch it as one by accident)."""
+    with pytest.raises(RegistryError) as caught:
+        call()
     assert isinstance(caught.value, RegistryError)
     assert not isinstance(caught.value, OSError)
     assert uri in str(caught.value) and operation in str(caught.value)
     assert caught.value.uri == uri
+    return caught.value
 
 
 def test_nonexistent_storage_root(tmp_path):
     uri = f"file://{tmp_path}/not-mounted"
     registry = AdapterRegistry(uri, "default", "fraud")
-    with pytest.raises(RegistryError) as caught:
-        registry.versions()
-    assert_registry_error(caught, uri, "list versions")
-    assert "does not exist" in str(caught.value)
-    with pytest.raises(RegistryError) as caught:
-        registry.put("v1", adapter_bytes(), meta())
-    assert_registry_error(caught, uri, "put v1")
-    with pytest.raises(RegistryError) as caught:
-        registry.get("v1")
-    assert_registry_error(caught, uri, "list versions")
+    error = registry_error(lambda: registry.versions(), uri, "list versions")
+    assert "does not exist" in str(error)
+    registry_error(lambda: registry.put("v1", adapter_bytes(), meta()), uri, "put v1")
+    registry_error(lambda: registry.get("v1"), uri, "list versions")
     assert not (tmp_path / "not-mounted").exists()
 
 
@@ -386,14 +386,10 @@ def test_path_through_a_regular_file(tmp_path):
     (tmp_path / "default").write_text("a file where the namespace directory should be")
     uri = f"file://{tmp_path}"
     registry = AdapterRegistry(uri, "default", "fraud")
-    with pytest.raises(RegistryError) as caught:
-        registry.put("v1", adapter_bytes(), meta())
-    assert_registry_error(caught, uri, "put v1")
-    assert isinstance(caught.value.__cause__, OSError)
-    with pytest.raises(RegistryError) as caught:
-        registry.versions()
-    assert_registry_error(caught, uri, "list versions")
-    assert "Not a directory" in str(caught.value)
+    error = registry_error(lambda: registry.put("v1", adapter_bytes(), meta()), uri, "put v1")
+    assert isinstance(error.__cause__, OSError)
+    error = registry_error(lambda: registry.versions(), uri, "list versions")
+    assert "Not a directory" in str(error)
 
 
 def test_unreachable_remote_storage():
@@ -403,16 +399,11 @@ def test_unreachable_remote_storage():
         port = probe.getsockname()[1]
     uri = f"http://127.0.0.1:{port}/registry"
     registry = AdapterRegistry(uri, "default", "fraud")
-    with pytest.raises(RegistryError) as caught:
-        registry.versions()
-    assert_registry_error(caught, uri, "list versions")
-    assert "Cannot connect" in str(caught.value)
-    with pytest.raises(RegistryError) as caught:
-        registry.get("v1")
-    assert_registry_error(caught, uri, "read v1")
-    with pytest.raises(RegistryError) as caught:  # http storage cannot be written at all
-        registry.put("v1", adapter_bytes(), meta())
-    assert_registry_error(caught, uri, "put v1")
+    error = registry_error(lambda: registry.versions(), uri, "list versions")
+    assert "Cannot connect" in str(error)
+    registry_error(lambda: registry.get("v1"), uri, "read v1")
+    # http storage cannot be written at all
+    registry_error(lambda: registry.put("v1", adapter_bytes(), meta()), uri, "put v1")
 
 
 def directory_permissions_are_enforced(tmp_path: Path) -> bool:
@@ -436,15 +427,11 @@ def test_read_only_directory(tmp_path):
     adapters = tmp_path / "default" / "fraud" / "adapters"
     adapters.chmod(0o555)
     try:
-        with pytest.raises(RegistryError) as caught:
-            registry.put("v2", adapter_bytes(), meta())
-        assert_registry_error(caught, str(tmp_path), "put v2")
-        assert "Permission denied" in str(caught.value)
+        error = registry_error(lambda: registry.put("v2", adapter_bytes(), meta()), str(tmp_path), "put v2")
+        assert "Permission denied" in str(error)
         adapters.chmod(0o000)  # unreadable: listing must fail loudly, not look empty
-        with pytest.raises(RegistryError) as caught:
-            registry.versions()
-        assert_registry_error(caught, str(tmp_path), "list versions")
-        assert "Permission denied" in str(caught.value)
+        error = registry_error(lambda: registry.versions(), str(tmp_path), "list versions")
+        assert "Permission denied" in str(error)
     finally:
         adapters.chmod(0o755)
 

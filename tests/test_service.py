@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from examples.fraud.generator import CLASSES, FEATURES, sample
-from examples.fraud.train import build
 from model_handler.model import adapter_to_bytes, load_model, model_hash
 from model_handler.registry import AdapterRegistry
 from model_handler.requests import RequestError
@@ -19,13 +18,6 @@ from model_handler.rules import RuleSet
 from model_handler.service import ModelService, ServiceConfig, ServiceError, merge_statuses
 from model_handler.sketches import DriftSketch, ReferenceProfile
 from model_handler.traffic import TrafficStore
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fraud-model")
-    build(out, rows=3000, seed=0)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,12 @@ One server for the whole module (TorchServe takes seconds to start); tests only 
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from model_handler.launcher import ServedModel, TorchServeProcess
-from serving_support import CLASSES, FEATURES, build_plain_store, expected_probabilities, get_text, post
+from serving_support import (CLASSES, FEATURES, build_plain_store, expected_probabilities, get_text, post,
+                             post_all)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -65,16 +64,7 @@ def test_concurrent_requests_each_get_their_own_answer(served):
     """TorchServe packs simultaneous requests into one batch; the handler must split answers back."""
     ts, root = served
     rows = [[float(i), float(i % 24), 10.0 - i, i / 16] for i in range(16)]
-    answers: dict[int, tuple] = {}
-
-    def call(i):
-        answers[i] = post(predict_url(ts), rows[i])
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(rows))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    answers = post_all(predict_url(ts), rows)
     want = expected_probabilities(root, rows)
     for i in range(len(rows)):
         status, answer = answers[i]

@@ -302,24 +302,26 @@ def test_close_flushes_everything(store, samplers):
     sampler.close()  # a second close is harmless
 
 
-def test_sampler_flushes_on_its_own_after_the_interval(store, samplers):
-    sampler = TrafficSampler(store, fraction=1.0, flush_rows=1_000_000, flush_interval_s=0.2, seed=0)
+def sampled_until_written(store, samplers, n_rows: int, written: int, poll_s: float, **flush) -> TrafficSampler:
+    """A sampler that keeps every row (with the `flush` settings) given rows 0..`n_rows`, returned once
+    it has written `written` of them or 10 seconds have passed."""
+    sampler = TrafficSampler(store, fraction=1.0, seed=0, **flush)
     samplers.append(sampler)
-    sampler.sample(*rows(0, 40))
+    sampler.sample(*rows(0, n_rows))
     deadline = time.monotonic() + 10
-    while sampler.written < 40 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while sampler.written < written and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return sampler
+
+
+def test_sampler_flushes_on_its_own_after_the_interval(store, samplers):
+    sampler = sampled_until_written(store, samplers, 40, 40, 0.05, flush_rows=1_000_000, flush_interval_s=0.2)
     assert sampler.written == 40 and sampler._thread.is_alive()
     np.testing.assert_array_equal(store.read_recent(100)[0][:, 0], np.arange(40))
 
 
 def test_sampler_flushes_when_enough_rows_wait(store, samplers):
-    sampler = TrafficSampler(store, fraction=1.0, flush_rows=50, flush_interval_s=3600, seed=0)
-    samplers.append(sampler)
-    sampler.sample(*rows(0, 120))
-    deadline = time.monotonic() + 10
-    while sampler.written < 100 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    sampler = sampled_until_written(store, samplers, 120, 100, 0.02, flush_rows=50, flush_interval_s=3600)
     assert sampler.written == 100 and sampler.queued_rows == 20  # full shards only, until close
 
 

@@ -18,7 +18,7 @@ import io
 import numpy as np
 
 from examples.datasets.fetch import ArchiveSpec, fetch_archive, read_member
-from examples.datasets.splits import hold_out, rules_text, to_split
+from examples.datasets.splits import hold_out, table_fields
 from examples.scenario import Scenario
 
 ARCHIVE = ArchiveSpec(
@@ -95,16 +95,10 @@ def build_scenario(x: np.ndarray, y: np.ndarray, seed: int = 0, quick: bool = Fa
     stream, holdout = served[:n_stream], served[n_stream:n_stream + n_holdout]
     return Scenario(
         name="adult_subgroup",
-        domain="adult",
         description=(f"subgroup shift: trained on people aged under {AGE_SPLIT}, served people "
                      f"aged {AGE_SPLIT} and over (older, more often married, higher incomes)"),
-        features=list(FEATURES),
-        classes=list(CLASSES),
-        rules_yaml=rules_text("adult"),
-        train=to_split(x, y, train),
-        clean_test=to_split(x, y, clean_test),
-        stream=to_split(x, y, stream),
-        holdout=to_split(x, y, holdout),
+        **table_fields("adult", FEATURES, CLASSES, x, y, train=train, clean_test=clean_test, stream=stream,
+                       holdout=holdout),
         extra={"shifted_features": None, "source": f"{ARCHIVE.requirement}:{MEMBER}",
                "metric": "accuracy", "clean_counts": True,    # the people under 40 keep coming
                # the closest Adult has to a definition: income counts capital gains, and a gain over

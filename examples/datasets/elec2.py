@@ -18,7 +18,7 @@ import io
 import numpy as np
 
 from examples.datasets.fetch import ArchiveSpec, fetch_archive, read_member
-from examples.datasets.splits import hold_out, rules_text, to_split
+from examples.datasets.splits import hold_out, table_fields
 from examples.scenario import Scenario
 
 ARCHIVE = ArchiveSpec(
@@ -79,17 +79,11 @@ def build_scenario(x: np.ndarray, y: np.ndarray, seed: int = 0, quick: bool = Fa
     holdout = np.arange(end + n_stream, end + n_stream + n_holdout)
     return Scenario(
         name="elec2_natural",
-        domain="elec2",
         description=(f"natural drift in NSW electricity prices: trained on "
                      f"{_days(np.arange(start, end))}, served the following {_days(stream)} in "
                      f"time order, holdout {_days(holdout)}"),
-        features=list(FEATURES),
-        classes=list(CLASSES),
-        rules_yaml=rules_text("elec2"),
-        train=to_split(x, y, train),
-        clean_test=to_split(x, y, clean_test),
-        stream=to_split(x, y, stream),
-        holdout=to_split(x, y, holdout),
+        **table_fields("elec2", FEATURES, CLASSES, x, y, train=train, clean_test=clean_test, stream=stream,
+                       holdout=holdout),
         extra={"shifted_features": None, "source": f"{ARCHIVE.requirement}:{MEMBER}",
                "metric": "accuracy", "clean_counts": True,    # gradual natural drift
                "rows": {"source": [start, end], "stream": [end, end + n_stream],

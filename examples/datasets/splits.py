@@ -39,3 +39,14 @@ def rules_text(dataset: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"no rule file for data set {dataset!r} at {path}")
     return path.read_text()
+
+
+def table_fields(domain: str, features: list[str], classes: list[str], x: np.ndarray, y: np.ndarray, *,
+                 train: np.ndarray, clean_test: np.ndarray, stream: np.ndarray,
+                 holdout: np.ndarray) -> dict:
+    """The `Scenario` fields of a data set whose four splits are row sets of one table (no shift
+    applied to the inputs): the domain, features, classes, the domain's rule file and the splits."""
+    return {"domain": domain, "features": list(features), "classes": list(classes),
+            "rules_yaml": rules_text(domain),
+            "train": to_split(x, y, train), "clean_test": to_split(x, y, clean_test),
+            "stream": to_split(x, y, stream), "holdout": to_split(x, y, holdout)}

@@ -40,35 +40,32 @@ def assert_recovered(cases: dict[str, chaos.Case], may_lose_in_flight: tuple[str
         assert case.requests > 0, f"{name}: no traffic measured"
 
 
+def assert_group_recovers(rig, group: str, n_cases: int, may_lose_in_flight: tuple[str, ...] = ()) -> None:
+    """Run one chaos group: it yields `n_cases` cases and recovers from each (see assert_recovered)."""
+    cases = run_group(rig, group)
+    assert len(cases) == n_cases
+    assert_recovered(cases, may_lose_in_flight)
+
+
 def test_load_through_heal_rollouts_and_rollbacks(rig):
-    cases = run_group(rig, "load")
-    assert len(cases) == 4
-    assert_recovered(cases)
+    assert_group_recovers(rig, "load", 4)
 
 
 def test_pod_faults(rig):
-    cases = run_group(rig, "pods")
-    assert len(cases) == 3
-    assert_recovered(cases, may_lose_in_flight=("pods: kill -9 a TorchServe worker during a HotSwap",
-                                                "pods: kill -9 a whole pod during a HotSwap"))
+    assert_group_recovers(rig, "pods", 3, may_lose_in_flight=("pods: kill -9 a TorchServe worker during a HotSwap",
+                                                              "pods: kill -9 a whole pod during a HotSwap"))
 
 
 def test_operator_and_api_restarts(rig):
-    cases = run_group(rig, "operator")
-    assert len(cases) == 3
-    assert_recovered(cases)
+    assert_group_recovers(rig, "operator", 3)
 
 
 def test_job_and_registry_faults(rig):
-    cases = run_group(rig, "jobs")
-    assert len(cases) == 7
-    assert_recovered(cases)
+    assert_group_recovers(rig, "jobs", 7)
 
 
 def test_storage_faults(rig):
-    cases = run_group(rig, "storage")
-    assert len(cases) == 3
-    assert_recovered(cases)
+    assert_group_recovers(rig, "storage", 3)
 
 
 @pytest.mark.timeout(30)

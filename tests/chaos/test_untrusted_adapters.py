@@ -20,18 +20,10 @@ from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
 from examples.fraud.generator import FEATURES, sample
-from examples.fraud.train import build
 from model_handler.served import load_adapter as load_adapter_version   # the heal Job's reader
 from model_handler.model import AdapterError, adapter_from_bytes, adapter_to_bytes, load_model, model_hash
 from model_handler.registry import ADAPTER_FILE, META_FILE, AdapterRegistry, RegistryError
 from model_handler.service import ModelService, ServiceConfig
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fraud-model")
-    build(out, rows=3000, seed=0)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -61,3 +61,32 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.2, what: st
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
+
+
+def deployment_yaml(name: str, pod_spec: str, replicas: int = 1, strategy: str = "") -> str:
+    """A Deployment of `replicas` pods labelled `app: <name>` (with `strategy`, YAML flow text, if
+    given); `pod_spec` is the YAML of the pod template's spec, each line indented by 6 spaces (it
+    follows `spec:` directly, so it starts with a newline)."""
+    strategy_line = f"\n  strategy: {strategy}" if strategy else ""
+    return f"""apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}{strategy_line}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:{pod_spec}"""
+
+
+def service_yaml(name: str, port: int, target_port: str) -> str:
+    """A Service `name` over the pods labelled `app: <name>`, as a second document (after `---`)."""
+    return f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{name: http, port: {port}, targetPort: {target_port}}}]
+"""

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from sandbox.server import stop_process
 from sandbox_helpers import FIXTURES, Sandbox, wait_until, widget_yaml
 
 
@@ -26,12 +27,7 @@ def operator(sandbox: Sandbox, widget_crd, namespace, tmp_path):
 
     yield start, log_path
     for process in started:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGINT, timeout=15)
 
 
 def _phase(sandbox: Sandbox, namespace: str, name: str) -> str:

@@ -22,7 +22,7 @@ import socket
 
 from sandbox.pods import AddressPool, alive, descendants, expand
 from sandbox_helpers import REPO_ROOT
-from sandbox_helpers import Sandbox, wait_until
+from sandbox_helpers import Sandbox, deployment_yaml, service_yaml, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serving_support import FEATURES, build_plain_store, expected_probabilities  # noqa: E402
@@ -47,16 +47,7 @@ http.server.ThreadingHTTPServer((os.environ["POD_IP"], 8080), Handler).serve_for
 
 
 def echo_deployment(name: str, version: str, replicas: int = 2) -> str:
-    return f"""apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  strategy: {{type: RollingUpdate, rollingUpdate: {{maxUnavailable: 0, maxSurge: 1}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
+    return deployment_yaml(name, f"""
       terminationGracePeriodSeconds: 5
       volumes: [{{name: cfg, configMap: {{name: {name}-cfg}}}}, {{name: scratch, emptyDir: {{}}}}]
       containers:
@@ -72,15 +63,8 @@ spec:
             - name: POD_NAME
               valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
           volumeMounts: [{{name: cfg, mountPath: /etc/echo}}, {{name: scratch, mountPath: /scratch}}]
-          readinessProbe: {{httpGet: {{path: /, port: http}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  selector: {{app: {name}}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
-"""
+          readinessProbe: {{httpGet: {{path: /, port: http}}, periodSeconds: 1}}""", replicas=replicas,
+        strategy="{type: RollingUpdate, rollingUpdate: {maxUnavailable: 0, maxSurge: 1}}") + service_yaml(name, 80, "http")
 
 
 def get_json(url: str, timeout: float = 5) -> dict:
@@ -224,15 +208,7 @@ def torchserve_deployment(name: str, store: Path, version: str) -> str:
     args = ["-m", "model_handler.launcher", "serve", "--model-store", str(store), "--model", "plain=plain.mar",
             "--bind", "$(POD_IP)", "--inference-port", "$(INFERENCE_PORT)", "--management-port", "8081",
             "--metrics-port", "8082"]
-    return f"""apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
+    return deployment_yaml(name, f"""
       terminationGracePeriodSeconds: 20
       containers:
         - name: torchserve
@@ -245,15 +221,8 @@ spec:
             - {{name: INFERENCE_PORT, value: "8080"}}
             - name: POD_IP
               valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
-          readinessProbe: {{httpGet: {{path: /ping, port: inference}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  selector: {{app: {name}}}
-  ports: [{{name: http, port: 8080, targetPort: inference}}]
-"""
+          readinessProbe: {{httpGet: {{path: /ping, port: inference}}, periodSeconds: 1}}""", replicas=2) + \
+        service_yaml(name, 8080, "inference")
 
 
 def test_torchserve_deployment_rolls_over_under_load_without_losing_a_request(
@@ -377,20 +346,12 @@ def test_scale_and_rollout_undo(sandbox: Sandbox, namespace: str, echo: str):
 
 
 def plain_deployment(name: str, container_extra: str, command: str = "[python, -c, 'import time; time.sleep(600)']"):
-    return f"""apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
+    return deployment_yaml(name, f"""
       containers:
         - name: main
           image: busybox
           command: {command}{container_extra}
-"""
+""")
 
 
 def test_failing_liveness_probe_kills_and_restarts_the_process(sandbox: Sandbox, namespace: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from sandbox_helpers import Sandbox, wait_until
+from sandbox_helpers import Sandbox, deployment_yaml, wait_until
 
 WRITE = "import os, sys; open(sys.argv[1], 'w').write(os.environ['TOKEN'] + ':' + os.environ['GREETING'])"
 READ_SERVE = """
@@ -51,15 +51,7 @@ def test_a_deployment_pod_starts_after_its_init_container_and_sees_what_it_wrote
           readinessProbe: {{httpGet: {{path: /, port: http}}, periodSeconds: 1}}
           volumeMounts: [{{name: model, mountPath: /model}}]"""
     for name, script in (("good", WRITE), ("bad", FAIL)):
-        sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=f"""apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:{pod_spec(script, main)}""")
+        sandbox.kubectl("apply", "-n", namespace, "-f", "-", input=deployment_yaml(name, pod_spec(script, main)))
 
     def ready_pod(app: str) -> dict | None:
         pods = sandbox.get("pods", "-n", namespace, "-l", f"app={app}")["items"]
