@@ -140,6 +140,24 @@ class Rig(SelfhealCluster):
 
 
 # -- measuring -------------------------------------------------------------------------------------
+def rolled_out(rig, name: str, settle_s: float = 3.0) -> list[str] | None:
+    """The sorted uids of the model's serving pods once its Deployment's roll is complete (every
+    pod updated and ready, none of an older ReplicaSet) and the set stays the same for `settle_s`."""
+    def complete() -> list[str] | None:
+        deployment = rig.get("deployment", f"{name}-serving")
+        want, status = deployment["spec"].get("replicas", 1), deployment.get("status") or {}
+        if (status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 1)
+                or not status.get("replicas") == status.get("updatedReplicas") == status.get("readyReplicas") == want):
+            return None
+        pods = sorted(p["metadata"]["uid"] for p in rig.serving_pods(name))
+        return pods if len(pods) == want else None
+    first = complete()
+    if first is None:
+        return None
+    time.sleep(settle_s)
+    return first if complete() == first else None
+
+
 def measured(name: str, loop: LoadLoop, began: float, recovered: bool, detail: str) -> Case:
     """A case over the requests sent since `began` (a time.monotonic() moment); its detail ends with
     the first of those requests that failed."""
@@ -240,8 +258,9 @@ def group_load(rig: Rig) -> Iterator[Case]:
         rig.patch_model(name, {"spec": {"promotion": {"strategy": "HotSwap"}}})   # a template change: one roll
         rig.wait_status(name, lambda s: serving("base")(s) and s.get("observedGeneration") and not s.get("rollout"), 240,
                  "pods restarted for HotSwap")
-        time.sleep(15)   # the strategy change rolls the pods; let the old ones go
-        uids = sorted(p["metadata"]["uid"] for p in rig.serving_pods(name))
+        # The strategy change rolls the pods: wait until that roll is over (no old pod left, the
+        # new ones ready; a fixed sleep was too short on a loaded machine) and the set holds still.
+        uids = rig.wait(lambda: rolled_out(rig, name), 240, "the HotSwap template rolled out")
         began = time.monotonic()
         rig.patch_version(name, version)
         rig.wait_status(name, serving(version), 120, f"2/2 pods swapped to {version}")
