@@ -35,14 +35,12 @@ from pydantic_core import CoreSchema
 
 from kube_custom_resource import CustomResource, CustomResourceRegistry
 from kube_custom_resource import schema
+from shm_operator.names import ADAPTER_VERSION, API_GROUP, API_VERSION, BASE_VERSION
 
-API_GROUP = "selfheal.io"
-API_VERSION = "v1alpha1"
 DEFAULT_IMAGE = "ghcr.io/selfheal/model-server:0.1.0"
 DEFAULT_STORAGE_URI = "file:///var/lib/selfheal"   # node-local: the sandbox and development only
 # The operator's default for models without spec.storage.uri (the chart's `storage.uri`).
 STORAGE_URI_ENV = "SELFHEAL_STORAGE_URI"
-BASE_ADAPTER = "base"
 MAX_RULE_CHARS = 2000          # model_handler.rules.MAX_EXPRESSION_CHARS
 MAX_HISTORY = 20
 
@@ -50,7 +48,6 @@ MAX_HISTORY = 20
 # language and Prometheus labels accept; adapter versions become object-store paths and labels.
 FEATURE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 CLASS_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-ADAPTER_VERSION = r"^(base|[a-z0-9][a-z0-9.-]{0,62})$"
 TORCHSERVE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 URI_WITH_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*://.+$"
@@ -462,7 +459,7 @@ class AdapterSpec(SpecModel):
     person writes it to roll back or forward, or to approve a candidate in Manual mode."""
 
     version: schema.constr(pattern=ADAPTER_VERSION) = Field(
-        BASE_ADAPTER, description="Adapter version; `base` is the identity adapter.")
+        BASE_VERSION, description="Adapter version; `base` is the identity adapter.")
 
 
 def default_storage_uri() -> str:

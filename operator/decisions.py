@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping, NamedTuple, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # The one rule for naming a new adapter version lives with the registry; re-exported for bench.loop.
-from model_handler.registry import next_version, version_number  # noqa: F401
+from model_handler.registry import BASE_VERSION, next_version, version_number  # noqa: F401
 from model_handler.rules import FUNCTIONS, KEYWORDS, RuleError, RuleSet
 from shm_operator.crd import (CONDITION_REASON, CONDITION_TYPE, MAX_HISTORY, HealingMode, Phase, RollbackSpec,
                               SelfHealingModelSpec)
@@ -129,7 +129,7 @@ def heal_job_target(job: Mapping) -> HealTarget | None:
                 return arg[len(name) + 1:]
         return None
 
-    version, parent = option("--version"), option("--parent") or "base"
+    version, parent = option("--version"), option("--parent") or BASE_VERSION
     return HealTarget(parent, version) if version else None
 
 

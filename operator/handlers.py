@@ -11,18 +11,17 @@ from prometheus_client import start_http_server
 from model_handler.redact import install_log_redaction
 from shm_operator import k8s, monitor, reconcile, rollout, status_metrics  # noqa: F401  (registers the handlers)
 from shm_operator.children import network_policy_settings
+from shm_operator.names import API_GROUP
 
 # Before Kopf logs anything about a resource: no storage credentials in the log or in Events.
 install_log_redaction()
 
-GROUP = "selfheal.io"
-
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> None:
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90

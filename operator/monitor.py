@@ -21,9 +21,10 @@ import kopf
 from model_handler.registry import RegistryError, next_version
 from model_handler.rules import RuleSet
 from shm_operator import decisions, k8s, metrics, policy, readiness
-from shm_operator.children import COMPONENT_LABEL, MODEL_LABEL, heal_job, torchserve_model_name
+from shm_operator.children import heal_job, torchserve_model_name
+from shm_operator.names import BASE_VERSION, CHANGE_ANNOTATION, COMPONENT_LABEL, MODEL_LABEL, RESOURCE
 from shm_operator.crd import SelfHealingModelSpec
-from shm_operator.rollout import CHANGE_ANNOTATION, candidate_problem, registry_for
+from shm_operator.rollout import candidate_problem, registry_for
 from shm_operator.signals import (PodUnreachable, WindowState, class_rates, describe, drift_summary,
                                   fetch_pod_status, ingest)
 from shm_operator.status import (full_spec, iso, now, parse_time, phase_of, refresh_phase, set_condition_in, update,
@@ -53,7 +54,7 @@ def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, RuleSet] | None:
 
 
 # backoff: after a failed tick (e.g. the API server restarting) try again in seconds, not Kopf's 60.
-@kopf.timer("selfheal.io", "v1alpha1", "selfhealingmodels", interval=TICK_SECONDS, idle=None, backoff=5)
+@kopf.timer(*RESOURCE, interval=TICK_SECONDS, idle=None, backoff=5)
 @metrics.count_errors
 async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch, **_) -> None:
     t = now()
@@ -268,7 +269,7 @@ async def maybe_heal(name, namespace, spec, status, body, patch, t) -> None:
             versions = await asyncio.to_thread(registry_for(name, namespace, spec).versions)
         except RegistryError as err:
             return registry_unreachable(body, patch, status, "cannot start a heal", err, t)
-        parent = (status.get("adapter") or {}).get("lastGood") or "base"
+        parent = (status.get("adapter") or {}).get("lastGood") or BASE_VERSION
         config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
         job = heal_job(name, namespace, spec, job_name, parent, next_version(versions), config,
                        since=(status.get("drift") or {}).get("onset"))
@@ -433,7 +434,7 @@ async def roll_back(name, namespace, spec, status, body, patch, rollout, reason,
     kopf.warn(body, reason="RolledBack", message=f"adapter {rollout['to']} {what} ({reason}); "
                                                  f"rolled back to {target}"[:1000])
     metrics.ROLLBACKS.labels(namespace, name, "automatic").inc()
-    if rollout["to"] != "base":
+    if rollout["to"] != BASE_VERSION:
         try:
             await asyncio.to_thread(registry_for(name, namespace, spec).set_state, rollout["to"], "rolled-back",
                                     reason[:500])

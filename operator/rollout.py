@@ -17,14 +17,14 @@ import logging
 import kopf
 
 from model_handler.model import AdapterError, adapter_from_bytes
-from model_handler.registry import (BASE_VERSION, AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
+from model_handler.registry import (AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
                                     RegistryError)
 from shm_operator import decisions, metrics
+from shm_operator.names import BASE_VERSION, CHANGE_ANNOTATION
 from shm_operator.policy import baseline, baseline_of
 from shm_operator.status import iso, set_condition_in, start_rollout, update, update_adapter
 
 log = logging.getLogger(__name__)
-CHANGE_ANNOTATION = "selfheal.io/adapter-change"   # {"version", "by", "reason"} of an operator's own change
 # Degraded reasons that a newly accepted version ends (the refused request is no longer asked for)
 REFUSAL_REASONS = ("AdapterNotFound", "AdapterCorrupt", "RegistryUnreachable")
 
