@@ -1,5 +1,6 @@
 """The operator's entry module for `kopf run -m shm_operator.handlers`: settings, then one module
-per concern (reconcile children, monitor drift and heal, roll out adapter versions)."""
+per concern (reconcile children, observe pods, heal, roll out adapter versions; the timer that
+orders them), see operator/README.md."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from model_handler.redact import install_log_redaction
-from shm_operator import k8s, monitor, reconcile, rollout, status_metrics  # noqa: F401  (registers the handlers)
+from shm_operator import (healing, k8s, monitor, observe, reconcile, rollout,  # noqa: F401  (registers the handlers)
+                          status_metrics)
 from shm_operator.children import network_policy_settings
 from shm_operator.names import API_GROUP
 
