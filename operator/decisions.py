@@ -19,15 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # The one rule for naming a new adapter version lives with the registry; re-exported for bench.loop.
 from model_handler.registry import BASE_VERSION, next_version, version_number  # noqa: F401
-from model_handler.rules import FUNCTIONS, KEYWORDS, RuleError, RuleSet
-from shm_operator.crd import (CONDITION_REASON, CONDITION_TYPE, MAX_HISTORY, HealingMode, Phase, RollbackSpec,
-                              SelfHealingModelSpec)
+from shm_operator.crd import (CONDITION_REASON, CONDITION_TYPE, MAX_HISTORY, SEMANTICS, HealingMode, Phase,
+                              RollbackSpec, SelfHealingModelSpec)
 
 DAY = timedelta(days=1)
 TERMINATION_MESSAGE_LIMIT = 4096       # bytes the kubelet keeps of a container's termination message
 CONDITION_MESSAGE_LIMIT = 32768        # metav1.Condition.message
 DNS_LABEL_LIMIT = 63                   # a Job's name becomes its pods' job-name label value
-QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?")
 UTC = timezone.utc
 
 
@@ -432,66 +430,16 @@ def field_path(loc: Sequence[str | int]) -> str:
 
 
 def validate_spec_semantics(spec: Mapping | SelfHealingModelSpec) -> list[str]:
-    """Problems of a spec that the CRD schema cannot express, as '<field>: <what>' lines.
-
-    A mapping (as read from the API) is first validated by the models, whose errors come back the
-    same way, so one call covers everything; the sandbox has no API server to validate for it.
-    """
-    if not isinstance(spec, SelfHealingModelSpec):
-        try:
-            spec = SelfHealingModelSpec.model_validate(spec)
-        except ValidationError as err:
-            return [f"{field_path(('spec', *e['loc']))}: {e['msg']}" for e in err.errors()]
-    return [*_feature_problems(spec), *_rule_problems(spec), *_threshold_problems(spec),
-            *_quantity_problems(spec)]
-
-
-def _feature_problems(spec: SelfHealingModelSpec) -> list[str]:
-    reserved = ", ".join(sorted(KEYWORDS | FUNCTIONS))
-    return [f"spec.features[{i}]: {name!r} is a reserved word of the rule language ({reserved})"
-            for i, name in enumerate(spec.features) if name in KEYWORDS | FUNCTIONS]
-
-
-def _rule_problems(spec: SelfHealingModelSpec) -> list[str]:
-    """Parse each rule on its own, so every broken rule is reported, not just the first."""
-    problems = []
-    for i, rule in enumerate(spec.rules):
-        try:
-            RuleSet.from_dicts([rule.model_dump(by_alias=True)], spec.features, spec.classes)
-        except RuleError as err:
-            problems.append(f"spec.rules[{i}]: {err}")
-    return problems
-
-
-def _threshold_problems(spec: SelfHealingModelSpec) -> list[str]:
-    drift, healing, rollback = spec.drift, spec.healing, spec.promotion.rollback
-    checks = [
-        (drift.input_off > drift.input_on, "spec.drift.inputOff",
-         f"{drift.input_off:g} is above inputOn {drift.input_on:g}: drift could never clear"),
-        (drift.conflict_off > drift.conflict_on, "spec.drift.conflictOff",
-         f"{drift.conflict_off:g} is above conflictOn {drift.conflict_on:g}: drift could never clear"),
-        (drift.label_shift_off > drift.label_shift_on, "spec.drift.labelShiftOff",
-         f"{drift.label_shift_off:g} is above labelShiftOn {drift.label_shift_on:g}: drift could never clear"),
-        (drift.min_samples > drift.window_rows, "spec.drift.minSamples",
-         f"{drift.min_samples} is above windowRows {drift.window_rows}: no window would ever count"),
-        (healing.min_rows > healing.training_window_rows, "spec.healing.minRows",
-         f"{healing.min_rows} is above trainingWindowRows {healing.training_window_rows}: no heal could run"),
-        (0 < rollback.watch_seconds < drift.check_interval_seconds, "spec.promotion.rollback.watchSeconds",
-         f"{rollback.watch_seconds}s is shorter than drift.checkIntervalSeconds {drift.check_interval_seconds}s: "
-         "no check would fall inside the watch"),
-    ]
-    return [f"{path}: {what}" for failed, path, what in checks if failed]
-
-
-def _quantity_problems(spec: SelfHealingModelSpec) -> list[str]:
-    problems = []
-    for path, resources in (("spec.resources", spec.resources), ("spec.healing.resources", spec.healing.resources)):
-        for kind in ("requests", "limits"):
-            for name, value in (getattr(resources, kind) if resources else {}).items():
-                if not QUANTITY.fullmatch(str(value)):
-                    problems.append(f"{path}.{kind}.{name}: {value!r} is not a Kubernetes quantity "
-                                    "(such as 500m, 2, 1.5Gi)")
-    return problems
+    """Problems of a spec as '<field>: <what>' lines: the models' schema errors and what the CRD
+    schema cannot express (the `semantics` validators beside the fields in crd.py), so one call
+    covers everything; the sandbox has no API server to validate for it."""
+    if isinstance(spec, SelfHealingModelSpec):
+        spec = spec.model_dump(mode="json", by_alias=True)
+    try:
+        SelfHealingModelSpec.model_validate(spec, context=SEMANTICS)
+    except ValidationError as err:
+        return [f"{field_path(('spec', *e['loc']))}: {e['msg']}" for e in err.errors()]
+    return []
 
 
 # ---- conditions and history --------------------------------------------------------------------
