@@ -17,9 +17,10 @@ import dataclasses
 import kopf
 
 from model_handler.registry import RegistryError, next_version
-from shm_operator import decisions, k8s, metrics, policy
+from shm_operator import decisions, k8s, memory, metrics, policy
 from shm_operator.children import heal_job
 from shm_operator.crd import SelfHealingModelSpec
+from shm_operator.job_result import parse_job_result
 from shm_operator.names import BASE_VERSION, COMPONENT_LABEL, MODEL_LABEL
 from shm_operator.rollout import candidate_problem, change_version, registry_for
 from shm_operator.status import degraded_reason, iso, set_condition_in, update
@@ -86,7 +87,7 @@ async def follow_heal(name, namespace, spec, status, body, patch, t) -> None:
     if not done:
         return
     pods = await k8s.list_pods(namespace, {"job-name": last["job"]})
-    result = decisions.parse_job_result(next((m for m in map(k8s.termination_message, pods) if m), ""))
+    result = parse_job_result(next((m for m in map(k8s.termination_message, pods) if m), ""))
     init_failed = next((m for m in map(k8s.init_failure, pods) if m), "")
     if result.error and init_failed:   # the model never reached the Job: say why, not "no result"
         result = dataclasses.replace(result, error=init_failed)
@@ -151,7 +152,8 @@ async def expire_heal_job(name, namespace, spec, recorded_heal: dict, memo) -> N
     pod, whose termination message is the result, are deleted only after the operator no longer
     needs them. Nothing reads a finished heal's Job again; the next heal takes the next name."""
     job_name = recorded_heal.get("job")
-    if not job_name or recorded_heal.get("result") in (None, "Running") or memo.get("expiring_job") == job_name:
+    remembered = memory.of(memo)
+    if not job_name or recorded_heal.get("result") in (None, "Running") or remembered.expiring_job == job_name:
         return
     ttl = spec["healing"]["ttlSecondsAfterFinished"]
     job = await k8s.read("Job", namespace, job_name)
@@ -159,7 +161,7 @@ async def expire_heal_job(name, namespace, spec, recorded_heal: dict, memo) -> N
     if job is not None and (job_labels.get(MODEL_LABEL), job_labels.get(COMPONENT_LABEL)) == (name, "heal") \
             and (job.get("spec") or {}).get("ttlSecondsAfterFinished") != ttl:
         await k8s.patch("Job", namespace, job_name, {"spec": {"ttlSecondsAfterFinished": ttl}})
-    memo["expiring_job"] = job_name
+    remembered.expiring_job = job_name
 
 
 async def recheck_registry(name, namespace, spec, status, patch, t) -> None:

@@ -7,14 +7,14 @@ drift asks for one (shm_operator.healing), and watches a rollout (shm_operator.r
 refreshes the phase. Each step reads the spec and status, acts, and writes the status patch. All
 durable state lives in the CR's status, so an operator restart resumes where it was and a Job
 already launched is found again by its deterministic name (never launched twice). Only the drift
-window being filled and the time of the last check live in memory.
+window being filled and the time of the last check live in memory (shm_operator.memory).
 """
 from __future__ import annotations
 
 import kopf
 
 from model_handler.rules import RuleSet
-from shm_operator import decisions, metrics, readiness
+from shm_operator import decisions, memory, metrics, readiness
 from shm_operator.healing import expire_heal_job, follow_heal, maybe_heal, recheck_registry
 from shm_operator.names import RESOURCE
 from shm_operator.observe import observe_pods
@@ -30,14 +30,14 @@ NOT_READY_CHECK_SECONDS = 4.0
 def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, RuleSet] | None:
     """The defaulted spec and compiled rules, validated once per generation (the timer ticks every
     few seconds; re-parsing unchanged rules each time would be wasted work). None if invalid."""
-    generation = meta.get("generation")
-    if memo.get("prepared_generation") != generation:
+    generation, remembered = meta.get("generation"), memory.of(memo)
+    if remembered.prepared_generation != generation:
         prepared = None
         if not decisions.validate_spec_semantics(spec):
             full = full_spec(spec)
             prepared = full, RuleSet.from_dicts(full["rules"], full["features"], full["classes"])
-        memo["prepared"], memo["prepared_generation"] = prepared, generation
-    return memo["prepared"]
+        remembered.prepared, remembered.prepared_generation = prepared, generation
+    return remembered.prepared
 
 
 # backoff: after a failed tick (e.g. the API server restarting) try again in seconds, not Kopf's 60.
@@ -50,13 +50,13 @@ async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch
     if prepared is None:
         return  # reported by the reconcile handler; nothing here may act on an invalid spec
     spec, rules = prepared
-    last = memo.get("last_check")
+    last = memory.of(memo).last_check
     interval = spec["drift"]["checkIntervalSeconds"]
     if not readiness.ready_for(status or {}, meta.get("generation")):
         interval = min(interval, NOT_READY_CHECK_SECONDS)
     if last is not None and (t - last).total_seconds() < interval:
         return
-    memo["last_check"] = t
+    memory.of(memo).last_check = t
     status = dict(status or {})
     if not (status.get("adapter") or {}).get("desired"):
         return  # not reconciled yet

@@ -4,7 +4,7 @@ Kopf keeps an index of the serving pods (`serving_pods`, fed by a watch), so a d
 them from memory and costs no API call; it then asks each ready pod for its drift status, updates
 status.adapter (what the pods serve), status.refusedAdapters, status.drift, the Ready,
 DriftDetected and Degraded (PodsUnreachable, AdapterRefused) conditions, and the Events about them.
-The drift window being filled lives in the model's memory (`memo["window"]`), lost on restart.
+The drift window being filled lives in the model's memory (`memory.ModelMemory`), lost on restart.
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import copy
 import aiohttp
 import kopf
 
-from shm_operator import decisions, k8s, metrics, policy, readiness
+from shm_operator import decisions, k8s, memory, metrics, policy, readiness
 from shm_operator.children import torchserve_model_name
 from shm_operator.names import COMPONENT_LABEL, MODEL_LABEL
-from shm_operator.signals import (PodUnreachable, WindowState, class_rates, describe, drift_summary,
+from shm_operator.signals import (PodUnreachable, class_rates, describe, drift_summary,
                                   fetch_pod_status, ingest)
-from shm_operator.status import degraded_reason, iso, parse_time, set_condition_in, update, update_adapter, without_nulls
+from shm_operator.status import (degraded_reason, iso, parse_time, set_condition_in, update, update_adapter,
+                                 without_nulls)
 
 # status.drift.lastCheck alone is rewritten at most this often: a check that changes nothing else
 # writes nothing (one status PATCH per model per check was most of the API load of idle models).
@@ -38,7 +39,8 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
     """Poll every ready pod of `pods` (the model's serving pods); update status.adapter and, when a
     window fills, status.drift. Returns the drift summary of a window completed now, if any."""
     ready = [p for p in pods if k8s.pod_ready(p)]
-    state: WindowState = memo.setdefault("window", WindowState())
+    remembered = memory.of(memo)
+    state = remembered.window
     async with aiohttp.ClientSession() as session:
         results = await asyncio.gather(*(fetch_pod_status(session, p, torchserve_model_name(name, spec))
                                          for p in ready), return_exceptions=True)
@@ -69,10 +71,10 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
     before = dict(status.get("drift") or {})
     drift = {**before, "unreachablePods": unreachable}
     rows = state.pending.n if state.pending is not None else 0
-    if rows > memo.get("window_rows", 0):
-        memo["traffic_at"] = t   # a window is filling: a rollout may wait for it (rollout.baseline_wait)
+    if rows > remembered.window_rows:
+        remembered.traffic_at = t   # a window is filling: a rollout may wait for it (rollout.baseline_wait)
     window = state.take_window(spec["drift"]["windowRows"])
-    memo["window_rows"] = 0 if window is not None else rows
+    remembered.window_rows = 0 if window is not None else rows
     summary = None
     if window is not None:
         scores = policy.score(window, state.reference, rules, spec["drift"])
@@ -80,7 +82,7 @@ async def observe_pods(name, namespace, spec, status, body, memo, rules, patch, 
         trigger, was, drifting = judged.trigger, judged.was, judged.drifting
         summary = {**drift_summary(scores, trigger, judged.since, class_rates(window)),
                    "adapter": window_adapter(status, seen)}
-        memo["reference_class_rates"] = class_rates(state.reference.counts)
+        remembered.reference_class_rates = class_rates(state.reference.counts)
         drift.update(summary)
         if judged.onset:
             drift["onset"] = judged.onset  # this window already saw the drift: every row after it is drifted

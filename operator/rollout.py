@@ -26,7 +26,7 @@ import kopf
 from model_handler.model import AdapterError, adapter_from_bytes
 from model_handler.registry import (AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
                                     RegistryError)
-from shm_operator import decisions, metrics
+from shm_operator import decisions, memory, metrics
 from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.names import BASE_VERSION, CHANGE_ANNOTATION
 from shm_operator.policy import baseline, baseline_of, rollout_verdict, vouched
@@ -100,7 +100,7 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     start_rollout(patch, status, {"from": accepted, "to": requested, "strategy": strategy, "started": iso(t),
                                   "complete": None, "watch": watch,
                                   "baseline": {**(pre or baseline({})),
-                                               "referenceClassRates": memo.get("reference_class_rates") or {},
+                                               "referenceClassRates": memory.of(memo).reference_class_rates,
                                                "expectedClassRates": expected_rates(status, requested)}})
     clear_pending(patch, status)
     clear_refusal(patch, status, requested, t)
@@ -207,11 +207,12 @@ def baseline_wait(spec: dict, memo, serving: str, requested: str, t: dt.datetime
     rollback.watchSeconds (if a window takes longer, the watch could not judge the new one either)."""
     limit = spec["promotion"]["rollback"]["watchSeconds"]
     waited = runtime.total_seconds() if runtime is not None else 0.0
-    traffic_at = memo.get("traffic_at")
+    remembered = memory.of(memo)
+    traffic_at = remembered.traffic_at
     recent = traffic_at is not None and (t - traffic_at).total_seconds() <= 3 * spec["drift"]["checkIntervalSeconds"]
     if not recent or waited >= limit:
         return None
-    rows = memo.get("window_rows", 0)
+    rows = remembered.window_rows
     return (f"{requested} waits for a drift window of {serving} alone ({rows}/{spec['drift']['windowRows']} rows, "
             f"{waited:.0f}s of at most {limit}s): its rollback watch compares with that window")
 
@@ -231,7 +232,7 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
                                    f"pods refused {rollout['to']}: {why}", t, code="AdapterRefused")
         if adapter.get("podsAtDesired", 0) >= spec["replicas"] and adapter.get("current") == rollout["to"]:
             rollout["complete"] = iso(t)
-            memo["window"] = WindowState()  # from now on, windows hold only new-adapter traffic
+            memory.of(memo).window = WindowState()  # from now on, windows hold only new-adapter traffic
             # back on the last good adapter: nothing to watch
             update_rollout(patch, status, rollout, rollout if rollout.get("watch", True) else None)
         return
@@ -242,7 +243,7 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
         rollout["watchedRows"] = int(rollout.get("watchedRows") or 0) + int(fresh["samples"])
         # The training data's class rates are the model's, not the rollout's: if none were known when
         # the rollout began (an operator restarted just before it had no window yet), use today's.
-        reference = base.get("referenceClassRates") or memo.get("reference_class_rates") or {}
+        reference = base.get("referenceClassRates") or memory.of(memo).reference_class_rates
         decision = rollout_verdict(base, fresh, reference, limits, elapsed)
         if decision.act and rollout.get("from"):
             return await roll_back(name, namespace, spec, status, body, patch, rollout, decision.reason, t)

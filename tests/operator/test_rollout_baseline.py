@@ -17,7 +17,7 @@ import yaml
 
 from model_handler.model import ModelSpec, SelfHealingNet, adapter_to_bytes
 from model_handler.registry import AdapterRegistry
-from shm_operator import observe, rollout
+from shm_operator import memory, observe, rollout
 from shm_operator.status import full_spec, iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -63,7 +63,8 @@ def accept(spec, status, memo, runtime_s=0.0):
 
 def traffic(seconds_ago: float = 2.0, rows: int = 180) -> kopf.Memo:
     memo = kopf.Memo()
-    memo["traffic_at"], memo["window_rows"] = T - dt.timedelta(seconds=seconds_ago), rows
+    remembered = memory.of(memo)
+    remembered.traffic_at, remembered.window_rows = T - dt.timedelta(seconds=seconds_ago), rows
     return memo
 
 

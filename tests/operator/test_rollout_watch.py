@@ -11,6 +11,7 @@ import datetime as dt
 import kopf
 import yaml
 
+from shm_operator import memory
 from shm_operator.rollout import watch_rollout
 from shm_operator.status import full_spec, iso
 from sandbox_helpers import REPO_ROOT
@@ -36,7 +37,7 @@ def watch(baseline_reference: dict, memo_reference: dict | None) -> kopf.Patch:
                                               "podsAtDesired": 2}}
     memo = kopf.Memo()
     if memo_reference is not None:
-        memo["reference_class_rates"] = memo_reference
+        memory.of(memo).reference_class_rates = memo_reference
     fresh = {"samples": 500, "ruleConflict": 0.0, "classRates": HEALED}
     patch = kopf.Patch()
     asyncio.run(watch_rollout("fraud", "ns", spec, status, None, memo, patch, fresh, T))
