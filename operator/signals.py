@@ -113,11 +113,11 @@ def score_window(window: DriftSketch, state: WindowState, rules: RuleSet) -> Dri
 def trigger_from(drift_spec: dict, saved: dict | None) -> HealTrigger:
     """The heal trigger with thresholds from spec.drift and state from status.drift.trigger (a state
     saved before the trigger named its signals reads too)."""
-    drift = DriftSpec.model_validate(dict(drift_spec))   # its defaults are crd.py's
-    thresholds = {"input_on": drift.input_on, "input_off": drift.input_off,
-                  "conflict_on": drift.conflict_on, "conflict_off": drift.conflict_off,
-                  "label_on": drift.label_shift_on, "label_off": drift.label_shift_off,
-                  "persistence": drift.persistence}
+    typed = DriftSpec.model_validate(dict(drift_spec))   # its defaults are crd.py's
+    thresholds = {"input_on": typed.input_on, "input_off": typed.input_off,
+                  "conflict_on": typed.conflict_on, "conflict_off": typed.conflict_off,
+                  "label_on": typed.label_shift_on, "label_off": typed.label_shift_off,
+                  "persistence": typed.persistence}
     return drift.HealTrigger.from_dict(saved, **thresholds) if saved else drift.HealTrigger(**thresholds)
 
 
