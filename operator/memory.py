@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from model_handler.rules import RuleSet
+from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.signals import WindowState
 
 
@@ -26,9 +27,16 @@ class ModelMemory:
     # monitor: the last drift check, and the spec (full, as JSON) and rules of the generation checked
     last_check: dt.datetime | None = None
     prepared_generation: int | None = None
-    prepared: tuple[dict, RuleSet] | None = None
+    prepared: tuple[dict, SelfHealingModelSpec, RuleSet] | None = None
     # healing: the finished heal Job already given its TTL (a restart patches it once more)
     expiring_job: str | None = None
+
+    def typed(self, spec: dict) -> SelfHealingModelSpec:
+        """`spec` as its model: the one prepared for this generation when `spec` is that one's full
+        spec (every timer pass), else validated now (a pass that prepared none, such as a test's)."""
+        if self.prepared is not None and self.prepared[0] is spec:
+            return self.prepared[1]
+        return SelfHealingModelSpec.model_validate(spec)
 
 
 def of(memo) -> ModelMemory:

@@ -11,15 +11,19 @@ window being filled and the time of the last check live in memory (shm_operator.
 """
 from __future__ import annotations
 
+import contextlib
+
 import kopf
+from pydantic import ValidationError
 
 from model_handler.rules import RuleSet
-from shm_operator import decisions, memory, metrics, readiness
+from shm_operator import memory, metrics, readiness
+from shm_operator.crd import SEMANTICS, SelfHealingModelSpec
 from shm_operator.healing import expire_heal_job, follow_heal, maybe_heal, recheck_registry
 from shm_operator.names import RESOURCE
 from shm_operator.observe import observe_pods
 from shm_operator.rollout import watch_rollout
-from shm_operator.status import full_spec, now, phase_of, refresh_phase
+from shm_operator.status import now, phase_of, refresh_phase
 
 TICK_SECONDS = 2.0
 # While Ready is not True for the current generation the pods are checked this often (at most), so
@@ -33,11 +37,12 @@ def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, RuleSet] | None:
     generation, remembered = meta.get("generation"), memory.of(memo)
     if remembered.prepared_generation != generation:
         prepared = None
-        if not decisions.validate_spec_semantics(spec):
-            full = full_spec(spec)
-            prepared = full, RuleSet.from_dicts(full["rules"], full["features"], full["classes"])
+        with contextlib.suppress(ValidationError):   # reported by the reconcile handler
+            model = SelfHealingModelSpec.model_validate(dict(spec), context=SEMANTICS)
+            full = model.model_dump(mode="json")
+            prepared = full, model, RuleSet.from_dicts(full["rules"], full["features"], full["classes"])
         remembered.prepared, remembered.prepared_generation = prepared, generation
-    return remembered.prepared
+    return None if remembered.prepared is None else (remembered.prepared[0], remembered.prepared[2])
 
 
 # backoff: after a failed tick (e.g. the API server restarting) try again in seconds, not Kopf's 60.

@@ -27,7 +27,6 @@ from model_handler.model import AdapterError, adapter_from_bytes
 from model_handler.registry import (AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
                                     RegistryError)
 from shm_operator import decisions, memory, metrics
-from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.names import BASE_VERSION, CHANGE_ANNOTATION
 from shm_operator.policy import baseline, baseline_of, rollout_verdict, vouched
 from shm_operator.signals import WindowState
@@ -236,7 +235,7 @@ async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh,
             # back on the last good adapter: nothing to watch
             update_rollout(patch, status, rollout, rollout if rollout.get("watch", True) else None)
         return
-    limits = decisions.RollbackLimits.from_spec(SelfHealingModelSpec.model_validate(spec).promotion.rollback)
+    limits = decisions.RollbackLimits.from_spec(memory.of(memo).typed(spec).promotion.rollback)
     elapsed = (t - parse_time(rollout["complete"])).total_seconds()
     base = rollout.get("baseline") or {}
     if fresh is not None:

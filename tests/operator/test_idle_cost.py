@@ -1,7 +1,8 @@
-"""What an idle model (pods ready, no traffic) costs the API server: the timer's real passes
-(`monitor.tick`) over 30 simulated minutes, counting every call of `shm_operator.k8s` and every
-non-empty status patch (one PATCH each). Pods come from the operator's pod index, so a check that
-changes nothing sends nothing; issue 18's target is at most 0.5 calls per minute per model."""
+"""What an idle model (pods ready, no traffic) costs: the timer's real passes (`monitor.tick`) over
+30 simulated minutes, counting every call of `shm_operator.k8s` and every non-empty status patch
+(one PATCH each), and every validation of the spec. Pods come from the operator's pod index, so a
+check that changes nothing sends nothing; issue 18's target is at most 0.5 calls per minute per
+model. The spec is validated once per generation."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,8 @@ import kopf
 import pytest
 
 from shm_operator import k8s, monitor, observe
-from shm_operator.status import written_status
+from shm_operator.crd import SelfHealingModelSpec
+from shm_operator.status import iso, written_status
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 SPEC = {"model": {"archive": "/m"}, "features": ["a"], "classes": ["x", "y"], "replicas": 2,
@@ -85,3 +87,30 @@ def test_the_timer_reads_the_models_own_pods_from_the_index(monkeypatch, calls):
     written = written_status(patch, {"status": status})
     assert written["adapter"]["podsAtDesired"] == 0   # another model's pods are not this model's
     assert written["readyReplicas"] == 0
+
+
+def test_the_spec_is_validated_once_per_generation(monkeypatch, calls):
+    """30 minutes of checks, a rollout's harm watch among them: the spec's model is built once."""
+    validated = []
+    original = SelfHealingModelSpec.model_validate.__func__
+
+    def counting(cls, *args, **kwargs):
+        validated.append(cls.__name__)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(SelfHealingModelSpec, "model_validate", classmethod(counting))
+    status = {"adapter": {"desired": "v2", "lastGood": "v1", "current": "v2", "podsAtDesired": 2},
+              "rollout": {"from": "v1", "to": "v2", "started": iso(T0), "complete": iso(T0), "watch": True,
+                          "baseline": {}}}
+    memo, t = kopf.Memo(), T0
+    spec = {**SPEC, "promotion": {"rollback": {"watchSeconds": 3600}}}
+    while t < T0 + dt.timedelta(minutes=MINUTES):
+        monkeypatch.setattr(monitor, "now", lambda t=t: t)
+        patch = kopf.Patch()
+        asyncio.run(monitor.tick.__wrapped__(name="m", namespace="ns", spec=spec, status=status,
+                                             body={"metadata": META}, meta=META, memo=memo, patch=patch,
+                                             serving_pods={("ns", "m"): [ready_pod("m-1"), ready_pod("m-2")]}))
+        status = written_status(patch, {"status": status})
+        t += dt.timedelta(seconds=monitor.TICK_SECONDS)
+    assert status.get("rollout"), "the watch ran through the whole test"
+    assert validated == ["SelfHealingModelSpec"]
