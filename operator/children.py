@@ -26,12 +26,8 @@ import yaml
 
 from model_handler.fetch import local_name
 from shm_operator.crd import DEFAULT_IMAGE
+from shm_operator.names import ADAPTER_ANNOTATION, COMPONENT_LABEL, MODEL_LABEL, RULES_ANNOTATION
 
-GROUP = "selfheal.io"
-MODEL_LABEL = f"{GROUP}/model"
-COMPONENT_LABEL = f"{GROUP}/component"
-ADAPTER_ANNOTATION = f"{GROUP}/adapter-version"
-RULES_ANNOTATION = f"{GROUP}/rules-hash"
 PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 ADAPTER_DIR = "/etc/selfheal/adapter"
 RULES_DIR = "/etc/selfheal/rules"
@@ -339,7 +335,7 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
         container["envFrom"] = env_from
     if healing.get("resources"):
         container["resources"] = healing["resources"]
-    job_labels = {**labels(name, "heal"), f"{GROUP}/adapter-version": version}
+    job_labels = {**labels(name, "heal"), ADAPTER_ANNOTATION: version}
     return with_pod_template(spec, {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": job_name, "labels": job_labels},

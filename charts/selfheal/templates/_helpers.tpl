@@ -114,10 +114,11 @@ them through envFrom, resolved by the kubelet).
   resources: ["networkpolicies"]
   verbs: ["create", "patch"]
 {{- end }}
-# Pods are only listed: the model pods to poll for drift and readiness, a heal Job's pod for its result.
+# Pods are read, never changed: the serving pods are watched (an index of the operator, for drift
+# and readiness), a heal Job's pod is listed once for its result.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Events: Kopf posts core/v1 Events (handler outcomes, kopf.info/warn: heals, rollbacks).
 - apiGroups: [""]
   resources: ["events"]
