@@ -12,8 +12,8 @@ from prometheus_client import start_http_server
 from model_handler.redact import install_log_redaction
 from shm_operator import (healing, k8s, monitor, observe, reconcile, rollout,  # noqa: F401  (registers the handlers)
                           status_metrics)
-from shm_operator.children import network_policy_settings
 from shm_operator.names import API_GROUP
+from shm_operator.network_policy import network_policy_settings
 
 # Before Kopf logs anything about a resource: no storage credentials in the log or in Events.
 install_log_redaction()

@@ -13,8 +13,9 @@ import kopf
 from shm_operator import decisions, k8s, metrics
 from shm_operator.children import (adapter_config_name, adapter_configmap,
                                    clearing_pod_template, deployment, disruption_budget, inference_url,
-                                   network_policy, rules_configmap, selector_string, service, serving_name)
+                                   rules_configmap, selector_string, service, serving_name)
 from shm_operator.names import ADAPTER_ANNOTATION, RESOURCE
+from shm_operator.network_policy import network_policy
 from shm_operator.rollout import WaitingForBaseline, accept_version
 from shm_operator.status import full_spec, now, refresh_phase, set_condition_in, update, update_adapter
 

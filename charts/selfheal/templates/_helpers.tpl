@@ -62,7 +62,7 @@ app.kubernetes.io/part-of: selfheal
 
 {{/*
 The operator's per-model NetworkPolicy settings, as JSON for $SELFHEAL_NETWORK_POLICY
-(shm_operator.children.network_policy_settings): who may reach the management port (this release's
+(shm_operator.network_policy.network_policy_settings): who may reach the management port (this release's
 operator pods), the metrics port (Prometheus) and the inference port (inferenceFrom; empty: anyone).
 */}}
 {{- define "selfheal.modelNetworkPolicy" -}}
