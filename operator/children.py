@@ -19,19 +19,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import posixpath
 
 import yaml
 
 from model_handler.fetch import local_name
 from shm_operator.crd import DEFAULT_IMAGE
+from shm_operator.names import ADAPTER_ANNOTATION, COMPONENT_LABEL, MODEL_LABEL, RULES_ANNOTATION
 
-GROUP = "selfheal.io"
-MODEL_LABEL = f"{GROUP}/model"
-COMPONENT_LABEL = f"{GROUP}/component"
-ADAPTER_ANNOTATION = f"{GROUP}/adapter-version"
-RULES_ANNOTATION = f"{GROUP}/rules-hash"
 PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 ADAPTER_DIR = "/etc/selfheal/adapter"
 RULES_DIR = "/etc/selfheal/rules"
@@ -49,8 +44,6 @@ PVC_DIR = "/var/run/selfheal/pvc"
 # The images' user (docker/*.Dockerfile: `USER 10001:10001`).
 RUN_AS_USER = 10001
 RUN_AS_GROUP = 10001
-# Operator settings for the per-model NetworkPolicy (the chart renders it from its values; unset: none).
-NETWORK_POLICY_ENV = "SELFHEAL_NETWORK_POLICY"
 
 
 def serving_name(model: str) -> str:
@@ -252,41 +245,6 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
     })
 
 
-def network_policy_settings(environ=None) -> dict | None:
-    """The operator's NetworkPolicy settings from $SELFHEAL_NETWORK_POLICY (JSON, rendered by the
-    chart): {"operator": [peers], "metrics": [peers], "inference": [peers]}. None when unset or
-    empty: the operator then creates no NetworkPolicy (e.g. run outside the chart, or opted out)."""
-    raw = (os.environ if environ is None else environ).get(NETWORK_POLICY_ENV, "").strip()
-    if not raw:
-        return None
-    settings = json.loads(raw)
-    if not isinstance(settings, dict) or not isinstance(settings.get("operator"), list) or not settings["operator"]:
-        raise ValueError(f"{NETWORK_POLICY_ENV} must be a JSON object whose 'operator' is a non-empty list "
-                         f"of NetworkPolicyPeers (who may reach the management port)")
-    for key in ("metrics", "inference"):
-        if not isinstance(settings.get(key, []), list):
-            raise ValueError(f"{NETWORK_POLICY_ENV}: {key!r} must be a list of NetworkPolicyPeers")
-    return settings
-
-
-def network_policy(name: str, settings: dict) -> dict:
-    """Ingress to one model's serving pods: management (8081: the describe API with the drift
-    status, which can also load and unload models) only from the operator; metrics (8082) only from
-    `metrics` peers (Prometheus), none if empty; inference (8080) from `inference` peers, any source
-    if empty. Ports by name, as on the pods. Egress is not restricted (pods reach storage)."""
-    def rule(port: str, peers: list[dict] | None) -> dict:
-        return {"ports": [{"port": port, "protocol": "TCP"}], **({"from": peers} if peers is not None else {})}
-
-    ingress = [rule("inference", settings.get("inference") or None),
-               rule("management", settings["operator"])]
-    if settings.get("metrics"):
-        ingress.append(rule("metrics", settings["metrics"]))
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": serving_name(name), "labels": labels(name, "serving")},
-            "spec": {"podSelector": {"matchLabels": {MODEL_LABEL: name, COMPONENT_LABEL: "serving"}},
-                     "policyTypes": ["Ingress"], "ingress": ingress}}
-
-
 def container_port(pod: dict, port_name: str) -> int | None:
     for container in (pod.get("spec") or {}).get("containers") or []:
         for port in container.get("ports") or []:
@@ -339,7 +297,7 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
         container["envFrom"] = env_from
     if healing.get("resources"):
         container["resources"] = healing["resources"]
-    job_labels = {**labels(name, "heal"), f"{GROUP}/adapter-version": version}
+    job_labels = {**labels(name, "heal"), ADAPTER_ANNOTATION: version}
     return with_pod_template(spec, {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": job_name, "labels": job_labels},

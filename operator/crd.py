@@ -29,20 +29,20 @@ import typing as t
 from pathlib import Path
 
 import yaml
-from pydantic import ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
+from pydantic import (ConfigDict, Field, GetJsonSchemaHandler, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from kube_custom_resource import CustomResource, CustomResourceRegistry
 from kube_custom_resource import schema
+from model_handler.rules import FUNCTIONS, KEYWORDS, RuleError, RuleSet
+from shm_operator.names import ADAPTER_VERSION, API_GROUP, API_VERSION, BASE_VERSION
 
-API_GROUP = "selfheal.io"
-API_VERSION = "v1alpha1"
 DEFAULT_IMAGE = "ghcr.io/selfheal/model-server:0.1.0"
 DEFAULT_STORAGE_URI = "file:///var/lib/selfheal"   # node-local: the sandbox and development only
 # The operator's default for models without spec.storage.uri (the chart's `storage.uri`).
 STORAGE_URI_ENV = "SELFHEAL_STORAGE_URI"
-BASE_ADAPTER = "base"
 MAX_RULE_CHARS = 2000          # model_handler.rules.MAX_EXPRESSION_CHARS
 MAX_HISTORY = 20
 
@@ -50,7 +50,6 @@ MAX_HISTORY = 20
 # language and Prometheus labels accept; adapter versions become object-store paths and labels.
 FEATURE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 CLASS_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-ADAPTER_VERSION = r"^(base|[a-z0-9][a-z0-9.-]{0,62})$"
 TORCHSERVE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 URI_WITH_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*://.+$"
@@ -58,6 +57,17 @@ CONDITION_TYPE = r"^[A-Z][A-Za-z0-9]*$"
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"   # metav1.Condition's reason
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 DEFAULT_JOB_TTL_SECONDS = 86_400
+QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?")
+# What the schema cannot say is found by each model's `problems()`: (the field's path under that
+# model, what is wrong). Validated with this context, SelfHealingModelSpec raises them all at once,
+# each at its field (the operator does, once per generation); without it a model is what the CRD
+# schema admits, as the API server would.
+Problem = tuple[tuple, str]
+SEMANTICS = {"semantics": True}
+
+
+def _under(prefix: tuple, problems: list[Problem]) -> list[Problem]:
+    return [((*prefix, *loc), what) for loc, what in problems]
 
 Fraction = schema.confloat(ge=0, le=1)
 NonNegative = schema.confloat(ge=0)
@@ -214,6 +224,11 @@ class ResourceRequirements(SpecModel):
         default_factory=dict, description="Minimum resources, e.g. {cpu: 500m, memory: 1Gi}.")
     limits: dict[str, schema.IntOrString] = Field(
         default_factory=dict, description="Maximum resources, e.g. {memory: 2Gi}.")
+
+    def problems(self) -> list[Problem]:
+        return [((kind, name), f"{value!r} is not a Kubernetes quantity (such as 500m, 2, 1.5Gi)")
+                for kind in ("requests", "limits") for name, value in getattr(self, kind).items()
+                if not QUANTITY.fullmatch(str(value))]
 
 
 class ModelSource(SpecModel):
@@ -376,6 +391,17 @@ class DriftSpec(SpecModel):
     persistence: schema.conint(ge=1, le=100) = Field(
         2, description="Consecutive windows with a signal on before drift is declared.")
 
+    def problems(self) -> list[Problem]:
+        checks = [(getattr(self, off) > getattr(self, on), name_off,
+                   f"{getattr(self, off):g} is above {name_on} {getattr(self, on):g}: drift could never clear")
+                  for off, on, name_off, name_on in (("input_off", "input_on", "inputOff", "inputOn"),
+                                                     ("conflict_off", "conflict_on", "conflictOff", "conflictOn"),
+                                                     ("label_shift_off", "label_shift_on", "labelShiftOff",
+                                                      "labelShiftOn"))]
+        checks.append((self.min_samples > self.window_rows, "minSamples",
+                       f"{self.min_samples} is above windowRows {self.window_rows}: no window would ever count"))
+        return [((path,), what) for failed, path, what in checks if failed]
+
 
 class HealingObjective(SpecModel):
     """Weights of the label-free healing objective (model_handler.healing.HealConfig)."""
@@ -415,6 +441,12 @@ class HealingSpec(SpecModel):
         DEFAULT_JOB_TTL_SECONDS, description="A finished heal Job (and its pod) is deleted this many seconds after it "
                                              "finished; the operator sets it once it has read the Job's result into "
                                              "status.lastHeal, so no result is lost to it.")
+
+    def problems(self) -> list[Problem]:
+        if self.min_rows > self.training_window_rows:
+            return [(("minRows",), f"{self.min_rows} is above trainingWindowRows {self.training_window_rows}: no "
+                                   "heal could run")]
+        return []
 
 
 class GateThresholds(SpecModel):
@@ -465,7 +497,7 @@ class AdapterSpec(SpecModel):
     person writes it to roll back or forward, or to approve a candidate in Manual mode."""
 
     version: schema.constr(pattern=ADAPTER_VERSION) = Field(
-        BASE_ADAPTER, description="Adapter version; `base` is the identity adapter.")
+        BASE_VERSION, description="Adapter version; `base` is the identity adapter.")
 
 
 def default_storage_uri() -> str:
@@ -535,6 +567,42 @@ class SelfHealingModelSpec(SpecModel):
     def _rule_names_unique(cls, rules: list[Rule]) -> list[Rule]:
         _unique([rule.name for rule in rules], "rule names")
         return rules
+
+    @model_validator(mode="after")
+    def _semantics(self, info: ValidationInfo) -> "SelfHealingModelSpec":
+        """With the SEMANTICS context, what the schema cannot say (features that are words of the
+        rule language, rules that do not parse, thresholds in the wrong order, malformed
+        quantities), every problem at once, each at its field, as Pydantic errors `semantics`."""
+        if not (info.context or {}).get("semantics"):
+            return self
+        problems = [*self.problems(), *_under(("drift",), self.drift.problems()),
+                    *_under(("healing",), self.healing.problems())]
+        rollback, interval = self.promotion.rollback, self.drift.check_interval_seconds
+        if 0 < rollback.watch_seconds < interval:
+            problems.append((("promotion", "rollback", "watchSeconds"),
+                             f"{rollback.watch_seconds}s is shorter than drift.checkIntervalSeconds {interval}s: "
+                             "no check would fall inside the watch"))
+        for prefix, resources in ((("resources",), self.resources), (("healing", "resources"), self.healing.resources)):
+            problems += _under(prefix, resources.problems() if resources else [])
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=PydanticCustomError("semantics", "{what}", {"what": what}), loc=loc, input=None)
+                for loc, what in problems])
+        return self
+
+    def problems(self) -> list[Problem]:
+        """Feature names the rule language reserves, and every rule that does not parse (each on its
+        own, so every broken rule is reported, not just the first)."""
+        reserved = KEYWORDS | FUNCTIONS
+        problems = [(("features", i), f"{name!r} is a reserved word of the rule language "
+                                      f"({', '.join(sorted(reserved))})")
+                    for i, name in enumerate(self.features) if name in reserved]
+        for i, rule in enumerate(self.rules):
+            try:
+                RuleSet.from_dicts([rule.model_dump(by_alias=True)], self.features, self.classes)
+            except RuleError as err:
+                problems.append((("rules", i), str(err)))
+        return problems
 
 
 # ---- status ------------------------------------------------------------------------------------

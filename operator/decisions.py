@@ -1,33 +1,31 @@
 """The operator's judgement as pure functions: no Kubernetes, no I/O, the time passed in.
 
-Handlers gather the facts (spec, status, pods, the heal Job) and apply what these functions
-decide, so every branch of the operator's reasoning is unit-tested without a cluster. Reasons are
-written for people (status messages, Events); codes are CamelCase and fit a condition's reason.
-Times are timezone-aware datetimes or RFC 3339 strings as found in a status.
+Handlers gather the facts (spec, status, pods, the heal Job's result read by `job_result`) and
+apply what these functions decide, so every branch of the operator's reasoning is unit-tested
+without a cluster. Reasons are written for people (status messages, Events); codes are
+CamelCase and fit a condition's reason. Times are timezone-aware datetimes or RFC 3339 strings as
+found in a status.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 # The one rule for naming a new adapter version lives with the registry; re-exported for bench.loop.
-from model_handler.registry import next_version, version_number  # noqa: F401
-from model_handler.rules import FUNCTIONS, KEYWORDS, RuleError, RuleSet
-from shm_operator.crd import (CONDITION_REASON, CONDITION_TYPE, MAX_HISTORY, HealingMode, Phase, RollbackSpec,
-                              SelfHealingModelSpec)
+from model_handler.registry import BASE_VERSION, next_version, version_number  # noqa: F401
+from shm_operator.crd import (CONDITION_REASON, CONDITION_TYPE, MAX_HISTORY, SEMANTICS, HealingMode, Phase,
+                              RollbackSpec, SelfHealingModelSpec)
+from shm_operator.job_result import JobResult, parse_job_result  # noqa: F401  (parse_job_result: for bench.loop)
 
 DAY = timedelta(days=1)
-TERMINATION_MESSAGE_LIMIT = 4096       # bytes the kubelet keeps of a container's termination message
 CONDITION_MESSAGE_LIMIT = 32768        # metav1.Condition.message
 DNS_LABEL_LIMIT = 63                   # a Job's name becomes its pods' job-name label value
-QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?")
 UTC = timezone.utc
 
 
@@ -129,7 +127,7 @@ def heal_job_target(job: Mapping) -> HealTarget | None:
                 return arg[len(name) + 1:]
         return None
 
-    version, parent = option("--version"), option("--parent") or "base"
+    version, parent = option("--version"), option("--parent") or BASE_VERSION
     return HealTarget(parent, version) if version else None
 
 
@@ -167,130 +165,7 @@ def drift_reason(signals: Sequence[str]) -> str:
     return DRIFT_REASONS[known[0]] if len(known) == 1 else "SeveralSignals"
 
 
-# ---- the heal Job's result ---------------------------------------------------------------------
-
-VERDICTS = ("promote", "approve", "reject", "nothing")
-ESTIMATE_NOTE_LIMIT = 500
-
-
-class _JobMessage(BaseModel):
-    """The JSON `python -m model_handler.heal` writes to its termination log; unknown keys are
-    ignored so a newer Job still reads."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-    version: str | None = None
-    parent: str | None = None
-    state: str | None = None
-    promotable: bool | None = None
-    passed: bool | None = None
-    verdict: Literal["promote", "approve", "reject", "nothing"] | None = None
-    reason: str = ""
-    steps: list[str] = []
-    failed: list[str] = []
-    evidence: list[str] = []
-    estimate: Any = None
-    class_rates: dict[str, float] = Field(default_factory=dict, alias="classRates")
-    rows: int | None = None
-    sha256: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What a heal Job reported. `error` is set when it failed or its message is unusable;
-    `promotable`: a candidate passed the safety checks and may be served (by the operator or, for
-    the verdict approve, by a person).
-
-    `verdict` is what the Job concluded: promote (the candidate passed the safety checks and
-    independent held-out evidence supports the fix), approve (it passed the safety checks, but no
-    independent evidence supports the fix: a person decides), reject (it failed a check), nothing
-    (no fix was needed or possible). `evidence` names the independent checks behind it; `estimate`
-    is a label-free estimate of accuracy before (served model) and after (candidate), see
-    `read_estimate`. A message from a Job older than verdicts gets one from `promotable`/`state`."""
-
-    version: str | None = None
-    parent: str | None = None
-    state: str | None = None
-    promotable: bool = False
-    reason: str = ""
-    steps: tuple[str, ...] = ()
-    failed_checks: tuple[str, ...] = ()
-    rows: int | None = None
-    sha256: str | None = None
-    error: str | None = None
-    verdict: str | None = None
-    evidence: tuple[str, ...] = ()
-    estimate: Mapping | None = None
-    class_rates: Mapping[str, float] = field(default_factory=dict)   # the candidate's, held out
-
-
-def read_estimate(raw) -> dict | None:
-    """A Job's `estimate` as `{"estimator": str, "before": float|None, "after": float|None,
-    "note": str}`. It informs people and never decides anything, so a malformed one is kept as
-    unknown values with a note saying why, not an error that would throw the heal away."""
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        return {"estimator": "", "before": None, "after": None,
-                "note": f"unreadable estimate: a {type(raw).__name__}, not an object"}
-    notes = [str(raw.get("note") or "")]
-
-    def accuracy(key: str) -> float | None:
-        value = raw.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 0 <= value <= 1:
-            notes.append(f"{key} {value!r} is not an accuracy in [0, 1]")
-            return None
-        return round(float(value), 4)
-
-    estimator = raw.get("estimator")
-    return {"estimator": estimator[:100] if isinstance(estimator, str) else "",
-            "before": accuracy("before"), "after": accuracy("after"),
-            "note": "; ".join(filter(None, notes))[:ESTIMATE_NOTE_LIMIT]}
-
-
-def parse_job_result(termination_message: str | None) -> JobResult:
-    """Read the heal Job's termination message. Never raises: whatever is wrong with it becomes
-    `error`, because a Job's output is input from another process and the operator must go on."""
-    if not termination_message or not termination_message.strip():
-        return JobResult(error="empty termination message: the heal Job wrote no result")
-    size = len(termination_message.encode("utf-8", "replace"))
-    if size > TERMINATION_MESSAGE_LIMIT:
-        return JobResult(error=f"termination message is {size} bytes, over the {TERMINATION_MESSAGE_LIMIT} "
-                               "Kubernetes keeps: it may be cut off, refusing to trust it")
-    try:
-        document = json.loads(termination_message)
-    except json.JSONDecodeError as err:
-        return JobResult(error=f"termination message is not JSON ({err.msg} at position {err.pos})")
-    if not isinstance(document, dict):
-        return JobResult(error=f"termination message must be a JSON object, got {type(document).__name__}")
-    try:
-        message = _JobMessage.model_validate(document)
-    except ValidationError as err:
-        return JobResult(version=document.get("version") if isinstance(document.get("version"), str) else None,
-                         error="termination message: " + "; ".join(
-                             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
-    if message.error is None and message.promotable is None and message.passed is None and message.verdict is None:
-        return JobResult(version=message.version, error="termination message says neither promotable nor error, "
-                                                        "nor a verdict")
-    verdict = message.verdict
-    if verdict is not None:
-        # A Job with verdicts writes `promotable` for older operators (true for promote only, so
-        # they never promote what a person must approve); here the verdict says it.
-        promotable = verdict in ("promote", "approve")
-    else:   # a Job older than verdicts
-        promotable = message.promotable if message.promotable is not None else bool(message.passed)
-        if message.error is None:
-            verdict = "promote" if promotable else "reject" if message.state == "rejected" else "nothing"
-    return JobResult(version=message.version, parent=message.parent, state=message.state,
-                     promotable=promotable and message.error is None, reason=message.reason,
-                     steps=tuple(message.steps), failed_checks=tuple(message.failed), rows=message.rows,
-                     sha256=message.sha256, error=f"heal Job failed: {message.error}" if message.error else None,
-                     verdict=verdict if message.error is None else None, evidence=tuple(message.evidence),
-                     estimate=read_estimate(message.estimate), class_rates=dict(message.class_rates))
-
+# ---- what a finished heal leads to ------------------------------------------------------------
 
 class Promotion(NamedTuple):
     action: str      # "promote" | "await-approval" | "reject" | "nothing"
@@ -432,66 +307,16 @@ def field_path(loc: Sequence[str | int]) -> str:
 
 
 def validate_spec_semantics(spec: Mapping | SelfHealingModelSpec) -> list[str]:
-    """Problems of a spec that the CRD schema cannot express, as '<field>: <what>' lines.
-
-    A mapping (as read from the API) is first validated by the models, whose errors come back the
-    same way, so one call covers everything; the sandbox has no API server to validate for it.
-    """
-    if not isinstance(spec, SelfHealingModelSpec):
-        try:
-            spec = SelfHealingModelSpec.model_validate(spec)
-        except ValidationError as err:
-            return [f"{field_path(('spec', *e['loc']))}: {e['msg']}" for e in err.errors()]
-    return [*_feature_problems(spec), *_rule_problems(spec), *_threshold_problems(spec),
-            *_quantity_problems(spec)]
-
-
-def _feature_problems(spec: SelfHealingModelSpec) -> list[str]:
-    reserved = ", ".join(sorted(KEYWORDS | FUNCTIONS))
-    return [f"spec.features[{i}]: {name!r} is a reserved word of the rule language ({reserved})"
-            for i, name in enumerate(spec.features) if name in KEYWORDS | FUNCTIONS]
-
-
-def _rule_problems(spec: SelfHealingModelSpec) -> list[str]:
-    """Parse each rule on its own, so every broken rule is reported, not just the first."""
-    problems = []
-    for i, rule in enumerate(spec.rules):
-        try:
-            RuleSet.from_dicts([rule.model_dump(by_alias=True)], spec.features, spec.classes)
-        except RuleError as err:
-            problems.append(f"spec.rules[{i}]: {err}")
-    return problems
-
-
-def _threshold_problems(spec: SelfHealingModelSpec) -> list[str]:
-    drift, healing, rollback = spec.drift, spec.healing, spec.promotion.rollback
-    checks = [
-        (drift.input_off > drift.input_on, "spec.drift.inputOff",
-         f"{drift.input_off:g} is above inputOn {drift.input_on:g}: drift could never clear"),
-        (drift.conflict_off > drift.conflict_on, "spec.drift.conflictOff",
-         f"{drift.conflict_off:g} is above conflictOn {drift.conflict_on:g}: drift could never clear"),
-        (drift.label_shift_off > drift.label_shift_on, "spec.drift.labelShiftOff",
-         f"{drift.label_shift_off:g} is above labelShiftOn {drift.label_shift_on:g}: drift could never clear"),
-        (drift.min_samples > drift.window_rows, "spec.drift.minSamples",
-         f"{drift.min_samples} is above windowRows {drift.window_rows}: no window would ever count"),
-        (healing.min_rows > healing.training_window_rows, "spec.healing.minRows",
-         f"{healing.min_rows} is above trainingWindowRows {healing.training_window_rows}: no heal could run"),
-        (0 < rollback.watch_seconds < drift.check_interval_seconds, "spec.promotion.rollback.watchSeconds",
-         f"{rollback.watch_seconds}s is shorter than drift.checkIntervalSeconds {drift.check_interval_seconds}s: "
-         "no check would fall inside the watch"),
-    ]
-    return [f"{path}: {what}" for failed, path, what in checks if failed]
-
-
-def _quantity_problems(spec: SelfHealingModelSpec) -> list[str]:
-    problems = []
-    for path, resources in (("spec.resources", spec.resources), ("spec.healing.resources", spec.healing.resources)):
-        for kind in ("requests", "limits"):
-            for name, value in (getattr(resources, kind) if resources else {}).items():
-                if not QUANTITY.fullmatch(str(value)):
-                    problems.append(f"{path}.{kind}.{name}: {value!r} is not a Kubernetes quantity "
-                                    "(such as 500m, 2, 1.5Gi)")
-    return problems
+    """Problems of a spec as '<field>: <what>' lines: the models' schema errors and what the CRD
+    schema cannot express (the `semantics` validators beside the fields in crd.py), so one call
+    covers everything; the sandbox has no API server to validate for it."""
+    if isinstance(spec, SelfHealingModelSpec):
+        spec = spec.model_dump(mode="json", by_alias=True)
+    try:
+        SelfHealingModelSpec.model_validate(spec, context=SEMANTICS)
+    except ValidationError as err:
+        return [f"{field_path(('spec', *e['loc']))}: {e['msg']}" for e in err.errors()]
+    return []
 
 
 # ---- conditions and history --------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The operator's entry module for `kopf run -m shm_operator.handlers`: settings, then one module
-per concern (reconcile children, monitor drift and heal, roll out adapter versions)."""
+per concern (reconcile children, observe pods, heal, roll out adapter versions; the timer that
+orders them), see operator/README.md."""
 from __future__ import annotations
 
 import logging
@@ -9,20 +10,20 @@ import kopf
 from prometheus_client import start_http_server
 
 from model_handler.redact import install_log_redaction
-from shm_operator import k8s, monitor, reconcile, rollout, status_metrics  # noqa: F401  (registers the handlers)
-from shm_operator.children import network_policy_settings
+from shm_operator import (healing, k8s, monitor, observe, reconcile, rollout,  # noqa: F401  (registers the handlers)
+                          status_metrics)
+from shm_operator.names import API_GROUP
+from shm_operator.network_policy import network_policy_settings
 
 # Before Kopf logs anything about a resource: no storage credentials in the log or in Events.
 install_log_redaction()
 
-GROUP = "selfheal.io"
-
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> None:
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90

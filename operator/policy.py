@@ -15,13 +15,16 @@ from typing import Mapping
 from model_handler.drift import DriftScores, HealTrigger, drift_scores
 from model_handler.rules import RuleSet
 from model_handler.sketches import DriftSketch, ReferenceProfile
-from shm_operator.decisions import Decision, JobResult, Promotion, RollbackLimits, RolloutSignals, rollback_check
+from shm_operator.crd import DriftSpec
+from shm_operator.decisions import Decision, Promotion, RollbackLimits, RolloutSignals, rollback_check
+from shm_operator.job_result import JobResult
 from shm_operator.signals import trigger_from
 
 
 def score(window: DriftSketch, reference: ReferenceProfile, rules: RuleSet, drift_spec: Mapping) -> DriftScores:
     """Score a full window; `spec.drift.minSamples` says how many rows make a window evidence."""
-    return drift_scores(window, reference, rules, min_samples=int(drift_spec.get("minSamples", 200)))
+    min_samples = DriftSpec.model_validate(dict(drift_spec)).min_samples   # its default is crd.py's
+    return drift_scores(window, reference, rules, min_samples=min_samples)
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import kopf
 
 from shm_operator import decisions, k8s, metrics
-from shm_operator.children import (ADAPTER_ANNOTATION, adapter_config_name, adapter_configmap,
+from shm_operator.children import (adapter_config_name, adapter_configmap,
                                    clearing_pod_template, deployment, disruption_budget, inference_url,
-                                   network_policy, rules_configmap, selector_string, service, serving_name)
+                                   rules_configmap, selector_string, service, serving_name)
+from shm_operator.names import ADAPTER_ANNOTATION, RESOURCE
+from shm_operator.network_policy import network_policy
 from shm_operator.rollout import WaitingForBaseline, accept_version
 from shm_operator.status import full_spec, now, refresh_phase, set_condition_in, update, update_adapter
 
 
-@kopf.on.resume("selfheal.io", "v1alpha1", "selfhealingmodels", backoff=10)
-@kopf.on.create("selfheal.io", "v1alpha1", "selfhealingmodels", backoff=10)
-@kopf.on.update("selfheal.io", "v1alpha1", "selfhealingmodels", field="spec", backoff=10)
+@kopf.on.resume(*RESOURCE, backoff=10)
+@kopf.on.create(*RESOURCE, backoff=10)
+@kopf.on.update(*RESOURCE, field="spec", backoff=10)
 @metrics.count_errors
 async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runtime, **_) -> None:
     t = now()

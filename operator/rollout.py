@@ -1,7 +1,13 @@
-"""Accepting a new spec.adapter.version (the operator promoted, rolled back, or a person patched it).
+"""Rollouts of adapter versions: accept a new spec.adapter.version, watch it, roll it back.
 
-The reconcile handler calls `accept_version` before it renders the children, so exactly one
-handler decides which version the pods serve. A version the registry does not have is refused in
+One module holds the whole protocol. `change_version` is how the operator itself changes
+spec.adapter.version (a promotion or a rollback): the same PATCH carries the CHANGE_ANNOTATION
+saying who and why. The reconcile handler calls `accept_version` before it renders the children,
+so exactly one handler decides which version the pods serve; it consumes that annotation, takes a
+baseline (a drift window of the version being replaced) and starts status.rollout. The timer's
+`watch_rollout` completes the rollout once every pod serves it, compares live windows with the
+baseline for rollback.watchSeconds and calls `roll_back` on harm; a watch that live traffic vouched
+for moves status.adapter.lastGood. A version the registry does not have is refused in
 the status and the pods keep serving the last accepted one. An accepted change starts a rollout:
 RollingRestart puts the version in the pod template (Kubernetes replaces pods one at a time and
 readiness gates traffic: with maxUnavailable 0 no request fails); HotSwap writes it into the
@@ -11,20 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 
 import kopf
 
 from model_handler.adapters import AdapterError, AdapterShapes, verify_adapter
-from model_handler.registry import (BASE_VERSION, AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
+from model_handler.registry import (AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
                                     RegistryError)
-from shm_operator import decisions, metrics
-from shm_operator.policy import baseline, baseline_of
-from shm_operator.status import iso, set_condition_in, start_rollout, update, update_adapter
+from shm_operator import decisions, memory, metrics
+from shm_operator.names import BASE_VERSION, CHANGE_ANNOTATION
+from shm_operator.policy import baseline, baseline_of, rollout_verdict, vouched
+from shm_operator.signals import WindowState
+from shm_operator.status import iso, parse_time, set_condition_in, update, update_adapter, without_nulls
 
 log = logging.getLogger(__name__)
-CHANGE_ANNOTATION = "selfheal.io/adapter-change"   # {"version", "by", "reason"} of an operator's own change
 # Degraded reasons that a newly accepted version ends (the refused request is no longer asked for)
 REFUSAL_REASONS = ("AdapterNotFound", "AdapterCorrupt", "RegistryUnreachable")
 
@@ -56,35 +64,9 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
         clear_pending(patch, status)   # patched back while a rollout waited
         return accepted
     fallback = accepted or BASE_VERSION
-    if requested != BASE_VERSION:
-        registry = registry_for(name, namespace, spec)
-        try:
-            # no pod-derived expectations here: a new spec.model.archive may come with this very version,
-            # and the pods reporting the old backbone must not veto it (the new pods check it)
-            meta = await asyncio.to_thread(verified_meta, registry, requested)
-        except AdapterNotFoundError as err:
-            set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", str(err), t)
-            kopf.warn(body, reason="AdapterNotFound",
-                      message=f"spec.adapter.version {requested!r} is not in the registry; pods keep "
-                              f"serving {fallback!r}")
-            return fallback
-        except (CorruptAdapterError, AdapterError) as err:
-            set_condition_in(patch, status, "Degraded", True, "AdapterCorrupt", str(err)[:1000], t)
-            kopf.warn(body, reason="AdapterCorrupt",
-                      message=f"spec.adapter.version {requested!r} is corrupt in the registry ({str(err)[:300]}); "
-                              f"pods keep serving {fallback!r}")
-            return fallback
-        except RegistryError as err:
-            # The condition and Event are written with this pass's patch even though the handler
-            # is retried: Kopf applies the patch whatever the handler's outcome.
-            set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err)[:1000], t)
-            kopf.warn(body, reason="RegistryUnreachable",
-                      message=f"cannot check {requested!r}: {str(err)[:300]}; pods keep serving {fallback!r}")
-            raise kopf.TemporaryError(f"registry unreachable while checking {requested}: {err}", delay=10) from err
-        if meta.state == "rejected":
-            kopf.warn(body, reason="RejectedAdapter",
-                      message=f"{requested} was refused by the promotion gate ({meta.reason[:200]}); serving it "
-                              f"because spec.adapter.version says so")
+    if requested != BASE_VERSION and not await usable(name, namespace, spec, status, body, patch, requested,
+                                                      fallback, t):
+        return fallback
     if accepted is None:  # first reconcile of this resource: nothing to roll from
         return requested
     try:
@@ -117,7 +99,7 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
     start_rollout(patch, status, {"from": accepted, "to": requested, "strategy": strategy, "started": iso(t),
                                   "complete": None, "watch": watch,
                                   "baseline": {**(pre or baseline({})),
-                                               "referenceClassRates": memo.get("reference_class_rates") or {},
+                                               "referenceClassRates": memory.of(memo).reference_class_rates,
                                                "expectedClassRates": expected_rates(status, requested)}})
     clear_pending(patch, status)
     clear_refusal(patch, status, requested, t)
@@ -130,6 +112,41 @@ async def accept_version(name: str, namespace: str, spec: dict, status: dict, bo
         except RegistryError as err:
             log.warning("could not mark %s promoted in the registry: %s", requested, err)
     return requested
+
+
+async def usable(name: str, namespace: str, spec: dict, status: dict, body, patch, requested: str,
+                 fallback: str, t) -> bool:
+    """Whether `requested` is in the registry and intact; if not, say so (Degraded and an Event) and
+    the pods keep serving `fallback`. Raises kopf.TemporaryError while the registry is unreachable."""
+    registry = registry_for(name, namespace, spec)
+    try:
+        # no pod-derived expectations here: a new spec.model.archive may come with this very version,
+        # and the pods reporting the old backbone must not veto it (the new pods check it)
+        meta = await asyncio.to_thread(verified_meta, registry, requested)
+    except AdapterNotFoundError as err:
+        set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", str(err), t)
+        kopf.warn(body, reason="AdapterNotFound",
+                  message=f"spec.adapter.version {requested!r} is not in the registry; pods keep "
+                          f"serving {fallback!r}")
+        return False
+    except (CorruptAdapterError, AdapterError) as err:
+        set_condition_in(patch, status, "Degraded", True, "AdapterCorrupt", str(err)[:1000], t)
+        kopf.warn(body, reason="AdapterCorrupt",
+                  message=f"spec.adapter.version {requested!r} is corrupt in the registry ({str(err)[:300]}); "
+                          f"pods keep serving {fallback!r}")
+        return False
+    except RegistryError as err:
+        # The condition and Event are written with this pass's patch even though the handler
+        # is retried: Kopf applies the patch whatever the handler's outcome.
+        set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err)[:1000], t)
+        kopf.warn(body, reason="RegistryUnreachable",
+                  message=f"cannot check {requested!r}: {str(err)[:300]}; pods keep serving {fallback!r}")
+        raise kopf.TemporaryError(f"registry unreachable while checking {requested}: {err}", delay=10) from err
+    if meta.state == "rejected":
+        kopf.warn(body, reason="RejectedAdapter",
+                  message=f"{requested} was refused by the promotion gate ({meta.reason[:200]}); serving it "
+                          f"because spec.adapter.version says so")
+    return True
 
 
 def clear_refusal(patch, status: dict, version: str, t) -> None:
@@ -154,10 +171,10 @@ def adapter_expected(memo) -> tuple[AdapterShapes, str | None]:
     report (both unknown before a pod has answered: then the adapter's tensors must only agree with
     each other). The Job healed the model these pods serve, so a candidate for another backbone is
     refused here, as the pods would refuse it."""
-    window = (memo or {}).get("window")
-    reference = getattr(window, "reference", None)
+    window = memory.of(memo if memo is not None else {}).window
+    reference = window.reference
     shapes = AdapterShapes(len(reference.features), len(reference.classes)) if reference else AdapterShapes()
-    return shapes, getattr(window, "backbone_hash", None) or None
+    return shapes, window.backbone_hash or None
 
 
 def candidate_problem(registry: AdapterRegistry, version: str, reported_sha256: str | None,
@@ -202,10 +219,113 @@ def baseline_wait(spec: dict, memo, serving: str, requested: str, t: dt.datetime
     rollback.watchSeconds (if a window takes longer, the watch could not judge the new one either)."""
     limit = spec["promotion"]["rollback"]["watchSeconds"]
     waited = runtime.total_seconds() if runtime is not None else 0.0
-    traffic_at = memo.get("traffic_at")
+    remembered = memory.of(memo)
+    traffic_at = remembered.traffic_at
     recent = traffic_at is not None and (t - traffic_at).total_seconds() <= 3 * spec["drift"]["checkIntervalSeconds"]
     if not recent or waited >= limit:
         return None
-    rows = memo.get("window_rows", 0)
+    rows = remembered.window_rows
     return (f"{requested} waits for a drift window of {serving} alone ({rows}/{spec['drift']['windowRows']} rows, "
             f"{waited:.0f}s of at most {limit}s): its rollback watch compares with that window")
+
+
+async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh, t) -> None:
+    """Once every pod serves the new adapter, compare live windows with the pre-rollout baseline
+    for watchSeconds; roll back on harm, else make it the last good adapter, if live traffic
+    (at least rollback.minSamples rows) vouched for it."""
+    rollout = dict(status.get("rollout") or {})
+    adapter = status.get("adapter") or {}
+    if not rollout:
+        return
+    if not rollout.get("complete"):
+        why = (status.get("refusedAdapters") or {}).get(rollout["to"])
+        if why and rollout.get("from") and rollout["from"] != rollout["to"]:
+            return await roll_back(name, namespace, spec, status, body, patch, rollout,
+                                   f"pods refused {rollout['to']}: {why}", t, code="AdapterRefused")
+        if adapter.get("podsAtDesired", 0) >= spec["replicas"] and adapter.get("current") == rollout["to"]:
+            rollout["complete"] = iso(t)
+            memory.of(memo).window = WindowState()  # from now on, windows hold only new-adapter traffic
+            # back on the last good adapter: nothing to watch
+            update_rollout(patch, status, rollout, rollout if rollout.get("watch", True) else None)
+        return
+    limits = decisions.RollbackLimits.from_spec(memory.of(memo).typed(spec).promotion.rollback)
+    elapsed = (t - parse_time(rollout["complete"])).total_seconds()
+    base = rollout.get("baseline") or {}
+    if fresh is not None:
+        rollout["watchedRows"] = int(rollout.get("watchedRows") or 0) + int(fresh["samples"])
+        # The training data's class rates are the model's, not the rollout's: if none were known when
+        # the rollout began (an operator restarted just before it had no window yet), use today's.
+        reference = base.get("referenceClassRates") or memory.of(memo).reference_class_rates
+        decision = rollout_verdict(base, fresh, reference, limits, elapsed)
+        if decision.act and rollout.get("from"):
+            return await roll_back(name, namespace, spec, status, body, patch, rollout, decision.reason, t)
+        if decision.code == "HarmNotRolledBack":
+            kopf.warn(body, reason="HarmDetected", message=decision.reason[:1000])
+    if elapsed < limits.watch_seconds:
+        if fresh is not None:
+            update_rollout(patch, status, rollout, rollout)   # keep watchedRows across operator restarts
+        return
+    update_rollout(patch, status, rollout, None)
+    rows = int(rollout.get("watchedRows") or 0)
+    if vouched(rows, limits):
+        update_adapter(patch, status, lastGood=rollout["to"])
+        kopf.info(body, reason="RolloutHealthy",
+                  message=f"adapter {rollout['to']} watched for {elapsed:.0f}s on {rows} live rows: no harm")
+    else:
+        # Time alone proves nothing: an idle model's watch saw no traffic. The version keeps
+        # serving, but the rollback target stays the last version that live traffic vouched for.
+        kopf.warn(body, reason="WatchInconclusive",
+                  message=f"adapter {rollout['to']} served {rows} live rows in its {elapsed:.0f}s watch "
+                          f"(rollback.minSamples is {limits.min_samples}): it keeps serving, but the last good "
+                          f"version stays {(status.get('adapter') or {}).get('lastGood') or 'base'}")
+
+
+async def roll_back(name, namespace, spec, status, body, patch, rollout, reason, t, code="HarmDetected") -> None:
+    target = (status.get("adapter") or {}).get("lastGood") or rollout["from"]
+    change_version(patch, target, "rollback", f"automatic rollback of {rollout['to']}: {reason}")
+    update_rollout(patch, status, rollout, None)
+    set_condition_in(patch, status, "RolledBack", True, code, f"{rollout['to']} -> {target}: {reason}", t)
+    what = "harmed live signals" if code == "HarmDetected" else "could not be served"
+    kopf.warn(body, reason="RolledBack", message=f"adapter {rollout['to']} {what} ({reason}); "
+                                                 f"rolled back to {target}"[:1000])
+    metrics.ROLLBACKS.labels(namespace, name, "automatic").inc()
+    if rollout["to"] != BASE_VERSION:
+        try:
+            await asyncio.to_thread(registry_for(name, namespace, spec).set_state, rollout["to"], "rolled-back",
+                                    reason[:500])
+        except RegistryError as err:
+            log.warning("could not mark %s rolled back in the registry: %s", rollout["to"], err)
+
+
+def change_version(patch, version: str, by: str, reason: str) -> None:
+    """Write spec.adapter.version, with who and why in an annotation of the same PATCH (status
+    is a separate subresource, patched separately, so it cannot carry this atomically)."""
+    patch.spec["adapter"] = {"version": version}
+    patch.metadata.annotations[CHANGE_ANNOTATION] = json.dumps({"version": version, "by": by,
+                                                                "reason": reason[:300]})
+
+
+def update_rollout(patch, status: dict, seen: dict, new: dict | None) -> None:
+    """Change (or end, with None) the rollout this pass saw, recognised by its start and target.
+    If the reconcile handler started another rollout meanwhile, that one is left alone: a patch
+    function on the freshest body, not a merge patch of what this pass saw."""
+    status["rollout"] = new
+    patch.fns.append(functools.partial(_replace_rollout, (seen.get("started"), seen.get("to")), new))
+
+
+def start_rollout(patch, status: dict, new: dict) -> None:
+    """A new rollout replaces whatever rollout is stored, whole (a merge patch would keep keys of
+    the old one's nested baseline that the new one leaves empty)."""
+    status["rollout"] = new
+    patch.fns.append(functools.partial(_replace_rollout, None, new))
+
+
+def _replace_rollout(key: tuple | None, new: dict | None, body: dict) -> None:
+    fresh = body.setdefault("status", {})
+    current = fresh.get("rollout") or {}
+    if key is not None and (current.get("started"), current.get("to")) != key:
+        return
+    if new is None:
+        fresh.pop("rollout", None)
+    else:   # a merge patch drops null keys; a JSON patch would store them
+        fresh["rollout"] = without_nulls(new)

@@ -21,6 +21,7 @@ from model_handler.drift import DriftScores, HealTrigger
 from model_handler.rules import RuleSet
 from model_handler.sketches import CounterResetError, DriftSketch, ReferenceProfile, SketchError
 from shm_operator.children import container_port
+from shm_operator.crd import DriftSpec
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,11 @@ def score_window(window: DriftSketch, state: WindowState, rules: RuleSet) -> Dri
 def trigger_from(drift_spec: dict, saved: dict | None) -> HealTrigger:
     """The heal trigger with thresholds from spec.drift and state from status.drift.trigger (a state
     saved before the trigger named its signals reads too)."""
-    thresholds = {"input_on": drift_spec.get("inputOn", 0.10), "input_off": drift_spec.get("inputOff", 0.07),
-                  "conflict_on": drift_spec.get("conflictOn", 0.05),
-                  "conflict_off": drift_spec.get("conflictOff", 0.025),
-                  "label_on": drift_spec.get("labelShiftOn", 0.4), "label_off": drift_spec.get("labelShiftOff", 0.2),
-                  "persistence": drift_spec.get("persistence", 2)}
+    typed = DriftSpec.model_validate(dict(drift_spec))   # its defaults are crd.py's
+    thresholds = {"input_on": typed.input_on, "input_off": typed.input_off,
+                  "conflict_on": typed.conflict_on, "conflict_off": typed.conflict_off,
+                  "label_on": typed.label_shift_on, "label_off": typed.label_shift_off,
+                  "persistence": typed.persistence}
     return drift.HealTrigger.from_dict(saved, **thresholds) if saved else drift.HealTrigger(**thresholds)
 
 

@@ -56,7 +56,7 @@ def _upsert_condition(new: dict, body: dict) -> None:
 def update(patch, status: dict, **fields) -> None:
     """Write top-level status fields to the patch and the working copy, with merge-patch meaning
     (None deletes, dicts merge key by key). Only for fields one handler owns; shared ones go
-    through update_adapter, update_rollout and refresh_phase."""
+    through update_adapter, rollout.update_rollout and refresh_phase."""
     for key, value in fields.items():
         status[key] = value
     patch.fns.append(functools.partial(_merge_status, copy.deepcopy(fields)))
@@ -96,32 +96,6 @@ def written_status(patch, body: dict | None = None) -> dict:
     return fresh.get("status") or {}
 
 
-def update_rollout(patch, status: dict, seen: dict, new: dict | None) -> None:
-    """Change (or end, with None) the rollout this pass saw, recognised by its start and target.
-    If the reconcile handler started another rollout meanwhile, that one is left alone: a patch
-    function on the freshest body, not a merge patch of what this pass saw."""
-    status["rollout"] = new
-    patch.fns.append(functools.partial(_replace_rollout, (seen.get("started"), seen.get("to")), new))
-
-
-def start_rollout(patch, status: dict, new: dict) -> None:
-    """A new rollout replaces whatever rollout is stored, whole (a merge patch would keep keys of
-    the old one's nested baseline that the new one leaves empty)."""
-    status["rollout"] = new
-    patch.fns.append(functools.partial(_replace_rollout, None, new))
-
-
-def _replace_rollout(key: tuple | None, new: dict | None, body: dict) -> None:
-    fresh = body.setdefault("status", {})
-    current = fresh.get("rollout") or {}
-    if key is not None and (current.get("started"), current.get("to")) != key:
-        return
-    if new is None:
-        fresh.pop("rollout", None)
-    else:   # a merge patch drops null keys; a JSON patch would store them
-        fresh["rollout"] = without_nulls(new)
-
-
 def without_nulls(value):
     """`value` as a merge patch would store it: null keys dropped, at every depth."""
     if isinstance(value, dict):
@@ -151,6 +125,12 @@ def condition_true(status: dict, type_: str) -> bool:
 
 # Reasons of a False Ready that are not pod failures (any other names why pods fail to serve).
 NOT_FAILURES = frozenset({"PodsReady", "PodsNotReady", "AdapterNotServed", "InvalidSpec"})
+
+
+def degraded_reason(status: dict) -> str | None:
+    """The reason of a True Degraded condition, None if the model is not Degraded."""
+    return next((c.get("reason") for c in status.get("conditions") or []
+                 if c.get("type") == "Degraded" and c.get("status") == "True"), None)
 
 
 def ready_reason(status: dict) -> str | None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import kopf
 
 from shm_operator import metrics
+from shm_operator.names import RESOURCE
 
 
-@kopf.on.event("selfheal.io", "v1alpha1", "selfhealingmodels")
+@kopf.on.event(*RESOURCE)
 def export_status(event, name, namespace, status, **_) -> None:
     if event.get("type") == "DELETED":
         metrics.forget_model(namespace, name)

@@ -16,8 +16,9 @@ from model_handler.model import AdapterError, adapter_to_bytes, load_model, mode
 from model_handler.registry import ADAPTER_FILE, AdapterRegistry, RegistryError
 from model_handler.served import load_adapter, load_served
 from model_handler.service import ModelService, ServiceConfig
+from shm_operator import memory
 from shm_operator.rollout import adapter_expected, candidate_problem, verified_meta
-from shm_operator.signals import WindowState, ingest
+from shm_operator.signals import ingest
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +93,9 @@ BAD = {"non-finite": (non_finite, "tensor 'logit_bias' has non-finite values"),
 
 def operator_memo(service: ModelService) -> dict:
     """What the operator learns from polling the pod: its reference profile and backbone hash."""
-    state = WindowState()
-    ingest(state, "pod-uid", service.pod_status())
-    return {"window": state}
+    memo: dict = {}
+    ingest(memory.of(memo).window, "pod-uid", service.pod_status())
+    return memo
 
 
 def refusals(registry, model_dir, rows, version: str) -> dict[str, str]:

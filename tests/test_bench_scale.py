@@ -20,8 +20,9 @@ def test_quick_scale_benchmark(tmp_path):
     interval = result["config"]["check_interval_s"]
     for r in result["runs"]:
         api = r["api"]
-        # every model's pods are polled and its status written: the counter saw the operator's calls
-        assert api["operator_per_min"] > 0 and api["operator_by_kind_per_min"].get("list pods", 0) > 0
+        # every model's status is written: the counter saw the operator's calls; its pods come from
+        # the operator's pod index (a watch), never a `list pods` per check
+        assert api["operator_per_min"] > 0 and api["operator_by_kind_per_min"].get("list pods", 0) == 0
         # both are rounded (the total to 0.1, per model to 0.01): allow for that, nothing more
         assert api["operator_per_model_per_min"] == pytest.approx(api["operator_per_min"] / r["models"],
                                                                    abs=0.05 / r["models"] + 0.005 + 1e-9)

@@ -55,7 +55,7 @@ NEEDED_IN_WATCHED_NAMESPACES = {
     ("batch", "jobs"): {"get", "create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"create", "patch"},
     ("policy", "poddisruptionbudgets"): {"create", "patch", "delete"},
-    ("", "pods"): {"list"},
+    ("", "pods"): {"list", "watch"},   # the serving pods are watched (an index), a heal Job's pod listed
     ("", "events"): {"create"},
 }
 DASHBOARD_METRICS = ["selfheal_drift_score", "selfheal_input_shift", "selfheal_rule_conflict",

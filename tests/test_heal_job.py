@@ -100,7 +100,7 @@ def test_job_refuses_a_corrupt_parent_adapter(model_dir, tmp_path):
 from types import SimpleNamespace  # noqa: E402
 
 from model_handler import heal as heal_job  # noqa: E402
-from shm_operator.decisions import TERMINATION_MESSAGE_LIMIT, parse_job_result  # noqa: E402
+from shm_operator.job_result import TERMINATION_MESSAGE_LIMIT, parse_job_result  # noqa: E402
 
 
 def old_result(promotable=True, candidate=object()):

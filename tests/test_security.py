@@ -22,7 +22,7 @@ import yaml
 from model_handler.redact import redact
 from model_handler.registry import AdapterRegistry, RegistryError
 from sandbox import tools
-from shm_operator import children
+from shm_operator import children, network_policy
 from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.status import full_spec
 
@@ -141,8 +141,8 @@ def network_policy_from_chart(helm: str, *values: str) -> tuple[dict, list[dict]
     docs = template(helm, *values)
     operator = next(d for d in docs if d["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in pod_spec(operator)["containers"][0]["env"]}
-    settings = children.network_policy_settings({children.NETWORK_POLICY_ENV: env["SELFHEAL_NETWORK_POLICY"]})
-    return children.network_policy("fraud", settings), docs
+    settings = network_policy.network_policy_settings({network_policy.NETWORK_POLICY_ENV: env["SELFHEAL_NETWORK_POLICY"]})
+    return network_policy.network_policy("fraud", settings), docs
 
 
 def selector_matches(selector: dict, labels: dict) -> bool:
@@ -199,8 +199,8 @@ def test_model_network_policy_admits_only_the_operator_to_management(helm):
 def test_bad_network_policy_settings_are_refused(raw):
     """A broken setting stops the operator at start rather than leaving the management port open."""
     with pytest.raises(ValueError):
-        children.network_policy_settings({children.NETWORK_POLICY_ENV: raw})
-    assert children.network_policy_settings({}) is None
+        network_policy.network_policy_settings({network_policy.NETWORK_POLICY_ENV: raw})
+    assert network_policy.network_policy_settings({}) is None
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from sandbox.patches import json_patch, merge_patch
-from shm_operator import monitor, rollout
-from shm_operator.status import full_spec, iso, refresh_phase, set_condition_in, update_adapter
+from shm_operator import k8s, observe, rollout
+from shm_operator.healing import follow_heal
+from shm_operator.status import full_spec, iso, phase_of, refresh_phase, set_condition_in, update_adapter
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fraud" / "selfhealingmodel.yaml"
@@ -66,12 +67,9 @@ def condition_of(status: dict, type_: str) -> dict:
 
 
 def timer_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
-    async def no_ready_pods(namespace, selector):
-        return []
-    monkeypatch.setattr(monitor.k8s, "list_pods", no_ready_pods)
     patch, status = kopf.Patch(), copy.deepcopy(status)
-    asyncio.run(monitor.observe_pods("fraud", "ns", spec, status, {}, kopf.Memo(), None, patch, T))
-    asyncio.run(monitor.watch_rollout("fraud", "ns", spec, status, {}, kopf.Memo(), patch, None, T))
+    asyncio.run(observe.observe_pods("fraud", "ns", spec, status, {}, kopf.Memo(), None, patch, T, pods=[]))
+    asyncio.run(rollout.watch_rollout("fraud", "ns", spec, status, {}, kopf.Memo(), patch, None, T))
     set_condition_in(patch, status, "DriftDetected", True, "SeveralSignals", "input, rules", T)
     refresh_phase(patch, status)   # as tick() ends
     return patch
@@ -131,7 +129,7 @@ def consistent(status: dict) -> bool:
     and the phase is the one the rest of the status implies."""
     healing_condition = next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Healing"), "False")
     running = (status.get("lastHeal") or {}).get("result") == "Running"
-    return (healing_condition == "True") == running and status.get("phase") == monitor.phase_of(status)
+    return (healing_condition == "True") == running and status.get("phase") == phase_of(status)
 
 
 def test_a_reader_never_sees_half_a_pass(spec, monkeypatch):
@@ -144,12 +142,12 @@ def test_a_reader_never_sees_half_a_pass(spec, monkeypatch):
     async def job_pods(namespace, selector):
         return [{"status": {"containerStatuses": [{"state": {"terminated": {
             "message": json.dumps({"error": "reference.json: no such file"})}}}]}}]
-    monkeypatch.setattr(monitor.k8s, "read", failed_job)
-    monkeypatch.setattr(monitor.k8s, "list_pods", job_pods)
+    monkeypatch.setattr(k8s, "read", failed_job)
+    monkeypatch.setattr(k8s, "list_pods", job_pods)
     before = healing()
     assert consistent(before)
     patch, status = kopf.Patch(), copy.deepcopy(before)
-    asyncio.run(monitor.follow_heal("fraud", "ns", spec, status, {}, patch, T))
+    asyncio.run(follow_heal("fraud", "ns", spec, status, {}, patch, T))
     refresh_phase(patch, status)   # as tick() ends
     body = {"spec": spec, "status": before}
     between = merge_patch(body, dict(patch))["status"]        # after Kopf's first request

@@ -1,4 +1,4 @@
-"""The drift check of the operator's timer (`monitor.observe_pods`) over a fake pod: real sketches,
+"""The drift check of the operator's timer (`observe.observe_pods`) over a fake pod: real sketches,
 the real merge, scoring and trigger; the pod's describe answer is built in the test, so each
 window's traffic is chosen exactly. Events are recorded instead of posted."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 from model_handler.rules import RuleSet
 from model_handler.sketches import DriftSketch, ReferenceProfile
-from shm_operator import monitor
-from shm_operator.status import written_status
+from shm_operator import observe
+from shm_operator.status import full_spec, written_status
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 FEATURES = ["amount", "merchant_age", "hour", "velocity"]
@@ -57,8 +57,8 @@ class Model:
     """A SelfHealingModel's status and the timer's memory across drift checks."""
 
     def __init__(self, monkeypatch, **drift):
-        self.spec = monitor.full_spec({"model": {"archive": "/models/m"}, "replicas": 1, "features": FEATURES,
-                                       "classes": CLASSES, "rules": RULES, "drift": drift})
+        self.spec = full_spec({"model": {"archive": "/models/m"}, "replicas": 1, "features": FEATURES,
+                               "classes": CLASSES, "rules": RULES, "drift": drift})
         self.rules = RuleSet.from_dicts(self.spec["rules"], FEATURES, CLASSES)
         rng = np.random.default_rng(0)
         x, probs = traffic(20_000, rng)
@@ -68,14 +68,10 @@ class Model:
         self.status = {"adapter": {"desired": "base", "lastGood": "base"}}
         self.events: list[tuple[str, str]] = []
 
-        async def pods(namespace, selector):
-            return [POD]
-
         async def answer(session, pod, model_name, timeout=5.0):
             return copy.deepcopy(self.pod.answer())
 
-        monkeypatch.setattr(monitor.k8s, "list_pods", pods)
-        monkeypatch.setattr(monitor, "fetch_pod_status", answer)
+        monkeypatch.setattr(observe, "fetch_pod_status", answer)
         for poster in ("info", "warn"):
             monkeypatch.setattr(kopf, poster, lambda body, *, reason, message, **_: self.events.append(
                 (reason, message)))
@@ -87,8 +83,8 @@ class Model:
             self.pod.serve(rows, self.rng, **kind)
         self.t += dt.timedelta(seconds=30)
         patch = kopf.Patch()
-        summary = asyncio.run(monitor.observe_pods("m", "ns", self.spec, copy.deepcopy(self.status), {}, self.memo,
-                                                   self.rules, patch, self.t))
+        summary = asyncio.run(observe.observe_pods("m", "ns", self.spec, copy.deepcopy(self.status), {}, self.memo,
+                                                   self.rules, patch, self.t, pods=[POD]))
         self.status = written_status(patch, {"status": self.status})
         return summary
 

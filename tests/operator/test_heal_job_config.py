@@ -63,7 +63,7 @@ def largest_spec(classes: list[str] | None = None) -> dict:
 
 
 def rendered(spec: dict, namespace: str = "models", job_name: str = "fraud-heal-1") -> tuple[dict, dict, dict]:
-    """(config, Job, ConfigMap) as the operator renders them (monitor.maybe_heal); the ConfigMap
+    """(config, Job, ConfigMap) as the operator renders them (healing.maybe_heal); the ConfigMap
     owned by the Job as the API server stored it."""
     config = crd.SelfHealingModelSpec.model_validate(spec).heal_job_config()
     job = children.heal_job("fraud", namespace, spec, job_name, "base", "v1", config)
@@ -233,7 +233,7 @@ def test_the_largest_valid_spec_heal_job_starts_and_reads_its_config(sandbox, na
     config = crd.SelfHealingModelSpec.model_validate(stored["spec"]).heal_job_config()
     assert len(old_argument(config).encode()) > MAX_ARG_STRLEN
 
-    # as monitor.maybe_heal does: the Job first, then its ConfigMap, owned by the stored Job (the
+    # as healing.maybe_heal does: the Job first, then its ConfigMap, owned by the stored Job (the
     # pod waits for it, like a kubelet for any volume)
     job = children.heal_job("fraud", namespace, stored["spec"], "fraud-heal-1", "base", "v1", config)
     sandbox.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(job))

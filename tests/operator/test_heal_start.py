@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import save as save_tensors
 
 from model_handler.registry import AdapterRegistry
-from shm_operator import decisions, monitor
+from shm_operator import decisions, healing, k8s
 from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -63,7 +63,7 @@ class Jobs:
 def jobs(monkeypatch) -> Jobs:
     fake = Jobs()
     for call in ("read", "create_or_read", "ensure", "create"):
-        monkeypatch.setattr(monitor.k8s, call, getattr(fake, call), raising=False)
+        monkeypatch.setattr(k8s, call, getattr(fake, call), raising=False)
     for poster in ("info", "warn"):
         monkeypatch.setattr(kopf, poster, lambda *args, **kwargs: None)
     return fake
@@ -84,7 +84,7 @@ def drifting() -> dict:
 def heal_pass(spec: dict, status: dict) -> dict:
     """One maybe_heal pass from `status`; returns the status its patch leaves."""
     patch = kopf.Patch()
-    asyncio.run(monitor.maybe_heal("jobs", "ns", spec, copy.deepcopy(status), BODY, patch, T))
+    asyncio.run(healing.maybe_heal("jobs", "ns", spec, copy.deepcopy(status), BODY, patch, T))
     return written_status(patch, {"status": copy.deepcopy(status)})
 
 

@@ -1,4 +1,4 @@
-"""Ending a heal by its Job's verdict (`monitor.follow_heal`): promote follows the mode, approve
+"""Ending a heal by its Job's verdict (`healing.follow_heal`): promote follows the mode, approve
 always waits for a person (with the reason and the command), reject and nothing end it. Real
 `follow_heal` passes, a real file:// registry holding the candidate, the Job and its pod as dicts
 in place of the API server, Events recorded instead of posted."""
@@ -15,7 +15,8 @@ import torch
 
 from model_handler.model import ModelSpec, SelfHealingNet, adapter_to_bytes
 from model_handler.registry import AdapterRegistry
-from shm_operator import monitor
+from shm_operator import k8s
+from shm_operator.healing import follow_heal
 from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -36,8 +37,8 @@ class Cluster:
             assert selector == {"job-name": "m-heal-1"}
             return [{"status": {"containerStatuses": [{"state": {"terminated": {"message": self.message}}}]}}]
 
-        monkeypatch.setattr(monitor.k8s, "read", read)
-        monkeypatch.setattr(monitor.k8s, "list_pods", list_pods)
+        monkeypatch.setattr(k8s, "read", read)
+        monkeypatch.setattr(k8s, "list_pods", list_pods)
         for poster in ("info", "warn"):
             monkeypatch.setattr(kopf, poster, lambda body, *, reason, message, **_: self.events.append(
                 (reason, message)))
@@ -67,7 +68,7 @@ def finish(spec: dict, cluster: Cluster, message: dict, mode: str = "Auto") -> t
     cluster.message = json.dumps(message)
     spec = {**spec, "healing": {**spec["healing"], "mode": mode}}
     patch, status = kopf.Patch(), healing()
-    asyncio.run(monitor.follow_heal("m", "ns", spec, copy.deepcopy(status), {}, patch, T))
+    asyncio.run(follow_heal("m", "ns", spec, copy.deepcopy(status), {}, patch, T))
     return written_status(patch, {"status": status}), patch
 
 

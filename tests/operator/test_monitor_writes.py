@@ -7,7 +7,7 @@ import datetime as dt
 
 import kopf
 
-from shm_operator import k8s, monitor, readiness
+from shm_operator import k8s, observe, readiness
 from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -23,11 +23,8 @@ NOT_READY = {"conditions": [{"type": "Ready", "status": "False", "reason": "Pods
 def check(status: dict, monkeypatch) -> dict:
     """One observe_pods pass over a model with no ready pod; returns what it would change in the
     stored status, as the JSON merge patch that turns the old status into the new one."""
-    async def no_pods(namespace, selector):
-        return []
-    monkeypatch.setattr(monitor.k8s, "list_pods", no_pods)
     patch = kopf.Patch()
-    asyncio.run(monitor.observe_pods("m", "ns", SPEC, dict(status), {}, kopf.Memo(), None, patch, T))
+    asyncio.run(observe.observe_pods("m", "ns", SPEC, dict(status), {}, kopf.Memo(), None, patch, T, pods=[]))
     if not patch:
         return {}   # no request at all
     written = changes(status, written_status(patch, {"status": status}))
@@ -48,7 +45,7 @@ def test_an_unchanged_check_writes_nothing(monkeypatch):
 
 
 def test_last_check_is_still_refreshed_now_and_then(monkeypatch):
-    old = iso(T - dt.timedelta(seconds=monitor.LAST_CHECK_REFRESH_SECONDS))
+    old = iso(T - dt.timedelta(seconds=observe.LAST_CHECK_REFRESH_SECONDS))
     patch = check({"adapter": ADAPTER, "drift": {"unreachablePods": [], "lastCheck": old}, **NOT_READY}, monkeypatch)
     assert patch["drift"]["lastCheck"] == iso(T) and "adapter" not in patch
 

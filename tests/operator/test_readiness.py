@@ -11,7 +11,7 @@ import datetime as dt
 import kopf
 import pytest
 
-from shm_operator import monitor
+from shm_operator import healing, k8s, observe
 from shm_operator.status import full_spec, phase_of, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -45,15 +45,11 @@ class Check:
         self.status = {"adapter": {"desired": "v2", "lastGood": "base"}}
         self.pods, self.versions, self.events = [], {}, []
 
-        async def list_pods(namespace, selector):
-            return self.pods
-
         async def answer(session, pod, model_name, timeout=5.0):
             return {"adapter": {"version": self.versions[pod["metadata"]["name"]]}}
 
-        monkeypatch.setattr(monitor.k8s, "list_pods", list_pods)
-        monkeypatch.setattr(monitor, "fetch_pod_status", answer)
-        monkeypatch.setattr(monitor, "ingest", lambda *args: None)
+        monkeypatch.setattr(observe, "fetch_pod_status", answer)
+        monkeypatch.setattr(observe, "ingest", lambda *args: None)
         for poster in ("info", "warn"):
             monkeypatch.setattr(kopf, poster, lambda body, *, reason, message, **_: self.events.append(
                 (reason, message)))
@@ -61,7 +57,8 @@ class Check:
     def __call__(self, pods, versions=None) -> dict:
         self.pods, self.versions = pods, versions or {}
         patch = kopf.Patch()
-        asyncio.run(monitor.observe_pods("m", "ns", SPEC, dict(self.status), BODY, kopf.Memo(), None, patch, T))
+        asyncio.run(observe.observe_pods("m", "ns", SPEC, dict(self.status), BODY, kopf.Memo(), None, patch, T,
+                                         pods=self.pods))
         self.status = written_status(patch, {"status": self.status})
         self.status["phase"] = phase_of(self.status)
         return next(c for c in self.status["conditions"] if c["type"] == "Ready")
@@ -141,13 +138,13 @@ def test_heal_job_gets_its_ttl_only_once_its_result_is_stored(monkeypatch):
 
     async def patch(kind, namespace, name, body):
         calls.append(("patch", name, body))
-    monkeypatch.setattr(monitor.k8s, "read", read)
-    monkeypatch.setattr(monitor.k8s, "patch", patch)
+    monkeypatch.setattr(k8s, "read", read)
+    monkeypatch.setattr(k8s, "patch", patch)
     memo = kopf.Memo()
-    asyncio.run(monitor.expire_heal_job("m", "ns", SPEC, {"job": "m-heal-1", "result": "Running"}, memo))
+    asyncio.run(healing.expire_heal_job("m", "ns", SPEC, {"job": "m-heal-1", "result": "Running"}, memo))
     assert calls == []
     for _ in range(2):
-        asyncio.run(monitor.expire_heal_job("m", "ns", SPEC, {"job": "m-heal-1", "result": "Promoted"}, memo))
+        asyncio.run(healing.expire_heal_job("m", "ns", SPEC, {"job": "m-heal-1", "result": "Promoted"}, memo))
     assert calls == [("read", "m-heal-1"), ("patch", "m-heal-1", {"spec": {"ttlSecondsAfterFinished": 86_400}})]
 
 

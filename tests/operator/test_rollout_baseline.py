@@ -17,7 +17,7 @@ import yaml
 
 from model_handler.model import ModelSpec, SelfHealingNet, adapter_to_bytes
 from model_handler.registry import AdapterRegistry
-from shm_operator import monitor, rollout
+from shm_operator import memory, observe, rollout
 from shm_operator.status import full_spec, iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -63,7 +63,8 @@ def accept(spec, status, memo, runtime_s=0.0):
 
 def traffic(seconds_ago: float = 2.0, rows: int = 180) -> kopf.Memo:
     memo = kopf.Memo()
-    memo["traffic_at"], memo["window_rows"] = T - dt.timedelta(seconds=seconds_ago), rows
+    remembered = memory.of(memo)
+    remembered.traffic_at, remembered.window_rows = T - dt.timedelta(seconds=seconds_ago), rows
     return memo
 
 
@@ -142,7 +143,7 @@ def test_patching_back_while_a_rollout_waits_clears_the_wait(spec, events):
 ])
 def test_which_adapter_a_window_belongs_to(rollout_state, current, expected):
     status = {"adapter": {"desired": "v2"}, **({"rollout": rollout_state} if rollout_state else {})}
-    assert monitor.window_adapter(status, {"current": current}) == expected
+    assert observe.window_adapter(status, {"current": current}) == expected
 
 
 def test_a_planned_wait_is_not_counted_as_a_reconcile_error():

@@ -11,7 +11,8 @@ import datetime as dt
 import kopf
 import yaml
 
-from shm_operator import monitor
+from shm_operator import memory
+from shm_operator.rollout import watch_rollout
 from shm_operator.status import full_spec, iso
 from sandbox_helpers import REPO_ROOT
 from test_concurrent_writes import land
@@ -36,10 +37,10 @@ def watch(baseline_reference: dict, memo_reference: dict | None) -> kopf.Patch:
                                               "podsAtDesired": 2}}
     memo = kopf.Memo()
     if memo_reference is not None:
-        memo["reference_class_rates"] = memo_reference
+        memory.of(memo).reference_class_rates = memo_reference
     fresh = {"samples": 500, "ruleConflict": 0.0, "classRates": HEALED}
     patch = kopf.Patch()
-    asyncio.run(monitor.watch_rollout("fraud", "ns", spec, status, None, memo, patch, fresh, T))
+    asyncio.run(watch_rollout("fraud", "ns", spec, status, None, memo, patch, fresh, T))
     return patch
 
 
@@ -55,7 +56,7 @@ def check(status: dict, fresh: dict | None) -> dict:
     """One timer check of the watch, its patch landed as Kopf lands it; the status it leaves."""
     spec = example_spec()
     patch = kopf.Patch()
-    asyncio.run(monitor.watch_rollout("fraud", "ns", spec, copy.deepcopy(status), None, kopf.Memo(), patch, fresh, T))
+    asyncio.run(watch_rollout("fraud", "ns", spec, copy.deepcopy(status), None, kopf.Memo(), patch, fresh, T))
     return land({"status": status}, patch)["status"]
 
 

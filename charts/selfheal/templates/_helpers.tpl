@@ -62,7 +62,7 @@ app.kubernetes.io/part-of: selfheal
 
 {{/*
 The operator's per-model NetworkPolicy settings, as JSON for $SELFHEAL_NETWORK_POLICY
-(shm_operator.children.network_policy_settings): who may reach the management port (this release's
+(shm_operator.network_policy.network_policy_settings): who may reach the management port (this release's
 operator pods), the metrics port (Prometheus) and the inference port (inferenceFrom; empty: anyone).
 */}}
 {{- define "selfheal.modelNetworkPolicy" -}}
@@ -114,10 +114,11 @@ them through envFrom, resolved by the kubelet).
   resources: ["networkpolicies"]
   verbs: ["create", "patch"]
 {{- end }}
-# Pods are only listed: the model pods to poll for drift and readiness, a heal Job's pod for its result.
+# Pods are read, never changed: the serving pods are watched (an index of the operator, for drift
+# and readiness), a heal Job's pod is listed once for its result.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Events: Kopf posts core/v1 Events (handler outcomes, kopf.info/warn: heals, rollbacks).
 - apiGroups: [""]
   resources: ["events"]
