@@ -271,3 +271,29 @@ def test_trigger_state_round_trips_and_validates():
     with pytest.raises(ValueError, match="conflict_on must be a finite number"):
         HealTrigger(conflict_on=float("nan"))
 
+
+
+def test_chi2_sf_matches_scipy_from_the_bulk_to_the_far_tail():
+    # The operator runs drift checks without scipy.stats (about 60 MiB it would never free):
+    # the p-values its thresholds read must still be scipy's, tiny ones included.
+    from scipy.stats import chi2
+    from model_handler.drift import chi2_sf
+    for df in (1, 2, 3, 7, 10, 19, 50, 99):
+        for stat in (1e-6, 0.3, 1.0, df - 0.5, df, df + 1.0, 2.0 * df, 5.0 * df + 10, 200.0, 900.0):
+            want = chi2.sf(stat, df)
+            assert chi2_sf(stat, df) == pytest.approx(want, rel=1e-9, abs=1e-300), (stat, df)
+    assert chi2_sf(0.0, 3) == 1.0 and chi2_sf(float("inf"), 3) == 0.0
+    with pytest.raises(ValueError, match="df"):
+        chi2_sf(1.0, 0)
+
+
+def test_a_drift_check_imports_no_scipy():
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np\n"
+            "from model_handler.drift import _chi2_p\n"
+            "assert _chi2_p(np.array([50, 10, 40]), np.array([0.5, 0.1, 0.4])) > 0.9\n"
+            "assert _chi2_p(np.array([10, 80, 10]), np.array([0.5, 0.1, 0.4])) < 1e-12\n"
+            "assert 'scipy' not in sys.modules, 'scipy was imported'\n")
+    run = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
