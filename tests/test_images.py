@@ -207,10 +207,13 @@ def test_heal_job_in_the_model_server_image_writes_candidate_and_termination_mes
         os.chown(path, USER, USER)
     config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
     job = children.heal_job("fraud", "default", spec, "fraud-heal-1", "base", "v1", config)
+    job["metadata"]["uid"] = "heal-job-uid"   # as the API server stores it: its config map is owned by it
+    config_map = children.heal_config_map(job, config)   # the Job reads its config from this mounted file
     pod = {"metadata": {"name": "fraud-heal-1-test", "namespace": "default", "uid": "heal-test"},
            "spec": job["spec"]["template"]["spec"]}
     name = container_name("heal")
-    translated = pod_container(pod, name, tmp_path / "pod", "127.0.0.1", {}, shared=[str(root)], empty_dir_tmpfs=True)
+    translated = pod_container(pod, name, tmp_path / "pod", "127.0.0.1", {config_map["metadata"]["name"]: config_map},
+                               shared=[str(root)], empty_dir_tmpfs=True)
     proc = podman("run", *translated.args, check=False, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(translated.termination_log.read_text())
