@@ -390,7 +390,7 @@ def group_jobs(rig: Rig) -> Iterator[Case]:
     shutil.copytree(rig.model_dir, archive)
     url = rig.deploy(name, storage, archive=archive,
                      healing={"cooldownSeconds": 20, "maxHealsPerDay": 2, "trainingWindowRows": 1500, "minRows": 300,
-                              "activeDeadlineSeconds": 30})
+                              "waitForRowsSeconds": 20, "activeDeadlineSeconds": 30})
     with rig.traffic(name, url, labelled_rows(DRIFTED, 6)) as loop:
         began = time.monotonic()
         status = rig.wait_status(name, lambda s: (s.get("lastHeal") or {}).get("result") == "Running", 180, "a heal Job")
@@ -571,7 +571,8 @@ def group_storage(rig: Rig) -> Iterator[Case]:
             adapters.mkdir(parents=True, exist_ok=True)
         storage.symlink_to(volume)
         url = rig.deploy(name, storage, healing={"cooldownSeconds": 20, "maxHealsPerDay": 4,
-                                                 "trainingWindowRows": 1500, "minRows": 300})
+                                                 "trainingWindowRows": 1500, "minRows": 300,
+                                                 "waitForRowsSeconds": 30})
         with rig.traffic(name, url, labelled_rows(World(), 7)) as loop:
             if mounted:
                 began = time.monotonic()

@@ -415,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--rows-per-second", type=float, default=None,
                         help="simulated traffic (default: one drift window per operator check)")
-    parser.add_argument("--job-wait-seconds", type=float, default=Traffic().job_wait_seconds,
-                        help="how long a heal Job waits for trainingWindowRows sampled rows (heal --wait-for-rows)")
+    parser.add_argument("--job-wait-seconds", type=float, default=None,
+                        help="how long a heal Job waits for trainingWindowRows sampled rows (default: the spec's "
+                             "healing.waitForRowsSeconds)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="scenario runs in parallel processes (default: 2, or 1 on a 1-core machine)")
     args = parser.parse_args(argv)

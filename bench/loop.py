@@ -12,8 +12,8 @@ Kubernetes, storage and time are simulated.
   real seconds, a running Job, a rollout under watch or a candidate awaiting approval block a heal.
 - Pods sample `spec.serving.sampleFraction` of the rows into the traffic store. The heal Job
   (as `model_handler.heal`) reads the sampled rows since the drift's onset, waiting up to
-  `job_wait_seconds` for `trainingWindowRows` of them, heals the last good adapter with `heal()`,
-  and writes the termination JSON the operator parses (`decisions.parse_job_result`). The operator
+  `spec.healing.waitForRowsSeconds` for `trainingWindowRows` of them, heals the last good adapter
+  with `heal()`, and writes the termination JSON the operator parses (`decisions.parse_job_result`). The operator
   reads it at the first check after the Job finished: `promotion_action` (mode from the spec), or
   the heal result's `verdict` where it has one (promote / approve / reject).
 - A promotion rolls out at once (RollingRestart; the new pods' windows start afresh) after a
@@ -46,7 +46,6 @@ from shm_operator.signals import WindowState, class_rates
 from shm_operator.status import full_spec
 
 EXAMPLE_SPEC = Path(__file__).resolve().parents[1] / "examples" / "fraud" / "selfhealingmodel.yaml"
-JOB_WAIT_SECONDS = 30.0     # model_handler.heal --wait-for-rows default (the operator passes none)
 JOB_RUN_SECONDS = 5.0       # a heal's own run time, simulated (it decides which check reads the result)
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 POD = "pod-0"
@@ -88,7 +87,7 @@ def heal_config(spec: dict, seed: int) -> tuple[HealConfig, int]:
 @dataclass
 class Traffic:
     rows_per_second: float | None = None    # None: one window per check (windowRows / checkIntervalSeconds)
-    job_wait_seconds: float = JOB_WAIT_SECONDS
+    job_wait_seconds: float | None = None   # None: the spec's healing.waitForRowsSeconds, as the Job reads it
     job_run_seconds: float = JOB_RUN_SECONDS
 
 
@@ -247,12 +246,13 @@ class OperatorLoop:
 
     def _job_rows(self, job: Job) -> tuple[np.ndarray, float] | None:
         """The Job's read of the traffic store: sampled rows since the onset, the last
-        trainingWindowRows of them; with fewer at its start it waits up to job_wait_seconds for a
+        trainingWindowRows of them; with fewer at its start it waits up to waitForRowsSeconds for a
         full window. None while the rows it would read have not all arrived."""
         times = np.concatenate(self.store_t) if self.store_t else np.empty(0)
         rows = np.concatenate(self.store_x) if self.store_x else np.empty((0, len(self.reference.features)))
         after = times > (job.onset if job.onset is not None else -np.inf)
-        deadline = job.started + self.traffic.job_wait_seconds
+        wait = self.traffic.job_wait_seconds
+        deadline = job.started + (self.spec["healing"]["waitForRowsSeconds"] if wait is None else wait)
         if int((after & (times <= job.started)).sum()) >= self.training_rows:
             end = job.started
         else:

@@ -43,11 +43,12 @@ def condition(status: dict, type_: str) -> dict:
 def fast_settings(cooldown_seconds: int) -> dict:
     """Spec settings for a model on a local cluster under test traffic: 2 pods, every request
     sampled, and drift, healing and rollback windows of a few hundred rows, so that the loop reacts
-    in seconds. `cooldown_seconds` sets how soon a second heal may follow."""
+    in seconds (a heal waits at most 30 s for its training rows). `cooldown_seconds` sets how soon a second heal may follow."""
     return {"replicas": 2,
             "serving": {"workers": 1, "sampleFraction": 1.0},
             "drift": {"windowRows": 300, "minSamples": 200, "checkIntervalSeconds": 2},
-            "healing": {"cooldownSeconds": cooldown_seconds, "trainingWindowRows": 1500, "minRows": 300},
+            "healing": {"cooldownSeconds": cooldown_seconds, "trainingWindowRows": 1500, "minRows": 300,
+                        "waitForRowsSeconds": 30},
             "promotion": {"strategy": "RollingRestart", "rollback": {"watchSeconds": 20, "minSamples": 200}}}
 
 

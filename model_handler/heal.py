@@ -40,8 +40,12 @@ from model_handler.traffic import TrafficStore
 
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
-WINDOW_KEY = "trainingWindowRows"   # the one `healing` key that is no HealConfig field: rows to read
+# The `healing` keys that are no HealConfig field: how many rows the Job reads, and how long it
+# waits for them (defaults for a Job run by hand, without the operator's config)
+WINDOW_KEY = "trainingWindowRows"
+WAIT_KEY = "waitForRowsSeconds"
 DEFAULT_WINDOW_ROWS = 3000
+DEFAULT_WAIT_SECONDS = 30.0
 
 
 def camel(name: str) -> str:
@@ -72,8 +76,15 @@ def configs(config: dict) -> tuple[HealConfig, int]:
     """(HealConfig with its GateConfig, training window rows) from the config's `healing` and
     `promotion` sections; what a section leaves out keeps the dataclass's default."""
     gate = GateConfig(**section(config, "promotion", GateConfig))
-    heal_config = HealConfig(**section(config, "healing", HealConfig, frozenset({WINDOW_KEY})), gate=gate)
+    heal_config = HealConfig(**section(config, "healing", HealConfig, frozenset({WINDOW_KEY, WAIT_KEY})), gate=gate)
     return heal_config, int((config.get("healing") or {}).get(WINDOW_KEY, DEFAULT_WINDOW_ROWS))
+
+
+def wait_for_rows(config: dict, override: float | None = None) -> float:
+    """Seconds the Job waits for a full training window: --wait-for-rows, else the config's."""
+    if override is not None:
+        return float(override)
+    return float((config.get("healing") or {}).get(WAIT_KEY, DEFAULT_WAIT_SECONDS))
 
 
 def read_config(path: str | None, sha256: str | None = None) -> dict:
@@ -109,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
     store = TrafficStore(args.storage_uri, args.namespace, args.model)
     since = datetime.fromisoformat(args.since.replace("Z", "+00:00")) if args.since else None
     x, _ = store.read_recent(window_rows, since=since)
-    deadline = time.monotonic() + args.wait_for_rows
+    deadline = time.monotonic() + wait_for_rows(config, args.wait_for_rows)
     while len(x) < window_rows and time.monotonic() < deadline:
         time.sleep(2)  # pods flush sampled traffic every few seconds; a fresh drift has little yet
         x, _ = store.read_recent(window_rows, since=since)
@@ -232,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-sha256", help="the config file's expected sha256 (the operator passes it)")
     parser.add_argument("--job-name", default="")
     parser.add_argument("--since", help="ISO time: train only on traffic sampled after it (the drift's onset)")
-    parser.add_argument("--wait-for-rows", type=float, default=30.0,
-                        help="seconds to wait for a full training window of rows after --since (default 30)")
+    parser.add_argument("--wait-for-rows", type=float, default=None,
+                        help="seconds to wait for a full training window of rows after --since (default: the "
+                             f"config's healing.{WAIT_KEY}, else {DEFAULT_WAIT_SECONDS:g})")
     parser.add_argument("--termination-log", default=os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log"),
                         help="where the result JSON goes (default $TERMINATION_MESSAGE_PATH or /dev/termination-log)")
     args = parser.parse_args(argv)

@@ -430,6 +430,10 @@ class HealingSpec(SpecModel):
         3000, description="Most recent sampled rows a heal trains and gates on.")
     min_rows: schema.conint(ge=50, le=10_000_000) = Field(
         200, description="A heal with fewer sampled rows than this does nothing.")
+    wait_for_rows_seconds: schema.conint(ge=0, le=86_400) = Field(
+        180, description="How long a heal Job waits for trainingWindowRows sampled rows since the drift's onset "
+                         "before it heals on fewer (at least minRows): a fix estimated on more rows is surer (a "
+                         "class-prior estimate from 1,000 rows can miss a 20% fraud wave by 5 points).")
     seed: schema.conint(ge=0, le=2**31 - 1) = Field(0, description="Random seed of the heal.")
     objective: HealingObjective = Field(default_factory=HealingObjective)
     resources: schema.Optional[ResourceRequirements] = Field(None)
@@ -443,10 +447,15 @@ class HealingSpec(SpecModel):
                                              "status.lastHeal, so no result is lost to it.")
 
     def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if self.min_rows > self.training_window_rows:
-            return [(("minRows",), f"{self.min_rows} is above trainingWindowRows {self.training_window_rows}: no "
-                                   "heal could run")]
-        return []
+            problems.append((("minRows",), f"{self.min_rows} is above trainingWindowRows "
+                                           f"{self.training_window_rows}: no heal could run"))
+        if self.wait_for_rows_seconds >= self.active_deadline_seconds:
+            problems.append((("waitForRowsSeconds",), f"{self.wait_for_rows_seconds} is not below "
+                                                      f"activeDeadlineSeconds {self.active_deadline_seconds}: the "
+                                                      "Job would be killed while it waits for rows"))
+        return problems
 
 
 class GateThresholds(SpecModel):
@@ -554,7 +563,8 @@ class SelfHealingModelSpec(SpecModel):
         return {"rules": [{**rule.model_dump(mode="json"),
                            "when": re.sub(r"\s+", " ", rule.when, flags=re.ASCII).strip()} for rule in self.rules],
                 "healing": {"trainingWindowRows": healing.training_window_rows, "minRows": healing.min_rows,
-                            "seed": healing.seed, **healing.objective.model_dump()},
+                            "waitForRowsSeconds": healing.wait_for_rows_seconds, "seed": healing.seed,
+                            **healing.objective.model_dump()},
                 "promotion": self.promotion.gate.model_dump()}
 
     @field_validator("features", "classes")

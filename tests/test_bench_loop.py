@@ -57,6 +57,27 @@ def test_loop_declares_drift_on_100_row_windows(fraud):
     assert loop.first_declared_row is not None and loop.first_declared_row <= 200   # persistence 2
 
 
+def test_the_heal_job_waits_for_a_full_training_window(fraud, monkeypatch):
+    """As the Job does (spec.healing.waitForRowsSeconds): a heal that starts with fewer sampled rows
+    since the onset than trainingWindowRows waits for them; with no wait it heals on what it has."""
+    model, rules, reference, rule_dicts, rng = fraud
+    seen = []
+    monkeypatch.setattr(bench_loop, "heal", lambda model, x, *a, **k: seen.append(len(x)) or nothing_to_fix())
+    drifted = generator.sample(np.random.default_rng(1), 3000, generator.World(amount_unit=100.0, distance_unit=1000.0))
+    rows = {}
+    for wait in (None, 0.0):
+        seen.clear()
+        spec = scenario_spec(generator.FEATURES, generator.CLASSES, rule_dicts, overrides={
+            "drift": {"windowRows": 100, "minSamples": 50}, "serving": {"sampleFraction": 1.0},
+            "healing": {"trainingWindowRows": 1000, "minRows": 50, "waitForRowsSeconds": 600,
+                        "activeDeadlineSeconds": 900}})
+        loop = OperatorLoop(model, rules, reference, spec, seed=0, traffic=Traffic(job_wait_seconds=wait))
+        run_stream(loop, drifted.x)
+        assert seen, loop.events[:6]
+        rows[wait] = seen[0]
+    assert rows[None] == 1000 and rows[0.0] < 1000, rows
+
+
 def nothing_to_fix(*args, **kwargs):
     return HealResult(None, [], {"reason": "no fix needed"}, None)
 

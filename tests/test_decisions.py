@@ -439,6 +439,7 @@ def test_a_numeric_rule_condition_is_refused():
     ({"drift__labelShiftOn": 0.1}, "spec.drift.labelShiftOff: 0.2 is above labelShiftOn 0.1"),
     ({"drift__minSamples": 600}, "spec.drift.minSamples: 600 is above windowRows 500"),
     ({"healing__minRows": 4000}, "spec.healing.minRows: 4000 is above trainingWindowRows 3000"),
+    ({"healing__waitForRowsSeconds": 600}, "spec.healing.waitForRowsSeconds: 600 is not below activeDeadlineSeconds"),
     ({"promotion__rollback__watchSeconds": 20}, "spec.promotion.rollback.watchSeconds: 20s is shorter than"),
     ({"features__2": "not"}, "spec.features[2]: 'not' is a reserved word of the rule language"),
     ({"resources__requests__memory": "1 GB"}, "spec.resources.requests.memory: '1 GB' is not a Kubernetes quantity"),

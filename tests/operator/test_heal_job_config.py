@@ -181,6 +181,16 @@ def test_the_spec_config_is_read_whole():
     assert heal_config.gate.max_disagreement == config["promotion"]["maxDisagreement"]
 
 
+def test_the_job_waits_for_rows_as_long_as_the_spec_says():
+    resource = yaml.safe_load(EXAMPLE.read_text())
+    resource["spec"].setdefault("healing", {})["waitForRowsSeconds"] = 75
+    config = crd.SelfHealingModel.model_validate(resource).spec.heal_job_config()
+    heal.configs(config)   # a key the Job knows, not a HealConfig field
+    assert heal.wait_for_rows(config) == 75.0
+    assert heal.wait_for_rows(config, override=5) == 5.0          # --wait-for-rows wins
+    assert heal.wait_for_rows({}) == heal.DEFAULT_WAIT_SECONDS   # a Job run by hand without a config
+
+
 def test_an_unknown_key_is_an_error_that_names_it():
     with pytest.raises(ValueError, match=r"unknown config keys: healing\.ruleWieght \(HealConfig takes .*ruleWeight"):
         heal.configs({"healing": {"ruleWieght": 3.0}})

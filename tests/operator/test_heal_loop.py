@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 FAST = {"replicas": 2,
         "serving": {"workers": 1, "sampleFraction": 1.0},
         "drift": {"windowRows": 300, "minSamples": 200, "checkIntervalSeconds": 2},
-        "healing": {"cooldownSeconds": 60, "trainingWindowRows": 1500, "minRows": 300},
+        "healing": {"cooldownSeconds": 60, "trainingWindowRows": 1500, "minRows": 300, "waitForRowsSeconds": 30},
         "promotion": {"strategy": "RollingRestart", "rollback": {"watchSeconds": 20, "minSamples": 200}}}
 
 
