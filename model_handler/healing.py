@@ -56,8 +56,7 @@ class HealConfig:
     prior_bootstraps: int = 40          # bootstrap draws for the prior's interval
     prior_hedge: float = 0.3            # share of traffic expected to keep following the training prior
     # 3. adapter training
-    min_trust: float = 0.5              # rules whose inputs drifted more than this abstain
-    trust_psi_scale: float = 0.36       # trust = exp(-PSI / scale): 0.5 at PSI 0.25, a "major shift"
+    min_trust: float = 0.5              # heuristics less precise than this at training time abstain
     min_conflict: float = 0.01          # trusted-rule conflict rate (share of rows) worth training for
     epochs: int = 150                   # full-batch steps
     lr: float = 0.02
@@ -350,20 +349,26 @@ def train_adapter(model: SelfHealingNet, anchor: SelfHealingNet, x: torch.Tensor
 
 # ---- the whole heal ------------------------------------------------------------------------
 
-def rule_trust(model: SelfHealingNet, x: np.ndarray, rules: RuleSet, reference: ReferenceProfile,
-               psi_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per rule: trust in [0, 1] on these rows, and its input PSI after the model's recalibration.
+def rule_trust(model: SelfHealingNet, x: np.ndarray, rules: RuleSet,
+               reference: ReferenceProfile) -> tuple[np.ndarray, np.ndarray]:
+    """Per rule: trust in [0, 1], and its input PSI on these rows after the model's recalibration
+    (reported, not used: rules read the inputs mapped back into training units).
 
-    A `definition` holds whatever the traffic does: trust 1. A heuristic starts from its training-
-    time precision (1 - its smoothed conflict share) and loses trust as its inputs move beyond what
-    the recalibration explained (rules read the inputs mapped back into training units)."""
+    A `definition` holds whatever the traffic does: trust 1. A heuristic's trust is its training-
+    time precision (1 - its smoothed conflict share). It does not fall because the rule's inputs
+    moved: a covariate shift leaves a correct rule correct, and a new pattern (card testing) moves
+    exactly the inputs of the rule written for it (an earlier trust, decayed with the input PSI,
+    silenced that rule and kept fraud_new_pattern under 80%). A heuristic that went stale is caught
+    by the evidence on held-out rows instead: the gate refuses an adapter that learnt it when the
+    class rates it predicts leave the plausible range or it disagrees with the recalibrated model
+    too often (fraud_stale_rule: every such candidate refused)."""
     restored = model.restore_inputs(x)
     sketch = DriftSketch.empty(reference, len(rules))
     sketch.update(restored, model.predict_proba(x).numpy(), rules.fires(restored).numpy(), rules.labels.numpy())
     scores = drift_scores(sketch, reference, rules, min_samples=0)
     psi = np.array([r.input_psi for r in scores.rules])
     precision = np.array([1.0 - r.reference_conflict_rate for r in scores.rules])
-    trust = np.where(rules.definitions, 1.0, precision * np.exp(-psi / psi_scale))
+    trust = np.where(rules.definitions, 1.0, precision)
     return trust, psi
 
 
@@ -508,7 +513,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         stages.append((list(steps), candidate.copy()))
     cheap_fixed = candidate.copy()
 
-    trust, rule_psi = rule_trust(cheap_fixed, x_recent[fit], rules, reference, config.trust_psi_scale)
+    trust, rule_psi = rule_trust(cheap_fixed, x_recent[fit], rules, reference)
     ref_conflict_rates = (reference.counts.counters["rule_conflicts"] / max(reference.n, 1)
                           if reference.n_rules == len(rules) else np.zeros(len(rules)))
     trusted = trust >= config.min_trust

@@ -411,7 +411,8 @@ class HealingObjective(SpecModel):
     entropy_weight: NonNegative = Field(0.1, description="Weight of confident predictions (entropy).")
     balance_weight: NonNegative = Field(1.0, description="Weight of keeping class rates near the expected prior.")
     min_trust: Fraction = Field(
-        0.5, description="Rules whose inputs drifted so far that their trust falls below this abstain, 0..1.")
+        0.5, description="Heuristic rules whose trust (training-time precision) is below this abstain from "
+                         "adapter training, 0..1. A rule's trust does not fall because its inputs moved.")
     prior_hedge: Fraction = Field(
         0.3, description="Share of traffic expected to keep following the training class prior, 0..1: a prior "
                          "correction serves the prior of that mix with the estimated one (0: serve the estimate).")

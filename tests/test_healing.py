@@ -57,7 +57,29 @@ def test_stale_rule_negative_control_is_not_promoted(world):
     s = scenario("fraud_stale_rule", seed=1, quick=True)
     result = heal(model, s.stream.x[-3000:], rules, reference)
     assert not result.promotable, result.to_dict()
-    assert result.diagnosis["rules"]["night_online"]["trusted"] is False
+    # The stale rule keeps its training-time trust (its inputs moved, which is no evidence against
+    # it); what stops it is the gate's evidence on held-out rows, against the adapter it taught.
+    night = result.diagnosis["rules"]["night_online"]
+    assert night["trusted"] is True and night["input_psi"] > 0.25, night
+    assert "adapter" in result.steps and "class_rates_plausible" in result.gate.failed, result.gate.failed
+
+
+def test_a_rule_for_a_new_pattern_keeps_its_trust_when_its_inputs_move(world):
+    """fraud_new_pattern: card testing (tiny online amounts in bursts) moves exactly the inputs of
+    the rule written for it. Trust decayed with the input PSI silenced that rule (below minTrust)
+    and left the adapter half taught; at training-time precision it teaches the adapter the pattern."""
+    model, rules, reference = world
+    s = scenario("fraud_new_pattern", seed=1, quick=True)
+    onset = int(s.extra.get("onset_row", 0))
+    result = heal(model, s.stream.x[onset:onset + 3000], rules, reference)
+    card = result.diagnosis["rules"]["card_testing"]
+    assert card["trusted"] and card["input_psi"] > 0.05, card
+    assert result.promotable and "adapter" in result.steps, result.to_dict()
+    testing = (s.holdout.x[:, 0] < 3) & (s.holdout.y == 1)   # the new pattern's rows
+    caught = (result.candidate.predict_proba(s.holdout.x[testing]).argmax(1).numpy() == 1).mean()
+    missed = (model.predict_proba(s.holdout.x[testing]).argmax(1).numpy() == 1).mean()
+    print(f"card testing caught: {caught:.3f} healed, {missed:.3f} before")
+    assert caught > 0.88 and missed < 0.5, (caught, missed)
 
 
 def test_stationary_traffic_needs_no_fix(world):
