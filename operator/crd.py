@@ -432,7 +432,7 @@ class HealingSpec(SpecModel):
     min_rows: schema.conint(ge=50, le=10_000_000) = Field(
         200, description="A heal with fewer sampled rows than this does nothing.")
     wait_for_rows_seconds: schema.conint(ge=0, le=86_400) = Field(
-        180, description="How long a heal Job waits for trainingWindowRows sampled rows since the drift's onset "
+        120, description="How long a heal Job waits for trainingWindowRows sampled rows since the drift's onset "
                          "before it heals on fewer (at least minRows): a fix estimated on more rows is surer (a "
                          "class-prior estimate from 1,000 rows can miss a 20% fraud wave by 5 points).")
     seed: schema.conint(ge=0, le=2**31 - 1) = Field(0, description="Random seed of the heal.")

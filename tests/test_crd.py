@@ -470,7 +470,7 @@ def test_heal_job_config_carries_the_spec():
     spec = crd.SelfHealingModel.model_validate(example()).spec
     config = spec.heal_job_config()
     assert config["rules"] == [{**rule, "kind": "heuristic"} for rule in example()["spec"]["rules"]]
-    assert config["healing"] == {"trainingWindowRows": 3000, "minRows": 200, "waitForRowsSeconds": 180, "seed": 0,
+    assert config["healing"] == {"trainingWindowRows": 3000, "minRows": 200, "waitForRowsSeconds": 120, "seed": 0,
                                  "ruleWeight": 2.0,
                                  "anchorWeight": 1.0, "entropyWeight": 0.1, "balanceWeight": 1.0, "minTrust": 0.5,
                                  "priorHedge": 0.3}
