@@ -54,7 +54,7 @@ class HealConfig:
     prior_min_ratio: float = 1.5        # estimated / assumed class rate, any class
     prior_min_delta: float = 0.005      # and at least this far apart in absolute terms (1% -> 3% counts)
     prior_bootstraps: int = 40          # bootstrap draws for the prior's interval
-    prior_hedge: float = 0.3            # share of traffic expected to keep following the training prior
+    prior_hedge: float = 0.25           # share of traffic expected to keep following the training prior
     # 3. adapter training
     min_trust: float = 0.5              # heuristics less precise than this at training time abstain
     min_conflict: float = 0.01          # trusted-rule conflict rate (share of rows) worth training for

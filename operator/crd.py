@@ -414,7 +414,7 @@ class HealingObjective(SpecModel):
         0.5, description="Heuristic rules whose trust (training-time precision) is below this abstain from "
                          "adapter training, 0..1. A rule's trust does not fall because its inputs moved.")
     prior_hedge: Fraction = Field(
-        0.3, description="Share of traffic expected to keep following the training class prior, 0..1: a prior "
+        0.25, description="Share of traffic expected to keep following the training class prior, 0..1: a prior "
                          "correction serves the prior of that mix with the estimated one (0: serve the estimate).")
 
 

@@ -473,7 +473,7 @@ def test_heal_job_config_carries_the_spec():
     assert config["healing"] == {"trainingWindowRows": 3000, "minRows": 200, "waitForRowsSeconds": 120, "seed": 0,
                                  "ruleWeight": 2.0,
                                  "anchorWeight": 1.0, "entropyWeight": 0.1, "balanceWeight": 1.0, "minTrust": 0.5,
-                                 "priorHedge": 0.3}
+                                 "priorHedge": 0.25}
     assert config["promotion"] == {"minConflictDrop": 0.005, "conflictTolerance": 0.002,
                                    "maxClassRateRatio": 3.0, "maxDisagreement": 0.2}
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from examples.fraud.generator import scenario
-from model_handler.healing import heal
+from model_handler.healing import HealConfig, heal
 from model_handler.rules import RuleSet
 from model_handler.sketches import ReferenceProfile
 from model_handler.training import train_backbone
@@ -77,7 +77,8 @@ def test_a_label_shift_no_rule_sees_is_corrected_by_two_estimators():
     low, high = (np.asarray(v) for v in result.diagnosis["prior"]["em_interval"])
     train = np.asarray(model.spec.train_prior)
     nearest = np.clip(train, low, high) / np.clip(train, low, high).sum()
-    served = 0.3 * train + 0.7 * nearest
+    hedge = HealConfig().prior_hedge   # spec.healing.objective.priorHedge's default, 0.25
+    served = hedge * train + (1 - hedge) * nearest
     assert np.allclose(result.diagnosis["prior"]["served"], served, atol=1e-4)
     assert np.allclose(result.candidate.served_prior(), served, atol=1e-5)
     assert train[1] < served[1] < q[1]
