@@ -349,26 +349,36 @@ def train_adapter(model: SelfHealingNet, anchor: SelfHealingNet, x: torch.Tensor
 
 # ---- the whole heal ------------------------------------------------------------------------
 
+COVERED_FIRINGS = 50   # training firings at which a rule's region counts as half covered by labelled data
+
+
 def rule_trust(model: SelfHealingNet, x: np.ndarray, rules: RuleSet,
                reference: ReferenceProfile) -> tuple[np.ndarray, np.ndarray]:
     """Per rule: trust in [0, 1], and its input PSI on these rows after the model's recalibration
     (reported, not used: rules read the inputs mapped back into training units).
 
-    A `definition` holds whatever the traffic does: trust 1. A heuristic's trust is its training-
-    time precision (1 - its smoothed conflict share). It does not fall because the rule's inputs
+    A `definition` holds whatever the traffic does: trust 1. A heuristic starts from its training-
+    time precision (1 - its smoothed conflict share) and does not lose trust because its inputs
     moved: a covariate shift leaves a correct rule correct, and a new pattern (card testing) moves
-    exactly the inputs of the rule written for it (an earlier trust, decayed with the input PSI,
-    silenced that rule and kept fraud_new_pattern under 80%). A heuristic that went stale is caught
-    by the evidence on held-out rows instead: the gate refuses an adapter that learnt it when the
-    class rates it predicts leave the plausible range or it disagrees with the recalibrated model
-    too often (fraud_stale_rule: every such candidate refused)."""
+    exactly the inputs of the rule written for it (trust decayed with the input PSI silenced that
+    rule and kept fraud_new_pattern under 80%). It loses trust where the recalibrated model, which
+    learnt from labels, now disputes it on ground it knows: in proportion to the rule's excess
+    conflict share (beyond its training-time share and noise, of what its precision leaves) times
+    how well training data covered the rule's region (`covered`, ref firings / (ref firings + 50)).
+    A rule that went stale where the model saw labelled rows (late-night online orders) is
+    disputed there; a rule for a pattern the training data never had (tiny card-testing amounts,
+    nearly no training firings) is the only evidence there and keeps its precision."""
     restored = model.restore_inputs(x)
     sketch = DriftSketch.empty(reference, len(rules))
     sketch.update(restored, model.predict_proba(x).numpy(), rules.fires(restored).numpy(), rules.labels.numpy())
     scores = drift_scores(sketch, reference, rules, min_samples=0)
     psi = np.array([r.input_psi for r in scores.rules])
     precision = np.array([1.0 - r.reference_conflict_rate for r in scores.rules])
-    trust = np.where(rules.definitions, 1.0, precision)
+    disputed = np.clip(np.array([r.excess for r in scores.rules]) / np.maximum(precision, 1e-6), 0.0, 1.0)
+    ref_fires = (reference.counts.counters["rule_fires"].astype(np.float64) if scores.reference_rules_match
+                 else np.zeros(len(rules)))
+    covered = ref_fires / (ref_fires + COVERED_FIRINGS)
+    trust = np.where(rules.definitions, 1.0, precision * (1.0 - covered * disputed))
     return trust, psi
 
 
@@ -513,7 +523,10 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         stages.append((list(steps), candidate.copy()))
     cheap_fixed = candidate.copy()
 
-    trust, rule_psi = rule_trust(cheap_fixed, x_recent[fit], rules, reference)
+    # Trust is judged against the recalibrated model before any prior step: a prior correction
+    # changes predictions on purpose, and rules disputing it are evidence about it, not against the
+    # rules (elec2: judged after the prior, the rules that refute it looked disputed and lost their say).
+    trust, rule_psi = rule_trust(stages[0][1], x_recent[fit], rules, reference)
     ref_conflict_rates = (reference.counts.counters["rule_conflicts"] / max(reference.n, 1)
                           if reference.n_rules == len(rules) else np.zeros(len(rules)))
     trusted = trust >= config.min_trust
