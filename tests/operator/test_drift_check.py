@@ -15,6 +15,7 @@ from model_handler.rules import RuleSet
 from model_handler.sketches import DriftSketch, ReferenceProfile
 from shm_operator import observe
 from shm_operator.status import full_spec, written_status
+from shm_operator.context import ModelPass
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 FEATURES = ["amount", "merchant_age", "hour", "velocity"]
@@ -83,8 +84,8 @@ class Model:
             self.pod.serve(rows, self.rng, **kind)
         self.t += dt.timedelta(seconds=30)
         patch = kopf.Patch()
-        summary = asyncio.run(observe.observe_pods("m", "ns", self.spec, copy.deepcopy(self.status), {}, self.memo,
-                                                   self.rules, patch, self.t, pods=[POD]))
+        ctx = ModelPass.of("m", "ns", self.spec, copy.deepcopy(self.status), {}, patch, self.t, self.memo, self.rules)
+        summary = asyncio.run(observe.observe_pods(ctx, pods=[POD]))
         self.status = written_status(patch, {"status": self.status})
         return summary
 
