@@ -29,12 +29,12 @@ from model_handler.registry import (AdapterNotFoundError, AdapterRegistry, Corru
                                     RegistryError)
 from shm_operator import decisions, memory, metrics
 from shm_operator.context import ModelPass
-from shm_operator.crd import SelfHealingModelStatus
+from shm_operator.crd import RolloutBaseline, RolloutStatus, SelfHealingModelStatus
 from shm_operator.memory import ModelMemory
 from shm_operator.names import BASE_VERSION, CHANGE_ANNOTATION
 from shm_operator.policy import baseline, baseline_of, rollout_verdict, vouched
 from shm_operator.signals import WindowState
-from shm_operator.status import iso, parse_time, without_nulls
+from shm_operator.status import iso, without_nulls
 
 log = logging.getLogger(__name__)
 # Degraded reasons that a newly accepted version ends (the refused request is no longer asked for)
@@ -235,21 +235,23 @@ async def watch_rollout(ctx: ModelPass, *, fresh: dict | None) -> None:
     """Once every pod serves the new adapter, compare live windows with the pre-rollout baseline
     for watchSeconds; roll back on harm, else make it the last good adapter, if live traffic
     (at least rollback.minSamples rows) vouched for it."""
-    if ctx.status.rollout is None:
+    seen = ctx.status.rollout
+    if seen is None:
         return
     rollout = dict(ctx.working["rollout"])   # the stored form, changed and written back whole
-    if not rollout.get("complete"):
-        return await finish_rollout(ctx, rollout)
+    if seen.complete is None:
+        return await finish_rollout(ctx, seen, rollout)
     limits = decisions.RollbackLimits.from_spec(ctx.spec.promotion.rollback)
-    elapsed = (ctx.t - parse_time(rollout["complete"])).total_seconds()
-    base = rollout.get("baseline") or {}
+    elapsed = (ctx.t - seen.complete).total_seconds()
+    rows = seen.watched_rows
     if fresh is not None:
-        rollout["watchedRows"] = int(rollout.get("watchedRows") or 0) + int(fresh["samples"])
+        rows = rollout["watchedRows"] = rows + int(fresh["samples"])
+        base = seen.baseline or RolloutBaseline()
         # The training data's class rates are the model's, not the rollout's: if none were known when
         # the rollout began (an operator restarted just before it had no window yet), use today's.
-        reference = base.get("referenceClassRates") or ctx.memory.reference_class_rates
-        decision = rollout_verdict(base, fresh, reference, limits, elapsed)
-        if decision.act and rollout.get("from"):
+        reference = base.reference_class_rates or ctx.memory.reference_class_rates
+        decision = rollout_verdict(base.model_dump(by_alias=True), fresh, reference, limits, elapsed)
+        if decision.act and seen.from_version:
             return await roll_back(ctx, rollout, decision.reason)
         if decision.code == "HarmNotRolledBack":
             kopf.warn(ctx.body, reason="HarmDetected", message=decision.reason[:1000])
@@ -258,32 +260,31 @@ async def watch_rollout(ctx: ModelPass, *, fresh: dict | None) -> None:
             update_rollout(ctx.patch, ctx.working, rollout, rollout)   # keep watchedRows across operator restarts
         return
     update_rollout(ctx.patch, ctx.working, rollout, None)
-    rows = int(rollout.get("watchedRows") or 0)
     if vouched(rows, limits):
-        ctx.update_adapter(lastGood=rollout["to"])
+        ctx.update_adapter(lastGood=seen.to)
         kopf.info(ctx.body, reason="RolloutHealthy",
-                  message=f"adapter {rollout['to']} watched for {elapsed:.0f}s on {rows} live rows: no harm")
+                  message=f"adapter {seen.to} watched for {elapsed:.0f}s on {rows} live rows: no harm")
     else:
         # Time alone proves nothing: an idle model's watch saw no traffic. The version keeps
         # serving, but the rollback target stays the last version that live traffic vouched for.
         kopf.warn(ctx.body, reason="WatchInconclusive",
-                  message=f"adapter {rollout['to']} served {rows} live rows in its {elapsed:.0f}s watch "
+                  message=f"adapter {seen.to} served {rows} live rows in its {elapsed:.0f}s watch "
                           f"(rollback.minSamples is {limits.min_samples}): it keeps serving, but the last good "
                           f"version stays {ctx.adapter.last_good or BASE_VERSION}")
 
 
-async def finish_rollout(ctx: ModelPass, rollout: dict) -> None:
-    """A rollout under way: roll back a version the pods refuse; complete it once every pod serves it
-    (then its watch begins)."""
+async def finish_rollout(ctx: ModelPass, seen: RolloutStatus, rollout: dict) -> None:
+    """A rollout under way (`seen`, stored as `rollout`): roll back a version the pods refuse;
+    complete it once every pod serves it (then its watch begins)."""
     adapter = ctx.adapter
-    why = ctx.status.refused_adapters.get(rollout["to"])
-    if why and rollout.get("from") and rollout["from"] != rollout["to"]:
-        return await roll_back(ctx, rollout, f"pods refused {rollout['to']}: {why}", code="AdapterRefused")
-    if (adapter.pods_at_desired or 0) >= ctx.spec.replicas and adapter.current == rollout["to"]:
+    why = ctx.status.refused_adapters.get(seen.to)
+    if why and seen.from_version and seen.from_version != seen.to:
+        return await roll_back(ctx, rollout, f"pods refused {seen.to}: {why}", code="AdapterRefused")
+    if (adapter.pods_at_desired or 0) >= ctx.spec.replicas and adapter.current == seen.to:
         rollout["complete"] = iso(ctx.t)
         ctx.memory.window = WindowState()  # from now on, windows hold only new-adapter traffic
         # back on the last good adapter: nothing to watch
-        update_rollout(ctx.patch, ctx.working, rollout, rollout if rollout.get("watch", True) else None)
+        update_rollout(ctx.patch, ctx.working, rollout, rollout if seen.watch else None)
 
 
 async def roll_back(ctx: ModelPass, rollout: dict, reason: str, code: str = "HarmDetected") -> None:
