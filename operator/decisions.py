@@ -233,14 +233,17 @@ class RolloutSignals:
     class_rates: Mapping[str, float] = field(default_factory=dict)
 
 
+_ROLLBACK = RollbackSpec.model_fields   # the defaults are spec.promotion.rollback's, in crd.py
+
+
 @dataclass(frozen=True)
 class RollbackLimits:
-    max_conflict_increase: float = 0.02
-    max_class_rate_ratio: float = 2.0
-    class_rate_tolerance: float = 0.01
-    min_samples: int = 200
-    watch_seconds: float | None = None
-    automatic: bool = True
+    max_conflict_increase: float = _ROLLBACK["max_conflict_increase"].default
+    max_class_rate_ratio: float = _ROLLBACK["max_class_rate_ratio"].default
+    class_rate_tolerance: float = _ROLLBACK["class_rate_tolerance"].default
+    min_samples: int = _ROLLBACK["min_samples"].default
+    watch_seconds: float | None = None     # None: no time limit (spec.promotion.rollback.watchSeconds sets one)
+    automatic: bool = _ROLLBACK["automatic"].default
 
     @classmethod
     def from_spec(cls, rollback: RollbackSpec) -> RollbackLimits:
