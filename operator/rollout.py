@@ -97,11 +97,13 @@ async def accept_version(ctx: ModelPass, *, runtime: dt.timedelta | None = None)
                                                 "expectedClassRates": expected_rates(ctx, requested)}})
     clear_pending(ctx)
     clear_refusal(ctx, requested)
-    kopf.info(ctx.body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
+    kopf.info(ctx.body, reason="RollingOut",
+              message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
     metrics.ADAPTER_CHANGES.labels(ctx.namespace, ctx.name, by).inc()
     if requested != BASE_VERSION:
         try:
-            await asyncio.to_thread(registry_for(ctx).set_state, requested, "promoted", reason or "spec.adapter.version")
+            await asyncio.to_thread(registry_for(ctx).set_state, requested, "promoted",
+                                    reason or "spec.adapter.version")
         except RegistryError as err:
             log.warning("could not mark %s promoted in the registry: %s", requested, err)
     return requested
