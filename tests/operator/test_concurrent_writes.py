@@ -21,9 +21,9 @@ import yaml
 
 from sandbox.patches import json_patch, merge_patch
 from shm_operator import k8s, observe, rollout
+from shm_operator.context import ModelPass
 from shm_operator.healing import follow_heal
 from shm_operator.status import full_spec, iso, phase_of, refresh_phase, set_condition_in, update_adapter
-from shm_operator.context import ModelPass
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fraud" / "selfhealingmodel.yaml"

@@ -14,8 +14,8 @@ import pytest
 from model_handler.rules import RuleSet
 from model_handler.sketches import DriftSketch, ReferenceProfile
 from shm_operator import observe
-from shm_operator.status import full_spec, written_status
 from shm_operator.context import ModelPass
+from shm_operator.status import full_spec, written_status
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 FEATURES = ["amount", "merchant_age", "hour", "velocity"]

@@ -19,8 +19,8 @@ from safetensors.numpy import save as save_tensors
 
 from model_handler.registry import AdapterRegistry
 from shm_operator import decisions, healing, k8s
-from shm_operator.status import iso, written_status
 from shm_operator.context import ModelPass
+from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 BODY = {"apiVersion": "selfheal.io/v1alpha1", "kind": "SelfHealingModel",

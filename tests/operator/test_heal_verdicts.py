@@ -16,9 +16,9 @@ import torch
 from model_handler.model import ModelSpec, SelfHealingNet, adapter_to_bytes
 from model_handler.registry import AdapterRegistry
 from shm_operator import k8s
+from shm_operator.context import ModelPass
 from shm_operator.healing import follow_heal
 from shm_operator.status import iso, written_status
-from shm_operator.context import ModelPass
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 ESTIMATE = {"estimator": "rule-agreement", "before": 0.412, "after": 0.93, "note": ""}

@@ -8,8 +8,8 @@ import datetime as dt
 import kopf
 
 from shm_operator import k8s, observe, readiness
-from shm_operator.status import iso, written_status
 from shm_operator.context import ModelPass
+from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 SPEC = {"replicas": 1, "drift": {"windowRows": 500}, "model": {"archive": "/m", "name": "m"}, "features": ["a"],

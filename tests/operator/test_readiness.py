@@ -12,9 +12,9 @@ import kopf
 import pytest
 
 from shm_operator import healing, k8s, observe
-from shm_operator.status import full_spec, phase_of, written_status
 from shm_operator.context import ModelPass
 from shm_operator.crd import LastHeal
+from shm_operator.status import full_spec, phase_of, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 SPEC = full_spec({"model": {"archive": "/m"}, "features": ["a"], "classes": ["x", "y"], "replicas": 2,

@@ -18,9 +18,9 @@ import yaml
 from model_handler.model import ModelSpec, SelfHealingNet, adapter_to_bytes
 from model_handler.registry import AdapterRegistry
 from shm_operator import memory, observe, rollout
-from shm_operator.status import full_spec, iso, written_status
 from shm_operator.context import ModelPass
 from shm_operator.crd import SelfHealingModelStatus
+from shm_operator.status import full_spec, iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fraud" / "selfhealingmodel.yaml"

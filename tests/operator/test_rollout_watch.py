@@ -12,9 +12,9 @@ import kopf
 import yaml
 
 from shm_operator import memory
+from shm_operator.context import ModelPass
 from shm_operator.rollout import watch_rollout
 from shm_operator.status import full_spec, iso
-from shm_operator.context import ModelPass
 from sandbox_helpers import REPO_ROOT
 from test_concurrent_writes import land
 
