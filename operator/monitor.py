@@ -4,7 +4,8 @@ One Kopf timer ticks every few seconds for every SelfHealingModel and does real 
 `spec.drift.checkIntervalSeconds` (more often while the model is not Ready). A pass observes the
 pods (shm_operator.observe), follows the registry's health and the heal under way, starts a heal if
 drift asks for one (shm_operator.healing), and watches a rollout (shm_operator.rollout); then it
-refreshes the phase. Each step reads the spec and status, acts, and writes the status patch. All
+refreshes the phase. Each step takes the pass's one typed context (shm_operator.context.ModelPass:
+the spec's model, the status read through its models), acts, and writes the status patch. All
 durable state lives in the CR's status, so an operator restart resumes where it was and a Job
 already launched is found again by its deterministic name (never launched twice). Only the drift
 window being filled and the time of the last check live in memory (shm_operator.memory).
