@@ -65,7 +65,7 @@ class ModelPass:
 
     @classmethod
     def of(cls, name: str, namespace: str, spec: dict | SelfHealingModelSpec, status: dict, body, patch,
-           t: dt.datetime, memo=None, rules: RuleSet | None = None) -> ModelPass:
+           t: dt.datetime, *, memo=None, rules: RuleSet | None = None) -> ModelPass:
         """A pass over `spec` (a model, or a dict validated now unless it is this generation's prepared
         spec) and `status` (kept as the working copy, not copied)."""
         remembered = memories.of(memo if memo is not None else {})

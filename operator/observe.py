@@ -55,7 +55,7 @@ async def observe_pods(ctx: ModelPass, *, pods: list[dict]) -> dict | None:
             unreachable.append(f"{pod['metadata']['name']}: {err}"[:300])
     state.forget_missing({p["metadata"]["uid"] for p in ready})
     seen, changed = report_served(ctx, served, unreachable)
-    readiness.report_readiness(ctx.body, ctx.patch, ctx.working, ctx.spec_json, pods, k8s.pod_ready, serving, ctx.t)
+    readiness.report_readiness(ctx, pods=pods, ready=k8s.pod_ready, serving=serving)
     return check_drift(ctx, seen, unreachable, changed=changed)
 
 

@@ -39,7 +39,8 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runt
         refresh_phase(patch, status)
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
         return  # nothing to retry until the spec changes
-    ctx = ModelPass.of(name, namespace, SelfHealingModelSpec.model_validate(dict(spec)), status, body, patch, t, memo)
+    model = SelfHealingModelSpec.model_validate(dict(spec))
+    ctx = ModelPass.of(name, namespace, model, status, body, patch, t, memo=memo)
     waiting = None
     try:
         version = await accept_version(ctx, runtime=runtime)

@@ -69,7 +69,7 @@ def condition_of(status: dict, type_: str) -> dict:
 
 def timer_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
     patch, status = kopf.Patch(), copy.deepcopy(status)
-    ctx = ModelPass.of("fraud", "ns", spec, status, {}, patch, T, kopf.Memo())
+    ctx = ModelPass.of("fraud", "ns", spec, status, {}, patch, T, memo=kopf.Memo())
     asyncio.run(observe.observe_pods(ctx, pods=[]))
     asyncio.run(rollout.watch_rollout(ctx, fresh=None))
     set_condition_in(patch, status, "DriftDetected", True, "SeveralSignals", "input, rules", T)

@@ -58,8 +58,8 @@ def serving_v2(drift: dict) -> dict:
 
 def accept(spec, status, memo, runtime_s=0.0):
     patch = kopf.Patch()
-    version = asyncio.run(rollout.accept_version(ModelPass.of("fraud", "ns", spec, status, {"metadata": {}}, patch, T,
-                                                              memo), runtime=dt.timedelta(seconds=runtime_s)))
+    ctx = ModelPass.of("fraud", "ns", spec, status, {"metadata": {}}, patch, T, memo=memo)
+    version = asyncio.run(rollout.accept_version(ctx, runtime=dt.timedelta(seconds=runtime_s)))
     return version, patch
 
 
@@ -89,8 +89,8 @@ def test_a_window_of_an_earlier_adapter_is_not_a_baseline_so_the_rollout_waits(s
     # (accept() raised before returning its patch: the same pass again, to see what it writes)
     patch = kopf.Patch()
     with pytest.raises(rollout.WaitingForBaseline):
-        asyncio.run(rollout.accept_version(ModelPass.of("fraud", "ns", spec, serving_v2(stale), {"metadata": {}},
-                                                        patch, T, traffic()), runtime=dt.timedelta(seconds=10)))
+        ctx = ModelPass.of("fraud", "ns", spec, serving_v2(stale), {"metadata": {}}, patch, T, memo=traffic())
+        asyncio.run(rollout.accept_version(ctx, runtime=dt.timedelta(seconds=10)))
     written = written_status(patch)
     assert written["adapter"] == {"pending": "v90"} and "rollout" not in written and not patch.get("spec")
 
