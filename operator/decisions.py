@@ -313,13 +313,18 @@ def validate_spec_semantics(spec: Mapping | SelfHealingModelSpec) -> list[str]:
     """Problems of a spec as '<field>: <what>' lines: the models' schema errors and what the CRD
     schema cannot express (the `semantics` validators beside the fields in crd.py), so one call
     covers everything; the sandbox has no API server to validate for it."""
+    return validated_spec(spec)[1]
+
+
+def validated_spec(spec: Mapping | SelfHealingModelSpec) -> tuple[SelfHealingModelSpec | None, list[str]]:
+    """(the spec's model, every default filled in, and no problem) or (None, its problems), from one
+    validation (`validate_spec_semantics`)."""
     if isinstance(spec, SelfHealingModelSpec):
         spec = spec.model_dump(mode="json", by_alias=True)
     try:
-        SelfHealingModelSpec.model_validate(spec, context=SEMANTICS)
+        return SelfHealingModelSpec.model_validate(dict(spec), context=SEMANTICS), []
     except ValidationError as err:
-        return [f"{field_path(('spec', *e['loc']))}: {e['msg']}" for e in err.errors()]
-    return []
+        return None, [f"{field_path(('spec', *e['loc']))}: {e['msg']}" for e in err.errors()]
 
 
 # ---- conditions and history --------------------------------------------------------------------

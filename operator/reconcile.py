@@ -15,7 +15,7 @@ from shm_operator.children import (adapter_config_name, adapter_configmap,
                                    clearing_pod_template, deployment, disruption_budget, inference_url,
                                    rules_configmap, selector_string, service, serving_name)
 from shm_operator.context import ModelPass
-from shm_operator.crd import RolloutStrategy, SelfHealingModelSpec
+from shm_operator.crd import RolloutStrategy
 from shm_operator.names import ADAPTER_ANNOTATION, RESOURCE
 from shm_operator.network_policy import network_policy
 from shm_operator.rollout import WaitingForBaseline, accept_version
@@ -30,7 +30,7 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runt
     t = now()
     status = dict(status or {})
     generation = meta.get("generation")
-    problems = decisions.validate_spec_semantics(spec)
+    model, problems = decisions.validated_spec(spec)   # validated once: the schema and the semantics
     if problems:
         message = "; ".join(problems)
         set_condition_in(patch, status, "Ready", False, "InvalidSpec", message, t, generation)
@@ -39,7 +39,6 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runt
         refresh_phase(patch, status)
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
         return  # nothing to retry until the spec changes
-    model = SelfHealingModelSpec.model_validate(dict(spec))
     ctx = ModelPass.of(name, namespace, model, status, body, patch, t, memo=memo)
     waiting = None
     try:
