@@ -69,7 +69,10 @@ class ModelPass:
         """A pass over `spec` (a model, or a dict validated now unless it is this generation's prepared
         spec) and `status` (kept as the working copy, not copied)."""
         remembered = memories.of(memo if memo is not None else {})
-        typed = spec if isinstance(spec, SelfHealingModelSpec) else remembered.typed(spec)
-        spec_json = (remembered.prepared[0] if remembered.prepared is not None and remembered.prepared[1] is typed
-                     else typed.model_dump(mode="json"))
+        full, model, _ = remembered.prepared or (None, None, None)   # this generation's, if the timer prepared it
+        if isinstance(spec, SelfHealingModelSpec):
+            typed = spec
+        else:
+            typed = model if full is spec else SelfHealingModelSpec.model_validate(spec)
+        spec_json = full if model is typed else typed.model_dump(mode="json")
         return cls(name, namespace, typed, spec_json, status, body, patch, t, remembered, rules)
