@@ -44,12 +44,11 @@ from model_handler.drift import drift_scores
 from model_handler.model import FoldedPredictor, SelfHealingNet
 from model_handler.requests import RequestError, RequestParser
 from model_handler.rules import RuleSet
-from model_handler.registry import AdapterRegistry
+from model_handler.registry import BASE_VERSION, AdapterRegistry
 from model_handler.served import load_adapter, load_served
 from model_handler.sketches import DriftSketch, ReferenceProfile, SketchError
 from model_handler.traffic import TrafficSampler, TrafficStore
 
-BASE_VERSION = "base"
 STATUS_FORMAT = 1
 COUNT_BATCH_ROWS = 1024                   # queued rows that trigger counting before the next read
 

@@ -13,6 +13,10 @@ What they must write goes to emptyDir volumes that TMPDIR/HOME point at (`scratc
 Ports are container-port *names* (`inference`, `management`, `metrics`); the operator finds a pod's
 management port by name, so the same code works on a cluster (fixed 8080-8082) and in the sandbox
 (whose process kubelet assigns free host ports and writes them into the pod).
+
+The builders take the full spec as JSON (`status.full_spec`, `context.ModelPass.spec_json`): every
+default is filled in by crd.py's models and none is spelled again here, so a spec that was not
+validated fails with a KeyError naming the missing field.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import posixpath
 import yaml
 
 from model_handler.fetch import local_name
-from shm_operator.crd import DEFAULT_IMAGE
+from shm_operator.crd import RolloutStrategy
 from shm_operator.names import ADAPTER_ANNOTATION, COMPONENT_LABEL, MODEL_LABEL, RULES_ANNOTATION
 
 PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
@@ -85,9 +89,9 @@ def scratch_volumes() -> tuple[list[dict], list[dict], dict[str, str]]:
 def storage_env(spec: dict) -> tuple[dict[str, str], list[dict]]:
     """The storage URI as an env var (never an argument), and the credentials Secret, if named, as
     envFrom: the kubelet reads it, so the operator needs no access to Secrets."""
-    storage = spec.get("storage") or {}
+    storage = spec["storage"]
     secret = storage.get("secretName")
-    return ({"SELFHEAL_STORAGE_URI": storage.get("uri", "")},
+    return ({"SELFHEAL_STORAGE_URI": storage["uri"]},
             [{"secretRef": {"name": secret}}] if secret else [])
 
 
@@ -112,7 +116,7 @@ def model_delivery(spec: dict, env: list[dict], env_from: list[dict], *, unpack:
     storage-initializer (`python -m model_handler.fetch`, same image, same credentials: `env`,
     `env_from` and the pod's service account); `unpack` extracts a `.mar` for the heal Job, which
     reads a model directory."""
-    model = spec.get("model") or {}
+    model = spec["model"]
     kind, claim, path = archive_location(model["archive"])
     if kind == "path":
         return [], [], [], path
@@ -120,7 +124,7 @@ def model_delivery(spec: dict, env: list[dict], env_from: list[dict], *, unpack:
         return ([], [{"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
                 [{"name": "model", "mountPath": PVC_DIR, "readOnly": True}], f"{PVC_DIR}/{path}")
     _, scratch_mounts, _ = scratch_volumes()
-    init = {"name": "storage-initializer", "image": model.get("image") or DEFAULT_IMAGE, "command": ["python"],
+    init = {"name": "storage-initializer", "image": model["image"], "command": ["python"],
             "args": ["-m", "model_handler.fetch", path, MODEL_DIR, *(["--unpack"] if unpack else [])],
             "env": env, "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}, *scratch_mounts],
             "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -173,10 +177,10 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
     """The TorchServe pods. `served_version` is baked into the pod template for RollingRestart (a
     change rolls the pods); with HotSwap the template keeps the version it started with and the
     adapter ConfigMap carries the desired one."""
-    model = spec.get("model") or {}
+    model = spec["model"]
     ts_name = torchserve_model_name(name, spec)
-    hot_swap = (spec.get("promotion") or {}).get("strategy") == "HotSwap"
-    serving = spec.get("serving") or {}
+    hot_swap = spec["promotion"]["strategy"] == RolloutStrategy.HOT_SWAP.value
+    serving = spec["serving"]
     scratch, scratch_mounts, scratch_env = scratch_volumes()
     storage, env_from = storage_env(spec)
     env = {
@@ -187,7 +191,7 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
         "SELFHEAL_ADAPTER_VERSION": served_version,
         "SELFHEAL_ADAPTER_FILE": f"{ADAPTER_DIR}/version" if hot_swap else "",
         "SELFHEAL_RULES_FILE": f"{RULES_DIR}/rules.yaml",
-        "SELFHEAL_SAMPLE_FRACTION": str(serving.get("sampleFraction", 0.2)),
+        "SELFHEAL_SAMPLE_FRACTION": str(serving["sampleFraction"]),
         "SELFHEAL_SAMPLE_FLUSH_INTERVAL_S": "5",   # sampled traffic reaches storage within seconds
         "SELFHEAL_STATUS_DIR": STATUS_DIR,
         **{f"SELFHEAL_{port.upper()}_PORT": str(number) for port, number in PORTS.items()},
@@ -196,7 +200,7 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
         spec, [{"name": k, "value": v} for k, v in {**scratch_env, **storage}.items()], env_from)
     store, archive_file = posixpath.dirname(archive) or "/", posixpath.basename(archive)
     args = ["-m", "model_handler.launcher", "serve", "--model-store", store,
-            "--model", f"{ts_name}={archive_file}", "--workers", str(serving.get("workers", 2)),
+            "--model", f"{ts_name}={archive_file}", "--workers", str(serving["workers"]),
             "--bind", "$(POD_IP)",
             *[arg for port in PORTS for arg in (f"--{port}-port", f"$(SELFHEAL_{port.upper()}_PORT)")]]
     volumes = [{"name": "rules", "configMap": {"name": rules_name(name)}},
@@ -208,7 +212,7 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
         mounts.append({"name": "adapter", "mountPath": ADAPTER_DIR, "readOnly": True})
     container = {
         "name": "model-server",
-        "image": model.get("image") or DEFAULT_IMAGE,
+        "image": model["image"],
         "command": ["python"],
         "args": args,
         "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -230,7 +234,7 @@ def deployment(name: str, namespace: str, spec: dict, served_version: str) -> di
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": serving_name(name), "labels": pod_labels},
         "spec": {
-            "replicas": spec.get("replicas", 2),
+            "replicas": spec["replicas"],
             "selector": {"matchLabels": {MODEL_LABEL: name, COMPONENT_LABEL: "serving"}},
             # Zero downtime: never take a ready pod away before its replacement is ready.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -275,8 +279,7 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
     """The healing Job (ARCHITECTURE.md §4). It reads the model directory the pods serve, so the
     backbone it heals is exactly the one in production, and `config` from its ConfigMap
     (`heal_config_map`), whose sha256 it is given, so it runs with the config it was made for."""
-    model = spec.get("model") or {}
-    healing = spec.get("healing") or {}
+    model, healing = spec["model"], spec["healing"]
     scratch, scratch_mounts, scratch_env = scratch_volumes()
     storage, env_from = storage_env(spec)
     env = [{"name": k, "value": v} for k, v in {**scratch_env, **storage}.items()]
@@ -288,7 +291,7 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
             "--termination-log", "/dev/termination-log", *(["--since", since] if since else [])]
     config_volume = {"name": "heal-config", "configMap": {"name": f"{job_name}-config"}}
     config_mount = {"name": "heal-config", "mountPath": HEAL_CONFIG_DIR, "readOnly": True}
-    container = {"name": "heal", "image": model.get("image") or DEFAULT_IMAGE, "command": ["python"],
+    container = {"name": "heal", "image": model["image"], "command": ["python"],
                  "args": args, "env": env,
                  "volumeMounts": [config_mount, *scratch_mounts, *model_mounts],
                  "terminationMessagePath": "/dev/termination-log",
@@ -301,8 +304,8 @@ def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, 
     return with_pod_template(spec, {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": job_name, "labels": job_labels},
-        "spec": {"backoffLimit": healing.get("backoffLimit", 1),
-                 "activeDeadlineSeconds": healing.get("activeDeadlineSeconds", 600),
+        "spec": {"backoffLimit": healing["backoffLimit"],
+                 "activeDeadlineSeconds": healing["activeDeadlineSeconds"],
                  "template": {"metadata": {"labels": job_labels},
                               "spec": hardened_pod_spec([container], [config_volume, *scratch, *model_volumes],
                                                         restartPolicy="Never",

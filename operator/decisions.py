@@ -233,14 +233,17 @@ class RolloutSignals:
     class_rates: Mapping[str, float] = field(default_factory=dict)
 
 
+_ROLLBACK = RollbackSpec.model_fields   # the defaults are spec.promotion.rollback's, in crd.py
+
+
 @dataclass(frozen=True)
 class RollbackLimits:
-    max_conflict_increase: float = 0.02
-    max_class_rate_ratio: float = 2.0
-    class_rate_tolerance: float = 0.01
-    min_samples: int = 200
-    watch_seconds: float | None = None
-    automatic: bool = True
+    max_conflict_increase: float = _ROLLBACK["max_conflict_increase"].default
+    max_class_rate_ratio: float = _ROLLBACK["max_class_rate_ratio"].default
+    class_rate_tolerance: float = _ROLLBACK["class_rate_tolerance"].default
+    min_samples: int = _ROLLBACK["min_samples"].default
+    watch_seconds: float | None = None     # None: no time limit (spec.promotion.rollback.watchSeconds sets one)
+    automatic: bool = _ROLLBACK["automatic"].default
 
     @classmethod
     def from_spec(cls, rollback: RollbackSpec) -> RollbackLimits:
@@ -310,13 +313,18 @@ def validate_spec_semantics(spec: Mapping | SelfHealingModelSpec) -> list[str]:
     """Problems of a spec as '<field>: <what>' lines: the models' schema errors and what the CRD
     schema cannot express (the `semantics` validators beside the fields in crd.py), so one call
     covers everything; the sandbox has no API server to validate for it."""
+    return validated_spec(spec)[1]
+
+
+def validated_spec(spec: Mapping | SelfHealingModelSpec) -> tuple[SelfHealingModelSpec | None, list[str]]:
+    """(the spec's model, every default filled in, and no problem) or (None, its problems), from one
+    validation (`validate_spec_semantics`)."""
     if isinstance(spec, SelfHealingModelSpec):
         spec = spec.model_dump(mode="json", by_alias=True)
     try:
-        SelfHealingModelSpec.model_validate(spec, context=SEMANTICS)
+        return SelfHealingModelSpec.model_validate(dict(spec), context=SEMANTICS), []
     except ValidationError as err:
-        return [f"{field_path(('spec', *e['loc']))}: {e['msg']}" for e in err.errors()]
-    return []
+        return None, [f"{field_path(('spec', *e['loc']))}: {e['msg']}" for e in err.errors()]
 
 
 # ---- conditions and history --------------------------------------------------------------------

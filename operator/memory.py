@@ -24,19 +24,13 @@ class ModelMemory:
     traffic_at: dt.datetime | None = None
     # observe: the training data's class rates, for a rollout's baseline and harm watch
     reference_class_rates: dict[str, float] = field(default_factory=dict)
-    # monitor: the last drift check, and the spec (full, as JSON) and rules of the generation checked
+    # monitor: the last drift check, and the spec (full, as JSON and as its model) and rules of the
+    # generation checked (context.ModelPass takes the model from here)
     last_check: dt.datetime | None = None
     prepared_generation: int | None = None
     prepared: tuple[dict, SelfHealingModelSpec, RuleSet] | None = None
     # healing: the finished heal Job already given its TTL (a restart patches it once more)
     expiring_job: str | None = None
-
-    def typed(self, spec: dict) -> SelfHealingModelSpec:
-        """`spec` as its model: the one prepared for this generation when `spec` is that one's full
-        spec (every timer pass), else validated now (a pass that prepared none, such as a test's)."""
-        if self.prepared is not None and self.prepared[0] is spec:
-            return self.prepared[1]
-        return SelfHealingModelSpec.model_validate(spec)
 
 
 def of(memo) -> ModelMemory:

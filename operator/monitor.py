@@ -4,7 +4,8 @@ One Kopf timer ticks every few seconds for every SelfHealingModel and does real 
 `spec.drift.checkIntervalSeconds` (more often while the model is not Ready). A pass observes the
 pods (shm_operator.observe), follows the registry's health and the heal under way, starts a heal if
 drift asks for one (shm_operator.healing), and watches a rollout (shm_operator.rollout); then it
-refreshes the phase. Each step reads the spec and status, acts, and writes the status patch. All
+refreshes the phase. Each step takes the pass's one typed context (shm_operator.context.ModelPass:
+the spec's model, the status read through its models), acts, and writes the status patch. All
 durable state lives in the CR's status, so an operator restart resumes where it was and a Job
 already launched is found again by its deterministic name (never launched twice). Only the drift
 window being filled and the time of the last check live in memory (shm_operator.memory).
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 from model_handler.rules import RuleSet
 from shm_operator import memory, metrics, readiness
+from shm_operator.context import ModelPass
 from shm_operator.crd import SEMANTICS, SelfHealingModelSpec
 from shm_operator.healing import expire_heal_job, follow_heal, maybe_heal, recheck_registry
 from shm_operator.names import RESOURCE
@@ -31,9 +33,10 @@ TICK_SECONDS = 2.0
 NOT_READY_CHECK_SECONDS = 4.0
 
 
-def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, RuleSet] | None:
-    """The defaulted spec and compiled rules, validated once per generation (the timer ticks every
-    few seconds; re-parsing unchanged rules each time would be wasted work). None if invalid."""
+def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, SelfHealingModelSpec, RuleSet] | None:
+    """The defaulted spec (as JSON and as its model) and compiled rules, validated once per
+    generation (the timer ticks every few seconds; re-parsing unchanged rules each time would be
+    wasted work). None if invalid."""
     generation, remembered = meta.get("generation"), memory.of(memo)
     if remembered.prepared_generation != generation:
         prepared = None
@@ -42,7 +45,7 @@ def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, RuleSet] | None:
             full = model.model_dump(mode="json")
             prepared = full, model, RuleSet.from_dicts(full["rules"], full["features"], full["classes"])
         remembered.prepared, remembered.prepared_generation = prepared, generation
-    return None if remembered.prepared is None else (remembered.prepared[0], remembered.prepared[2])
+    return remembered.prepared
 
 
 # backoff: after a failed tick (e.g. the API server restarting) try again in seconds, not Kopf's 60.
@@ -54,24 +57,24 @@ async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch
     prepared = prepared_spec(spec, meta, memo)
     if prepared is None:
         return  # reported by the reconcile handler; nothing here may act on an invalid spec
-    spec, rules = prepared
-    last = memory.of(memo).last_check
-    interval = spec["drift"]["checkIntervalSeconds"]
+    full, model, rules = prepared
+    remembered = memory.of(memo)
+    interval = model.drift.check_interval_seconds
     if not readiness.ready_for(status or {}, meta.get("generation")):
         interval = min(interval, NOT_READY_CHECK_SECONDS)
-    if last is not None and (t - last).total_seconds() < interval:
+    if remembered.last_check is not None and (t - remembered.last_check).total_seconds() < interval:
         return
-    memory.of(memo).last_check = t
-    status = dict(status or {})
-    if not (status.get("adapter") or {}).get("desired"):
+    remembered.last_check = t
+    ctx = ModelPass(name, namespace, model, full, dict(status or {}), body, patch, t, remembered, rules)
+    if ctx.status.adapter is None or not ctx.status.adapter.desired:
         return  # not reconciled yet
-    recorded_heal = dict(status.get("lastHeal") or {})   # as stored, before this pass changes it
+    recorded_heal = ctx.status.last_heal   # as stored, before this pass changes it
     pods = list(serving_pods.get((namespace, name), []))   # shm_operator.observe.serving_pods
-    fresh = await observe_pods(name, namespace, spec, status, body, memo, rules, patch, t, pods=pods)
-    await recheck_registry(name, namespace, spec, status, patch, t)
-    await follow_heal(name, namespace, spec, status, body, patch, t, memo)
-    await expire_heal_job(name, namespace, spec, recorded_heal, memo)
-    await maybe_heal(name, namespace, spec, status, body, patch, t)
-    await watch_rollout(name, namespace, spec, status, body, memo, patch, fresh, t)
-    if patch or phase_of(status) != status.get("phase"):
-        refresh_phase(patch, status)
+    fresh = await observe_pods(ctx, pods=pods)
+    await recheck_registry(ctx)
+    await follow_heal(ctx)
+    await expire_heal_job(ctx, recorded_heal=recorded_heal)
+    await maybe_heal(ctx)
+    await watch_rollout(ctx, fresh=fresh)
+    if patch or phase_of(ctx.working) != ctx.status.phase:
+        refresh_phase(patch, ctx.working)

@@ -18,12 +18,13 @@ from model_handler.sketches import DriftSketch, ReferenceProfile
 from shm_operator.crd import DriftSpec
 from shm_operator.decisions import Decision, Promotion, RollbackLimits, RolloutSignals, rollback_check
 from shm_operator.job_result import JobResult
-from shm_operator.signals import trigger_from
+from shm_operator.signals import drift_spec_of, trigger_from
 
 
-def score(window: DriftSketch, reference: ReferenceProfile, rules: RuleSet, drift_spec: Mapping) -> DriftScores:
+def score(window: DriftSketch, reference: ReferenceProfile, rules: RuleSet,
+          drift_spec: DriftSpec | Mapping) -> DriftScores:
     """Score a full window; `spec.drift.minSamples` says how many rows make a window evidence."""
-    min_samples = DriftSpec.model_validate(dict(drift_spec)).min_samples   # its default is crd.py's
+    min_samples = drift_spec_of(drift_spec).min_samples
     return drift_scores(window, reference, rules, min_samples=min_samples)
 
 
@@ -38,13 +39,13 @@ class WindowJudgement:
     onset: str | None         # a new status.drift.onset (this window began a run of on-windows), else None
 
 
-def judge_window(scores: DriftScores, drift_spec: Mapping, saved_trigger: Mapping | None, since: str | None,
-                 now: str) -> WindowJudgement:
+def judge_window(scores: DriftScores, drift_spec: DriftSpec | Mapping, saved_trigger: Mapping | None,
+                 since: str | None, now: str) -> WindowJudgement:
     """Feed one window to the trigger rebuilt from the spec and the saved state.
 
     The onset is the time the first of a run of on-windows completed: that window already saw the
     drift, so every row sampled after it is drifted and a heal Job trains on rows since then."""
-    trigger = trigger_from(dict(drift_spec), dict(saved_trigger) if saved_trigger else None)
+    trigger = trigger_from(drift_spec, dict(saved_trigger) if saved_trigger else None)
     was = trigger.drifting
     drifting = trigger.update(scores)
     since = since if was and drifting else (now if drifting else None)

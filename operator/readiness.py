@@ -18,7 +18,9 @@ import re
 
 import kopf
 
-from shm_operator.status import pods_failing, ready_reason, set_condition_in, update
+from shm_operator.context import ModelPass
+from shm_operator.crd import SelfHealingModelSpec
+from shm_operator.status import pods_failing, ready_reason
 
 # Waiting reasons of a container that will not become ready by waiting a little longer.
 FAILING_WAITING = frozenset({"ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName",
@@ -88,10 +90,11 @@ def pod_counts(pods: list[dict], ready) -> tuple[int, int]:
     return len(live), sum(1 for p in live if ready(p))
 
 
-def readiness(spec: dict, pods: list[dict], ready, serving: dict[str, str | None]) -> tuple[bool, str, str]:
+def readiness(spec: SelfHealingModelSpec, pods: list[dict], ready,
+              serving: dict[str, str | None]) -> tuple[bool, str, str]:
     """(Ready, reason, message). `ready(pod)` says whether a pod is ready, `serving` maps the
     name of each ready pod that answered to the adapter version it serves."""
-    wanted, version = spec["replicas"], spec["adapter"]["version"]
+    wanted, version = spec.replicas, spec.adapter.version
     at_spec = sum(1 for v in serving.values() if v == version)
     counts = f"{at_spec}/{wanted} pods ready and serving adapter {version}"
     if at_spec >= wanted:
@@ -112,21 +115,22 @@ def readiness(spec: dict, pods: list[dict], ready, serving: dict[str, str | None
     return False, "AdapterNotServed", f"{counts}; the others serve {', '.join(others) or 'nothing yet'}"
 
 
-def report_readiness(body, patch, status: dict, spec: dict, pods: list[dict], ready, serving: dict, t) -> None:
+def report_readiness(ctx: ModelPass, *, pods: list[dict], ready, serving: dict) -> None:
     """Write Ready (stamped with the generation it was computed for, so `kubectl wait` never takes
     an old True for the new spec), status.replicas/readyReplicas, and a warning Event when pods
     start failing or fail for another reason; an Event when Ready turns True."""
-    generation = ((body or {}).get("metadata") or {}).get("generation")
-    ok, reason, message = readiness(spec, pods, ready, serving)
-    before = ready_reason(status)
-    set_condition_in(patch, status, "Ready", ok, reason, message[:4000], t, generation)
-    if pods_failing(status) and reason != before:
-        kopf.warn(body, reason=reason, message=message[:1000])
+    generation = ((ctx.body or {}).get("metadata") or {}).get("generation")
+    ok, reason, message = readiness(ctx.spec, pods, ready, serving)
+    before = ready_reason(ctx.working)
+    ctx.set_condition("Ready", ok, reason, message[:4000], generation)
+    if pods_failing(ctx.working) and reason != before:
+        kopf.warn(ctx.body, reason=reason, message=message[:1000])
     elif ok and before is not None:   # Ready turned True
-        kopf.info(body, reason="PodsReady", message=message[:1000])
+        kopf.info(ctx.body, reason="PodsReady", message=message[:1000])
     total, ready_count = pod_counts(pods, ready)
-    if (status.get("replicas"), status.get("readyReplicas")) != (total, ready_count):
-        update(patch, status, replicas=total, readyReplicas=ready_count)
+    status = ctx.status
+    if (status.replicas, status.ready_replicas) != (total, ready_count):
+        ctx.update(replicas=total, readyReplicas=ready_count)
 
 
 def ready_for(status: dict, generation) -> bool:

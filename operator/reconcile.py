@@ -14,10 +14,12 @@ from shm_operator import decisions, k8s, metrics
 from shm_operator.children import (adapter_config_name, adapter_configmap,
                                    clearing_pod_template, deployment, disruption_budget, inference_url,
                                    rules_configmap, selector_string, service, serving_name)
+from shm_operator.context import ModelPass
+from shm_operator.crd import RolloutStrategy
 from shm_operator.names import ADAPTER_ANNOTATION, RESOURCE
 from shm_operator.network_policy import network_policy
 from shm_operator.rollout import WaitingForBaseline, accept_version
-from shm_operator.status import full_spec, now, refresh_phase, set_condition_in, update, update_adapter
+from shm_operator.status import now, refresh_phase, set_condition_in, update
 
 
 @kopf.on.resume(*RESOURCE, backoff=10)
@@ -28,7 +30,7 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runt
     t = now()
     status = dict(status or {})
     generation = meta.get("generation")
-    problems = decisions.validate_spec_semantics(spec)
+    model, problems = decisions.validated_spec(spec)   # validated once: the schema and the semantics
     if problems:
         message = "; ".join(problems)
         set_condition_in(patch, status, "Ready", False, "InvalidSpec", message, t, generation)
@@ -37,14 +39,15 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runt
         refresh_phase(patch, status)
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
         return  # nothing to retry until the spec changes
-    spec = full_spec(spec)
+    ctx = ModelPass.of(name, namespace, model, status, body, patch, t, memo=memo)
     waiting = None
     try:
-        version = await accept_version(name, namespace, spec, status, body, patch, t, memo, runtime)
+        version = await accept_version(ctx, runtime=runtime)
     except WaitingForBaseline as wait:   # the rest of the spec applies now; the version after the wait
         version, waiting = wait.serving, wait
+    spec = ctx.spec_json   # the children are rendered from the spec as JSON
     served = version
-    if spec["promotion"]["strategy"] == "HotSwap":
+    if ctx.spec.promotion.strategy is RolloutStrategy.HOT_SWAP:
         existing = await k8s.read("Deployment", namespace, serving_name(name))
         if existing is not None:  # HotSwap never restarts pods for a version change
             annotations = existing["spec"]["template"]["metadata"].get("annotations") or {}
@@ -59,19 +62,18 @@ async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runt
     kopf.adopt(serving, owner=body)
     await k8s.ensure(serving, namespace, patch_body=clearing_pod_template(serving))
     owned = {"desired": version}
-    if not (status.get("adapter") or {}).get("lastGood"):
+    if not ctx.adapter.last_good:
         owned["lastGood"] = version   # the first version served; the timer moves it after a watch
     budget = await apply_disruption_budget(name, namespace, spec, body)
-    update_adapter(patch, status, **owned)
-    update(patch, status, observedGeneration=generation, url=inference_url(name, namespace, spec),
-           selector=selector_string(name))
-    set_condition_in(patch, status, "ChildrenApplied", True, "ChildrenReconciled",
-                     f"Deployment {serving_name(name)}, its Service and ConfigMaps "
-                     f"({adapter_config_name(name)}, rules){budget} match the spec", t, generation)
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    if ready is None or ready.get("reason") == "InvalidSpec":   # the timer's pod check takes it from here
-        set_condition_in(patch, status, "Ready", False, "PodsNotReady",
-                         "children applied; waiting for the pods' first check", t, generation)
+    ctx.update_adapter(**owned)
+    ctx.update(observedGeneration=generation, url=inference_url(name, namespace, spec), selector=selector_string(name))
+    ctx.set_condition("ChildrenApplied", True, "ChildrenReconciled",
+                      f"Deployment {serving_name(name)}, its Service and ConfigMaps "
+                      f"({adapter_config_name(name)}, rules){budget} match the spec", generation)
+    ready = next((c for c in ctx.status.conditions if c.type == "Ready"), None)
+    if ready is None or ready.reason == "InvalidSpec":   # the timer's pod check takes it from here
+        ctx.set_condition("Ready", False, "PodsNotReady", "children applied; waiting for the pods' first check",
+                          generation)
     refresh_phase(patch, status)
     if waiting is not None:
         raise waiting   # Kopf writes this pass's patch, then retries after the wait's delay

@@ -20,6 +20,7 @@ import datetime as dt
 import functools
 import json
 import logging
+from typing import Mapping
 
 import kopf
 
@@ -27,18 +28,21 @@ from model_handler.adapters import AdapterError, AdapterShapes, verify_adapter
 from model_handler.registry import (AdapterNotFoundError, AdapterRegistry, CorruptAdapterError,
                                     RegistryError)
 from shm_operator import decisions, memory, metrics
+from shm_operator.context import ModelPass
+from shm_operator.crd import RolloutBaseline, RolloutStatus, SelfHealingModelStatus
+from shm_operator.memory import ModelMemory
 from shm_operator.names import BASE_VERSION, CHANGE_ANNOTATION
 from shm_operator.policy import baseline, baseline_of, rollout_verdict, vouched
 from shm_operator.signals import WindowState
-from shm_operator.status import iso, parse_time, set_condition_in, update, update_adapter, without_nulls
+from shm_operator.status import iso, without_nulls
 
 log = logging.getLogger(__name__)
 # Degraded reasons that a newly accepted version ends (the refused request is no longer asked for)
 REFUSAL_REASONS = ("AdapterNotFound", "AdapterCorrupt", "RegistryUnreachable")
 
 
-def registry_for(name: str, namespace: str, spec: dict) -> AdapterRegistry:
-    return AdapterRegistry(spec["storage"]["uri"], namespace, name)
+def registry_for(ctx: ModelPass) -> AdapterRegistry:
+    return AdapterRegistry(ctx.spec.storage.uri, ctx.namespace, ctx.name)
 
 
 class WaitingForBaseline(kopf.TemporaryError):
@@ -52,108 +56,110 @@ class WaitingForBaseline(kopf.TemporaryError):
         self.serving = serving
 
 
-async def accept_version(name: str, namespace: str, spec: dict, status: dict, body, patch, t,
-                         memo=None, runtime: dt.timedelta | None = None) -> str:
+async def accept_version(ctx: ModelPass, *, runtime: dt.timedelta | None = None) -> str:
     """Return the version the pods must serve now; record the change (or the refusal) in status.
     Raises WaitingForBaseline while a watched rollout waits for its baseline (`baseline_wait`)."""
-    memo = memo if memo is not None else {}
-    requested = spec["adapter"]["version"]
-    accepted = (status.get("adapter") or {}).get("desired")
+    requested, accepted = ctx.spec.adapter.version, ctx.adapter.desired
     if requested == accepted:   # e.g. a person patched back after a refused version: nothing to roll
-        clear_refusal(patch, status, requested, t)
-        clear_pending(patch, status)   # patched back while a rollout waited
+        clear_refusal(ctx, requested)
+        clear_pending(ctx)   # patched back while a rollout waited
         return accepted
     fallback = accepted or BASE_VERSION
-    if requested != BASE_VERSION and not await usable(name, namespace, spec, status, body, patch, requested,
-                                                      fallback, t):
+    if requested != BASE_VERSION and not await usable(ctx, requested, fallback):
         return fallback
     if accepted is None:  # first reconcile of this resource: nothing to roll from
         return requested
-    try:
-        change = json.loads((body.get("metadata", {}).get("annotations") or {}).get(CHANGE_ANNOTATION) or "{}")
-    except ValueError:
-        change = {}
-    if change.get("version") == requested:
-        by, reason = change.get("by", "operator"), change.get("reason", "")
-    else:
-        by, reason = "user", "spec.adapter.version changed by a person"
-    watch = watched(by, requested, status)
-    pre = baseline_of(status.get("drift") or {}, accepted)
+    by, reason, annotated = change_of(ctx.body, requested)
+    watch = watched(by, requested, ctx.status)
+    pre = baseline_of(ctx.working.get("drift") or {}, accepted)
     if watch and pre is None:
-        wait = baseline_wait(spec, memo, accepted, requested, t, runtime)
+        wait = baseline_wait(ctx, serving=accepted, requested=requested, runtime=runtime)
         if wait is not None:
-            if (status.get("adapter") or {}).get("pending") != requested:
-                kopf.info(body, reason="WaitingForBaseline", message=wait)
-            update_adapter(patch, status, pending=requested)
-            raise WaitingForBaseline(wait, serving=accepted, delay=spec["drift"]["checkIntervalSeconds"])
-        kopf.warn(body, reason="NoBaseline",
+            if ctx.adapter.pending != requested:
+                kopf.info(ctx.body, reason="WaitingForBaseline", message=wait)
+            ctx.update_adapter(pending=requested)
+            raise WaitingForBaseline(wait, serving=accepted, delay=ctx.spec.drift.check_interval_seconds)
+        kopf.warn(ctx.body, reason="NoBaseline",
                   message=f"no drift window of {accepted} alone: the rollback watch of {requested} has no "
                           "baseline and cannot judge harm")
-    if change:
-        patch.metadata.annotations[CHANGE_ANNOTATION] = None  # consumed: a later change is someone else's
-    strategy = spec["promotion"]["strategy"]
-    if (status.get("candidate") or {}).get("version") == requested:
-        update(patch, status, candidate=None)   # promoted; any other candidate is the timer's to keep
-    update(patch, status,
-           history=decisions.append_history(status.get("history") or [], requested, accepted, t, reason[:300], by))
-    start_rollout(patch, status, {"from": accepted, "to": requested, "strategy": strategy, "started": iso(t),
-                                  "complete": None, "watch": watch,
-                                  "baseline": {**(pre or baseline({})),
-                                               "referenceClassRates": memory.of(memo).reference_class_rates,
-                                               "expectedClassRates": expected_rates(status, requested)}})
-    clear_pending(patch, status)
-    clear_refusal(patch, status, requested, t)
-    kopf.info(body, reason="RollingOut", message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
-    metrics.ADAPTER_CHANGES.labels(namespace, name, by).inc()
+    if annotated:
+        ctx.patch.metadata.annotations[CHANGE_ANNOTATION] = None  # consumed: a later change is someone else's
+    strategy = ctx.spec.promotion.strategy.value
+    status = ctx.status
+    if status.candidate is not None and status.candidate.version == requested:
+        ctx.update(candidate=None)   # promoted; any other candidate is the timer's to keep
+    ctx.update(history=decisions.append_history(ctx.working.get("history") or [], requested, accepted, ctx.t,
+                                                reason[:300], by))
+    start_rollout(ctx.patch, ctx.working,
+                  {"from": accepted, "to": requested, "strategy": strategy, "started": iso(ctx.t), "complete": None,
+                   "watch": watch, "baseline": {**(pre or baseline({})),
+                                                "referenceClassRates": ctx.memory.reference_class_rates,
+                                                "expectedClassRates": expected_rates(ctx, requested)}})
+    clear_pending(ctx)
+    clear_refusal(ctx, requested)
+    kopf.info(ctx.body, reason="RollingOut",
+              message=f"adapter {accepted} -> {requested} ({strategy}, by {by}: {reason})")
+    metrics.ADAPTER_CHANGES.labels(ctx.namespace, ctx.name, by).inc()
     if requested != BASE_VERSION:
         try:
-            await asyncio.to_thread(registry_for(name, namespace, spec).set_state, requested, "promoted",
+            await asyncio.to_thread(registry_for(ctx).set_state, requested, "promoted",
                                     reason or "spec.adapter.version")
         except RegistryError as err:
             log.warning("could not mark %s promoted in the registry: %s", requested, err)
     return requested
 
 
-async def usable(name: str, namespace: str, spec: dict, status: dict, body, patch, requested: str,
-                 fallback: str, t) -> bool:
+def change_of(body, requested: str) -> tuple[str, str, bool]:
+    """(who, why, whether the CHANGE_ANNOTATION is present) of the change to `requested`: the
+    annotation `change_version` wrote with it, else a person's edit."""
+    try:
+        change = json.loads((body.get("metadata", {}).get("annotations") or {}).get(CHANGE_ANNOTATION) or "{}")
+    except ValueError:
+        change = {}
+    if change.get("version") == requested:
+        return change.get("by", "operator"), change.get("reason", ""), bool(change)
+    return "user", "spec.adapter.version changed by a person", bool(change)
+
+
+async def usable(ctx: ModelPass, requested: str, fallback: str) -> bool:
     """Whether `requested` is in the registry and intact; if not, say so (Degraded and an Event) and
     the pods keep serving `fallback`. Raises kopf.TemporaryError while the registry is unreachable."""
-    registry = registry_for(name, namespace, spec)
+    registry = registry_for(ctx)
     try:
         # no pod-derived expectations here: a new spec.model.archive may come with this very version,
         # and the pods reporting the old backbone must not veto it (the new pods check it)
         meta = await asyncio.to_thread(verified_meta, registry, requested)
     except AdapterNotFoundError as err:
-        set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", str(err), t)
-        kopf.warn(body, reason="AdapterNotFound",
+        ctx.set_condition("Degraded", True, "AdapterNotFound", str(err))
+        kopf.warn(ctx.body, reason="AdapterNotFound",
                   message=f"spec.adapter.version {requested!r} is not in the registry; pods keep "
                           f"serving {fallback!r}")
         return False
     except (CorruptAdapterError, AdapterError) as err:
-        set_condition_in(patch, status, "Degraded", True, "AdapterCorrupt", str(err)[:1000], t)
-        kopf.warn(body, reason="AdapterCorrupt",
+        ctx.set_condition("Degraded", True, "AdapterCorrupt", str(err)[:1000])
+        kopf.warn(ctx.body, reason="AdapterCorrupt",
                   message=f"spec.adapter.version {requested!r} is corrupt in the registry ({str(err)[:300]}); "
                           f"pods keep serving {fallback!r}")
         return False
     except RegistryError as err:
         # The condition and Event are written with this pass's patch even though the handler
         # is retried: Kopf applies the patch whatever the handler's outcome.
-        set_condition_in(patch, status, "Degraded", True, "RegistryUnreachable", str(err)[:1000], t)
-        kopf.warn(body, reason="RegistryUnreachable",
+        ctx.set_condition("Degraded", True, "RegistryUnreachable", str(err)[:1000])
+        kopf.warn(ctx.body, reason="RegistryUnreachable",
                   message=f"cannot check {requested!r}: {str(err)[:300]}; pods keep serving {fallback!r}")
         raise kopf.TemporaryError(f"registry unreachable while checking {requested}: {err}", delay=10) from err
     if meta.state == "rejected":
-        kopf.warn(body, reason="RejectedAdapter",
+        kopf.warn(ctx.body, reason="RejectedAdapter",
                   message=f"{requested} was refused by the promotion gate ({meta.reason[:200]}); serving it "
                           f"because spec.adapter.version says so")
     return True
 
 
-def clear_refusal(patch, status: dict, version: str, t) -> None:
+def clear_refusal(ctx: ModelPass, version: str) -> None:
     """A refused version (missing, corrupt, registry down) is no longer asked for: not Degraded."""
-    if any(c.get("type") == "Degraded" and c.get("status") == "True" and c.get("reason") in REFUSAL_REASONS
-           for c in status.get("conditions") or []):
-        set_condition_in(patch, status, "Degraded", False, "AdapterAccepted", f"serving {version}", t)
+    if any(c.type == "Degraded" and c.status == "True" and c.reason in REFUSAL_REASONS
+           for c in ctx.status.conditions):
+        ctx.set_condition("Degraded", False, "AdapterAccepted", f"serving {version}")
 
 
 def verified_meta(registry: AdapterRegistry, version: str, shapes: AdapterShapes = AdapterShapes(),
@@ -165,13 +171,14 @@ def verified_meta(registry: AdapterRegistry, version: str, shapes: AdapterShapes
     return verify_adapter(registry, version, shapes, backbone_hash).meta
 
 
-def adapter_expected(memo) -> tuple[AdapterShapes, str | None]:
+def adapter_expected(memo: ModelMemory | Mapping | None) -> tuple[AdapterShapes, str | None]:
     """What the served model asks of a heal Job's candidate, as far as the operator knows: the
     feature and class counts of the reference profile the pods ship, and the backbone hash they
     report (both unknown before a pod has answered: then the adapter's tensors must only agree with
     each other). The Job healed the model these pods serve, so a candidate for another backbone is
     refused here, as the pods would refuse it."""
-    window = memory.of(memo if memo is not None else {}).window
+    remembered = memo if isinstance(memo, ModelMemory) else memory.of(memo if memo is not None else {})
+    window = remembered.window
     reference = window.reference
     shapes = AdapterShapes(len(reference.features), len(reference.classes)) if reference else AdapterShapes()
     return shapes, window.backbone_hash or None
@@ -193,106 +200,107 @@ def candidate_problem(registry: AdapterRegistry, version: str, reported_sha256: 
     return None
 
 
-def watched(by: str, version: str, status: dict) -> bool:
+def watched(by: str, version: str, status: SelfHealingModelStatus) -> bool:
     """Is this rollout watched for harm (and rolled back on it)? Not a rollback itself, and not a
     move to `base` or to the last good version: those are the safe harbours a person (or the
     operator) retreats to, and the operator must never fight such a retreat."""
-    last_good = (status.get("adapter") or {}).get("lastGood")
-    return by != "rollback" and version not in (BASE_VERSION, last_good)
+    return by != "rollback" and version not in (BASE_VERSION, status.adapter and status.adapter.last_good)
 
 
-def clear_pending(patch, status: dict) -> None:
-    if (status.get("adapter") or {}).get("pending"):
-        update_adapter(patch, status, pending=None)
+def clear_pending(ctx: ModelPass) -> None:
+    if ctx.adapter.pending:
+        ctx.update_adapter(pending=None)
 
 
-def expected_rates(status: dict, version: str) -> dict:
+def expected_rates(ctx: ModelPass, version: str) -> dict:
     """The class shares the heal that made `version` certified on held-out rows, if it was the last."""
-    last = status.get("lastHeal") or {}
-    return dict(last.get("classRates") or {}) if last.get("version") == version else {}
+    last = ctx.last_heal
+    return dict(last.class_rates or {}) if last.version == version else {}
 
 
-def baseline_wait(spec: dict, memo, serving: str, requested: str, t: dt.datetime,
-                  runtime: dt.timedelta | None) -> str | None:
+def baseline_wait(ctx: ModelPass, *, serving: str, requested: str, runtime: dt.timedelta | None) -> str | None:
     """Why `requested` should wait for a window of `serving`, or None to roll out without one.
     Wait only while traffic fills a window (an idle model would wait in vain) and for at most
     rollback.watchSeconds (if a window takes longer, the watch could not judge the new one either)."""
-    limit = spec["promotion"]["rollback"]["watchSeconds"]
+    limit, drift = ctx.spec.promotion.rollback.watch_seconds, ctx.spec.drift
     waited = runtime.total_seconds() if runtime is not None else 0.0
-    remembered = memory.of(memo)
-    traffic_at = remembered.traffic_at
-    recent = traffic_at is not None and (t - traffic_at).total_seconds() <= 3 * spec["drift"]["checkIntervalSeconds"]
+    traffic_at = ctx.memory.traffic_at
+    recent = traffic_at is not None and (ctx.t - traffic_at).total_seconds() <= 3 * drift.check_interval_seconds
     if not recent or waited >= limit:
         return None
-    rows = remembered.window_rows
-    return (f"{requested} waits for a drift window of {serving} alone ({rows}/{spec['drift']['windowRows']} rows, "
+    rows = ctx.memory.window_rows
+    return (f"{requested} waits for a drift window of {serving} alone ({rows}/{drift.window_rows} rows, "
             f"{waited:.0f}s of at most {limit}s): its rollback watch compares with that window")
 
 
-async def watch_rollout(name, namespace, spec, status, body, memo, patch, fresh, t) -> None:
+async def watch_rollout(ctx: ModelPass, *, fresh: dict | None) -> None:
     """Once every pod serves the new adapter, compare live windows with the pre-rollout baseline
     for watchSeconds; roll back on harm, else make it the last good adapter, if live traffic
     (at least rollback.minSamples rows) vouched for it."""
-    rollout = dict(status.get("rollout") or {})
-    adapter = status.get("adapter") or {}
-    if not rollout:
+    seen = ctx.status.rollout
+    if seen is None:
         return
-    if not rollout.get("complete"):
-        why = (status.get("refusedAdapters") or {}).get(rollout["to"])
-        if why and rollout.get("from") and rollout["from"] != rollout["to"]:
-            return await roll_back(name, namespace, spec, status, body, patch, rollout,
-                                   f"pods refused {rollout['to']}: {why}", t, code="AdapterRefused")
-        if adapter.get("podsAtDesired", 0) >= spec["replicas"] and adapter.get("current") == rollout["to"]:
-            rollout["complete"] = iso(t)
-            memory.of(memo).window = WindowState()  # from now on, windows hold only new-adapter traffic
-            # back on the last good adapter: nothing to watch
-            update_rollout(patch, status, rollout, rollout if rollout.get("watch", True) else None)
-        return
-    limits = decisions.RollbackLimits.from_spec(memory.of(memo).typed(spec).promotion.rollback)
-    elapsed = (t - parse_time(rollout["complete"])).total_seconds()
-    base = rollout.get("baseline") or {}
+    rollout = dict(ctx.working["rollout"])   # the stored form, changed and written back whole
+    if seen.complete is None:
+        return await finish_rollout(ctx, seen, rollout)
+    limits = decisions.RollbackLimits.from_spec(ctx.spec.promotion.rollback)
+    elapsed = (ctx.t - seen.complete).total_seconds()
+    rows = seen.watched_rows
     if fresh is not None:
-        rollout["watchedRows"] = int(rollout.get("watchedRows") or 0) + int(fresh["samples"])
+        rows = rollout["watchedRows"] = rows + int(fresh["samples"])
+        base = seen.baseline or RolloutBaseline()
         # The training data's class rates are the model's, not the rollout's: if none were known when
         # the rollout began (an operator restarted just before it had no window yet), use today's.
-        reference = base.get("referenceClassRates") or memory.of(memo).reference_class_rates
-        decision = rollout_verdict(base, fresh, reference, limits, elapsed)
-        if decision.act and rollout.get("from"):
-            return await roll_back(name, namespace, spec, status, body, patch, rollout, decision.reason, t)
+        reference = base.reference_class_rates or ctx.memory.reference_class_rates
+        decision = rollout_verdict(base.model_dump(by_alias=True), fresh, reference, limits, elapsed)
+        if decision.act and seen.from_version:
+            return await roll_back(ctx, rollout, decision.reason)
         if decision.code == "HarmNotRolledBack":
-            kopf.warn(body, reason="HarmDetected", message=decision.reason[:1000])
+            kopf.warn(ctx.body, reason="HarmDetected", message=decision.reason[:1000])
     if elapsed < limits.watch_seconds:
         if fresh is not None:
-            update_rollout(patch, status, rollout, rollout)   # keep watchedRows across operator restarts
+            update_rollout(ctx.patch, ctx.working, rollout, rollout)   # keep watchedRows across operator restarts
         return
-    update_rollout(patch, status, rollout, None)
-    rows = int(rollout.get("watchedRows") or 0)
+    update_rollout(ctx.patch, ctx.working, rollout, None)
     if vouched(rows, limits):
-        update_adapter(patch, status, lastGood=rollout["to"])
-        kopf.info(body, reason="RolloutHealthy",
-                  message=f"adapter {rollout['to']} watched for {elapsed:.0f}s on {rows} live rows: no harm")
+        ctx.update_adapter(lastGood=seen.to)
+        kopf.info(ctx.body, reason="RolloutHealthy",
+                  message=f"adapter {seen.to} watched for {elapsed:.0f}s on {rows} live rows: no harm")
     else:
         # Time alone proves nothing: an idle model's watch saw no traffic. The version keeps
         # serving, but the rollback target stays the last version that live traffic vouched for.
-        kopf.warn(body, reason="WatchInconclusive",
-                  message=f"adapter {rollout['to']} served {rows} live rows in its {elapsed:.0f}s watch "
+        kopf.warn(ctx.body, reason="WatchInconclusive",
+                  message=f"adapter {seen.to} served {rows} live rows in its {elapsed:.0f}s watch "
                           f"(rollback.minSamples is {limits.min_samples}): it keeps serving, but the last good "
-                          f"version stays {(status.get('adapter') or {}).get('lastGood') or 'base'}")
+                          f"version stays {ctx.adapter.last_good or BASE_VERSION}")
 
 
-async def roll_back(name, namespace, spec, status, body, patch, rollout, reason, t, code="HarmDetected") -> None:
-    target = (status.get("adapter") or {}).get("lastGood") or rollout["from"]
-    change_version(patch, target, "rollback", f"automatic rollback of {rollout['to']}: {reason}")
-    update_rollout(patch, status, rollout, None)
-    set_condition_in(patch, status, "RolledBack", True, code, f"{rollout['to']} -> {target}: {reason}", t)
+async def finish_rollout(ctx: ModelPass, seen: RolloutStatus, rollout: dict) -> None:
+    """A rollout under way (`seen`, stored as `rollout`): roll back a version the pods refuse;
+    complete it once every pod serves it (then its watch begins)."""
+    adapter = ctx.adapter
+    why = ctx.status.refused_adapters.get(seen.to)
+    if why and seen.from_version and seen.from_version != seen.to:
+        return await roll_back(ctx, rollout, f"pods refused {seen.to}: {why}", code="AdapterRefused")
+    if (adapter.pods_at_desired or 0) >= ctx.spec.replicas and adapter.current == seen.to:
+        rollout["complete"] = iso(ctx.t)
+        ctx.memory.window = WindowState()  # from now on, windows hold only new-adapter traffic
+        # back on the last good adapter: nothing to watch
+        update_rollout(ctx.patch, ctx.working, rollout, rollout if seen.watch else None)
+
+
+async def roll_back(ctx: ModelPass, rollout: dict, reason: str, code: str = "HarmDetected") -> None:
+    target = ctx.adapter.last_good or rollout["from"]
+    change_version(ctx.patch, target, "rollback", f"automatic rollback of {rollout['to']}: {reason}")
+    update_rollout(ctx.patch, ctx.working, rollout, None)
+    ctx.set_condition("RolledBack", True, code, f"{rollout['to']} -> {target}: {reason}")
     what = "harmed live signals" if code == "HarmDetected" else "could not be served"
-    kopf.warn(body, reason="RolledBack", message=f"adapter {rollout['to']} {what} ({reason}); "
-                                                 f"rolled back to {target}"[:1000])
-    metrics.ROLLBACKS.labels(namespace, name, "automatic").inc()
+    kopf.warn(ctx.body, reason="RolledBack", message=f"adapter {rollout['to']} {what} ({reason}); "
+                                                     f"rolled back to {target}"[:1000])
+    metrics.ROLLBACKS.labels(ctx.namespace, ctx.name, "automatic").inc()
     if rollout["to"] != BASE_VERSION:
         try:
-            await asyncio.to_thread(registry_for(name, namespace, spec).set_state, rollout["to"], "rolled-back",
-                                    reason[:500])
+            await asyncio.to_thread(registry_for(ctx).set_state, rollout["to"], "rolled-back", reason[:500])
         except RegistryError as err:
             log.warning("could not mark %s rolled back in the registry: %s", rollout["to"], err)
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import aiohttp
 
@@ -112,10 +113,16 @@ def score_window(window: DriftSketch, state: WindowState, rules: RuleSet) -> Dri
     return drift.drift_scores(window, state.reference, rules)
 
 
-def trigger_from(drift_spec: dict, saved: dict | None) -> HealTrigger:
+def drift_spec_of(drift_spec: DriftSpec | Mapping) -> DriftSpec:
+    """spec.drift as its model: given (the operator's typed spec), or validated from a mapping (the
+    healing bench's JSON spec); its defaults are crd.py's."""
+    return drift_spec if isinstance(drift_spec, DriftSpec) else DriftSpec.model_validate(dict(drift_spec))
+
+
+def trigger_from(drift_spec: DriftSpec | Mapping, saved: dict | None) -> HealTrigger:
     """The heal trigger with thresholds from spec.drift and state from status.drift.trigger (a state
     saved before the trigger named its signals reads too)."""
-    typed = DriftSpec.model_validate(dict(drift_spec))   # its defaults are crd.py's
+    typed = drift_spec_of(drift_spec)
     thresholds = {"input_on": typed.input_on, "input_off": typed.input_off,
                   "conflict_on": typed.conflict_on, "conflict_off": typed.conflict_off,
                   "label_on": typed.label_shift_on, "label_off": typed.label_shift_off,

@@ -1,6 +1,6 @@
 """Every condition type, condition reason and Event reason the operator can emit, read from its
 source (operator/*.py) with `ast`: the `reason` of each `kopf.info/warn/event/exception` call and
-the type and reason of each `set_condition_in` call.
+the type and reason of each `set_condition_in` and `ctx.set_condition` call.
 
 A reason written as a string literal is taken as is. One computed from something else is followed
 back through the code: a conditional expression (both branches), a function parameter (its default
@@ -187,9 +187,13 @@ class Source:
                         and func.attr in EVENT_CALLS and "reason" in keywords:
                     out += [Emitted("event", r, where) for r in self.strings(keywords["reason"], scope)]
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-                if name == "set_condition_in" and len(call.args) >= 3:
-                    reason = call.args[4] if len(call.args) > 4 else keywords.get("reason")
-                    out += [Emitted("type", t, where) for t in self.strings(call.args[2], scope)]
+                # set_condition_in(patch, status, type_, ok, reason, ...), or the pass's own
+                # ctx.set_condition(type_, ok, reason, ...) (context.ModelPass)
+                skip = 2 if name == "set_condition_in" else 0 if name == "set_condition" and \
+                    isinstance(func, ast.Attribute) and getattr(func.value, "id", None) == "ctx" else None
+                if skip is not None and len(call.args) >= skip + 1:
+                    reason = call.args[skip + 2] if len(call.args) > skip + 2 else keywords.get("reason")
+                    out += [Emitted("type", t, where) for t in self.strings(call.args[skip], scope)]
                     if reason is not None:
                         out += [Emitted("condition", r, where) for r in self.strings(reason, scope)]
         return out

@@ -21,6 +21,7 @@ import yaml
 
 from sandbox.patches import json_patch, merge_patch
 from shm_operator import k8s, observe, rollout
+from shm_operator.context import ModelPass
 from shm_operator.healing import follow_heal
 from shm_operator.status import full_spec, iso, phase_of, refresh_phase, set_condition_in, update_adapter
 
@@ -68,8 +69,9 @@ def condition_of(status: dict, type_: str) -> dict:
 
 def timer_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
     patch, status = kopf.Patch(), copy.deepcopy(status)
-    asyncio.run(observe.observe_pods("fraud", "ns", spec, status, {}, kopf.Memo(), None, patch, T, pods=[]))
-    asyncio.run(rollout.watch_rollout("fraud", "ns", spec, status, {}, kopf.Memo(), patch, None, T))
+    ctx = ModelPass.of("fraud", "ns", spec, status, {}, patch, T, memo=kopf.Memo())
+    asyncio.run(observe.observe_pods(ctx, pods=[]))
+    asyncio.run(rollout.watch_rollout(ctx, fresh=None))
     set_condition_in(patch, status, "DriftDetected", True, "SeveralSignals", "input, rules", T)
     refresh_phase(patch, status)   # as tick() ends
     return patch
@@ -78,7 +80,7 @@ def timer_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
 def reconcile_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
     """A person's `kubectl patch` back to base, as reconcile() accepts it."""
     patch, status, spec = kopf.Patch(), copy.deepcopy(status), {**spec, "adapter": {"version": "base"}}
-    version = asyncio.run(rollout.accept_version("fraud", "ns", spec, status, {"metadata": {}}, patch, T))
+    version = asyncio.run(rollout.accept_version(ModelPass.of("fraud", "ns", spec, status, {"metadata": {}}, patch, T)))
     update_adapter(patch, status, desired=version)
     set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", "v9 is not in the registry", T)
     refresh_phase(patch, status)   # as reconcile() ends
@@ -147,7 +149,7 @@ def test_a_reader_never_sees_half_a_pass(spec, monkeypatch):
     before = healing()
     assert consistent(before)
     patch, status = kopf.Patch(), copy.deepcopy(before)
-    asyncio.run(follow_heal("fraud", "ns", spec, status, {}, patch, T))
+    asyncio.run(follow_heal(ModelPass.of("fraud", "ns", spec, status, {}, patch, T)))
     refresh_phase(patch, status)   # as tick() ends
     body = {"spec": spec, "status": before}
     between = merge_patch(body, dict(patch))["status"]        # after Kopf's first request

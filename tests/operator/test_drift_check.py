@@ -14,6 +14,7 @@ import pytest
 from model_handler.rules import RuleSet
 from model_handler.sketches import DriftSketch, ReferenceProfile
 from shm_operator import observe
+from shm_operator.context import ModelPass
 from shm_operator.status import full_spec, written_status
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -83,8 +84,9 @@ class Model:
             self.pod.serve(rows, self.rng, **kind)
         self.t += dt.timedelta(seconds=30)
         patch = kopf.Patch()
-        summary = asyncio.run(observe.observe_pods("m", "ns", self.spec, copy.deepcopy(self.status), {}, self.memo,
-                                                   self.rules, patch, self.t, pods=[POD]))
+        ctx = ModelPass.of("m", "ns", self.spec, copy.deepcopy(self.status), {}, patch, self.t, memo=self.memo,
+                           rules=self.rules)
+        summary = asyncio.run(observe.observe_pods(ctx, pods=[POD]))
         self.status = written_status(patch, {"status": self.status})
         return summary
 

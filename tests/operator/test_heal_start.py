@@ -19,6 +19,7 @@ from safetensors.numpy import save as save_tensors
 
 from model_handler.registry import AdapterRegistry
 from shm_operator import decisions, healing, k8s
+from shm_operator.context import ModelPass
 from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -84,7 +85,7 @@ def drifting() -> dict:
 def heal_pass(spec: dict, status: dict) -> dict:
     """One maybe_heal pass from `status`; returns the status its patch leaves."""
     patch = kopf.Patch()
-    asyncio.run(healing.maybe_heal("jobs", "ns", spec, copy.deepcopy(status), BODY, patch, T))
+    asyncio.run(healing.maybe_heal(ModelPass.of("jobs", "ns", spec, copy.deepcopy(status), BODY, patch, T)))
     return written_status(patch, {"status": copy.deepcopy(status)})
 
 

@@ -16,6 +16,7 @@ import torch
 from model_handler.model import ModelSpec, SelfHealingNet, adapter_to_bytes
 from model_handler.registry import AdapterRegistry
 from shm_operator import k8s
+from shm_operator.context import ModelPass
 from shm_operator.healing import follow_heal
 from shm_operator.status import iso, written_status
 
@@ -68,7 +69,7 @@ def finish(spec: dict, cluster: Cluster, message: dict, mode: str = "Auto") -> t
     cluster.message = json.dumps(message)
     spec = {**spec, "healing": {**spec["healing"], "mode": mode}}
     patch, status = kopf.Patch(), healing()
-    asyncio.run(follow_heal("m", "ns", spec, copy.deepcopy(status), {}, patch, T))
+    asyncio.run(follow_heal(ModelPass.of("m", "ns", spec, copy.deepcopy(status), {}, patch, T)))
     return written_status(patch, {"status": status}), patch
 
 

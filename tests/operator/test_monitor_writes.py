@@ -8,14 +8,18 @@ import datetime as dt
 import kopf
 
 from shm_operator import k8s, observe, readiness
+from shm_operator.context import ModelPass
+from shm_operator.crd import SelfHealingModelSpec
 from shm_operator.status import iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
-SPEC = {"replicas": 1, "drift": {"windowRows": 500}, "model": {"name": "m"}, "adapter": {"version": "base"}}
+SPEC = {"replicas": 1, "drift": {"windowRows": 500}, "model": {"archive": "/m", "name": "m"}, "features": ["a"],
+        "classes": ["x", "y"], "adapter": {"version": "base"}}
 ADAPTER = {"desired": "base", "lastGood": "base", "podsAtDesired": 0, "podsTotal": 1, "ready": "0/1"}
 # what the last check found: no pod (readiness.report_readiness)
 NOT_READY = {"conditions": [{"type": "Ready", "status": "False", "reason": "PodsNotReady",
-                             "message": readiness.readiness(SPEC, [], k8s.pod_ready, {})[2],
+                             "message": readiness.readiness(SelfHealingModelSpec.model_validate(SPEC), [],
+                                                            k8s.pod_ready, {})[2],
                              "lastTransitionTime": iso(T - dt.timedelta(seconds=60))}],
              "replicas": 0, "readyReplicas": 0}
 
@@ -24,7 +28,8 @@ def check(status: dict, monkeypatch) -> dict:
     """One observe_pods pass over a model with no ready pod; returns what it would change in the
     stored status, as the JSON merge patch that turns the old status into the new one."""
     patch = kopf.Patch()
-    asyncio.run(observe.observe_pods("m", "ns", SPEC, dict(status), {}, kopf.Memo(), None, patch, T, pods=[]))
+    asyncio.run(observe.observe_pods(ModelPass.of("m", "ns", SPEC, dict(status), {}, patch, T, memo=kopf.Memo()),
+                                     pods=[]))
     if not patch:
         return {}   # no request at all
     written = changes(status, written_status(patch, {"status": status}))

@@ -12,6 +12,8 @@ import kopf
 import pytest
 
 from shm_operator import healing, k8s, observe
+from shm_operator.context import ModelPass
+from shm_operator.crd import LastHeal
 from shm_operator.status import full_spec, phase_of, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -57,8 +59,8 @@ class Check:
     def __call__(self, pods, versions=None) -> dict:
         self.pods, self.versions = pods, versions or {}
         patch = kopf.Patch()
-        asyncio.run(observe.observe_pods("m", "ns", SPEC, dict(self.status), BODY, kopf.Memo(), None, patch, T,
-                                         pods=self.pods))
+        ctx = ModelPass.of("m", "ns", SPEC, dict(self.status), BODY, patch, T, memo=kopf.Memo())
+        asyncio.run(observe.observe_pods(ctx, pods=self.pods))
         self.status = written_status(patch, {"status": self.status})
         self.status["phase"] = phase_of(self.status)
         return next(c for c in self.status["conditions"] if c["type"] == "Ready")
@@ -141,10 +143,11 @@ def test_heal_job_gets_its_ttl_only_once_its_result_is_stored(monkeypatch):
     monkeypatch.setattr(k8s, "read", read)
     monkeypatch.setattr(k8s, "patch", patch)
     memo = kopf.Memo()
-    asyncio.run(healing.expire_heal_job("m", "ns", SPEC, {"job": "m-heal-1", "result": "Running"}, memo))
+    ctx = ModelPass.of("m", "ns", SPEC, {}, {}, kopf.Patch(), T, memo=memo)
+    asyncio.run(healing.expire_heal_job(ctx, recorded_heal=LastHeal(job="m-heal-1", result="Running")))
     assert calls == []
     for _ in range(2):
-        asyncio.run(healing.expire_heal_job("m", "ns", SPEC, {"job": "m-heal-1", "result": "Promoted"}, memo))
+        asyncio.run(healing.expire_heal_job(ctx, recorded_heal=LastHeal(job="m-heal-1", result="Promoted")))
     assert calls == [("read", "m-heal-1"), ("patch", "m-heal-1", {"spec": {"ttlSecondsAfterFinished": 86_400}})]
 
 

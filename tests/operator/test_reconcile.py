@@ -112,8 +112,9 @@ def test_children_status_versions_and_bad_specs(sandbox, namespace, operator, mo
 
 
 def test_which_rollouts_are_watched_for_harm():
+    from shm_operator.crd import SelfHealingModelStatus
     from shm_operator.rollout import watched
-    status = {"adapter": {"lastGood": "v2"}}
+    status = SelfHealingModelStatus.model_validate({"adapter": {"lastGood": "v2"}})
     assert watched("operator", "v3", status) and watched("user", "v9", status)
     assert not watched("rollback", "v2", status)        # an automatic rollback is never rolled back
     assert not watched("user", "base", status)          # a person's retreat to base is honoured

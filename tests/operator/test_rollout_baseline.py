@@ -18,6 +18,8 @@ import yaml
 from model_handler.model import ModelSpec, SelfHealingNet, adapter_to_bytes
 from model_handler.registry import AdapterRegistry
 from shm_operator import memory, observe, rollout
+from shm_operator.context import ModelPass
+from shm_operator.crd import SelfHealingModelStatus
 from shm_operator.status import full_spec, iso, written_status
 
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -56,8 +58,8 @@ def serving_v2(drift: dict) -> dict:
 
 def accept(spec, status, memo, runtime_s=0.0):
     patch = kopf.Patch()
-    version = asyncio.run(rollout.accept_version("fraud", "ns", spec, status, {"metadata": {}}, patch, T, memo,
-                                                 dt.timedelta(seconds=runtime_s)))
+    ctx = ModelPass.of("fraud", "ns", spec, status, {"metadata": {}}, patch, T, memo=memo)
+    version = asyncio.run(rollout.accept_version(ctx, runtime=dt.timedelta(seconds=runtime_s)))
     return version, patch
 
 
@@ -87,8 +89,8 @@ def test_a_window_of_an_earlier_adapter_is_not_a_baseline_so_the_rollout_waits(s
     # (accept() raised before returning its patch: the same pass again, to see what it writes)
     patch = kopf.Patch()
     with pytest.raises(rollout.WaitingForBaseline):
-        asyncio.run(rollout.accept_version("fraud", "ns", spec, serving_v2(stale), {"metadata": {}}, patch, T,
-                                           traffic(), dt.timedelta(seconds=10)))
+        ctx = ModelPass.of("fraud", "ns", spec, serving_v2(stale), {"metadata": {}}, patch, T, memo=traffic())
+        asyncio.run(rollout.accept_version(ctx, runtime=dt.timedelta(seconds=10)))
     written = written_status(patch)
     assert written["adapter"] == {"pending": "v90"} and "rollout" not in written and not patch.get("spec")
 
@@ -142,7 +144,8 @@ def test_patching_back_while_a_rollout_waits_clears_the_wait(spec, events):
     (None, "v1", None),                                                   # not what is desired
 ])
 def test_which_adapter_a_window_belongs_to(rollout_state, current, expected):
-    status = {"adapter": {"desired": "v2"}, **({"rollout": rollout_state} if rollout_state else {})}
+    status = SelfHealingModelStatus.model_validate({"adapter": {"desired": "v2"},
+                                                    **({"rollout": rollout_state} if rollout_state else {})})
     assert observe.window_adapter(status, {"current": current}) == expected
 
 

@@ -12,6 +12,7 @@ import kopf
 import yaml
 
 from shm_operator import memory
+from shm_operator.context import ModelPass
 from shm_operator.rollout import watch_rollout
 from shm_operator.status import full_spec, iso
 from sandbox_helpers import REPO_ROOT
@@ -40,7 +41,7 @@ def watch(baseline_reference: dict, memo_reference: dict | None) -> kopf.Patch:
         memory.of(memo).reference_class_rates = memo_reference
     fresh = {"samples": 500, "ruleConflict": 0.0, "classRates": HEALED}
     patch = kopf.Patch()
-    asyncio.run(watch_rollout("fraud", "ns", spec, status, None, memo, patch, fresh, T))
+    asyncio.run(watch_rollout(ModelPass.of("fraud", "ns", spec, status, None, patch, T, memo=memo), fresh=fresh))
     return patch
 
 
@@ -56,7 +57,8 @@ def check(status: dict, fresh: dict | None) -> dict:
     """One timer check of the watch, its patch landed as Kopf lands it; the status it leaves."""
     spec = example_spec()
     patch = kopf.Patch()
-    asyncio.run(watch_rollout("fraud", "ns", spec, copy.deepcopy(status), None, kopf.Memo(), patch, fresh, T))
+    ctx = ModelPass.of("fraud", "ns", spec, copy.deepcopy(status), None, patch, T, memo=kopf.Memo())
+    asyncio.run(watch_rollout(ctx, fresh=fresh))
     return land({"status": status}, patch)["status"]
 
 
