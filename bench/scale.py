@@ -59,7 +59,7 @@ import yaml
 
 from examples.cluster import EXAMPLE_CR as EXAMPLE
 from examples.cluster import SelfhealCluster, condition
-from sandbox.cluster import cpu_seconds, rss_mib, wait
+from sandbox.cluster import cpu_seconds, interruptible, rss_mib, uninterruptible, wait
 
 STATUS_FILE = "fake-pods.json"
 MODES_DIR = Path("fake-pods") / "modes"
@@ -458,12 +458,17 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, workdir)
     try:
-        bench.start()
-        result = bench.run()
+        with interruptible():   # SIGTERM (e.g. from `timeout`) too stops the sandbox and the operator
+            bench.start()
+            result = bench.run()
+    except KeyboardInterrupt as why:
+        print(f"scale: interrupted ({why}); stopping the operator and the sandbox", file=sys.stderr)
+        return 130
     finally:
-        bench.stop()
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with uninterruptible():
+            bench.stop()
+            if args.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
     result["note"] = ("CPU figures share the machine with the sandbox and anything else running; see loadavg_*. "
                       "Reaction times include waiting for the next check: DriftDetected needs `persistence` "
                       "drifted windows, one per check.")
