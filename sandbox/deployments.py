@@ -2,7 +2,8 @@
 groups (`sandbox.pods`), Services through a local kube-proxy (`sandbox.proxy`).
 
 It reconciles by polling the API over HTTP (a full list of Deployments, ReplicaSets, Pods, Services
-and ConfigMaps every `interval_s`), which keeps it simple and self-healing after API hiccups:
+and ConfigMaps every `interval_s`, or after a pause as long as the last reconcile took where that was
+longer), which keeps it simple and self-healing after API hiccups:
 - a Deployment owns ReplicaSets named `<deployment>-<pod-template-hash>`; a template change makes a
   new one and rolls over like the Deployment controller: at most `replicas + maxSurge` pods, at least
   `replicas - maxUnavailable` Ready ones (defaults here 1 and 0, the operator's), so an old pod goes
