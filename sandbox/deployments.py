@@ -15,7 +15,7 @@ longer), which keeps it simple and self-healing after API hiccups:
 - every Pod not owned by a Job runs as a `PodProcess` on its own loopback IP; deleting a Pod is
   graceful (not ready, drain, SIGTERM, SIGKILL after `terminationGracePeriodSeconds`), and the Pod
   object goes away only after its processes did;
-- a Service gets a `clusterIP` from 127.0.1.0/24 if it has none and a proxy per TCP port.
+- a Service gets a `clusterIP` from 127.0.1.0/24 (then 127.0.128.0/18) if it has none and a proxy per TCP port.
 Deleting a Deployment garbage-collects its ReplicaSets and Pods in the API; their processes stop.
 """
 from __future__ import annotations
@@ -36,12 +36,13 @@ from typing import Any
 import aiohttp
 
 from sandbox.kubelet import ApiClient
-from sandbox.pods import POD_NETWORK, AddressPool, PodProcess, PodSpecError, _resolve_port, now, secret_key
+from sandbox.pods import POD_NETWORK, POD_OVERFLOW, AddressPool, PodProcess, PodSpecError, _resolve_port, now, secret_key
 from sandbox.proxy import ServicePort, proxy_session
 
 log = logging.getLogger("sandbox.deployments")
 
 SERVICE_NETWORK = ipaddress.IPv4Network("127.0.1.0/24")
+SERVICE_OVERFLOW = ipaddress.IPv4Network("127.0.128.0/18")   # once SERVICE_NETWORK's 253 are taken
 DRAIN_S = 1.0
 SHUTDOWN_GRACE_S = 10.0
 HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's "safe" encoding alphabet
@@ -122,8 +123,8 @@ class DeploymentKubelet:
         self.api_url = api_url
         self.pods_dir = Path(workdir) / "pods"
         self.interval_s = interval_s
-        self.pod_ips = AddressPool(POD_NETWORK, "127.0.0.2")
-        self.service_ips = AddressPool(SERVICE_NETWORK, "127.0.1.2")
+        self.pod_ips = AddressPool(POD_NETWORK, "127.0.0.2", overflow=POD_OVERFLOW)
+        self.service_ips = AddressPool(SERVICE_NETWORK, "127.0.1.2", overflow=SERVICE_OVERFLOW)
         self.running: dict[str, PodProcess] = {}           # pod uid -> its process
         self.stopping: dict[str, asyncio.Task] = {}         # pod uid -> its graceful stop
         self.failed: dict[str, str] = {}                    # pod uid -> why it could not start
@@ -467,9 +468,9 @@ class DeploymentKubelet:
                 except RuntimeError:
                     self.service_ips.release(address)
                     continue
-            elif ipaddress.IPv4Address(address) not in SERVICE_NETWORK:
+            elif not self.service_ips.holds(address):
                 self._warn_once(meta["uid"], f"service {meta['name']}: clusterIP {address} is outside "
-                                             f"{SERVICE_NETWORK}; not proxied")
+                                             f"{SERVICE_NETWORK} and {SERVICE_OVERFLOW}; not proxied")
                 continue
             elif not self.service_ips.claim(address):
                 self._warn_once(meta["uid"], f"service {meta['name']}: clusterIP {address} is held by another "
