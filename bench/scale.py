@@ -59,7 +59,7 @@ import yaml
 
 from examples.cluster import EXAMPLE_CR as EXAMPLE
 from examples.cluster import SelfhealCluster, condition
-from sandbox.cluster import cpu_seconds, rss_mib, wait
+from sandbox.cluster import cpu_seconds, interruptible, rss_mib, uninterruptible, wait
 
 STATUS_FILE = "fake-pods.json"
 MODES_DIR = Path("fake-pods") / "modes"
@@ -361,7 +361,7 @@ class Bench:
         return found
 
     def run(self) -> dict:
-        runs = []
+        runs: list[dict] = []
         for n in self.args.sizes:
             self.switch("busy")
             self.grow_to(n)
@@ -371,6 +371,11 @@ class Bench:
             figures["reaction"] = self.react()     # one model drifts while the others are idle
             runs.append(figures)
             self.log(f"N={n}: {row(figures)}")
+            if self.args.json and n != self.args.sizes[-1]:   # a larger N that fails keeps these
+                write_json(self.args.json, {**self.result(runs), "complete": False})
+        return {**self.result(runs), "complete": True}
+
+    def result(self, runs: list[dict]) -> dict:
         jobs = self.jobs_by_model()
         return {
             "config": {"sizes": self.args.sizes, "check_interval_s": self.args.interval,
@@ -458,20 +463,29 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, workdir)
     try:
-        bench.start()
-        result = bench.run()
+        with interruptible():   # SIGTERM (e.g. from `timeout`) too stops the sandbox and the operator
+            bench.start()
+            result = bench.run()
+    except KeyboardInterrupt as why:
+        print(f"scale: interrupted ({why}); stopping the operator and the sandbox", file=sys.stderr)
+        return 130
     finally:
-        bench.stop()
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with uninterruptible():
+            bench.stop()
+            if args.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
     result["note"] = ("CPU figures share the machine with the sandbox and anything else running; see loadavg_*. "
                       "Reaction times include waiting for the next check: DriftDetected needs `persistence` "
                       "drifted windows, one per check.")
     print(table(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return 0
+
+
+def write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,21 @@ from shm_operator import (healing, k8s, monitor, observe, reconcile, rollout,  #
 from shm_operator.names import API_GROUP
 from shm_operator.network_policy import network_policy_settings
 
+# Kopf logs "<handler> succeeded." after every call. For the timer (every TICK_SECONDS for every
+# model, whether or not a check is due) and the status export (every change of every model) that
+# is a line per model every few seconds, most of the log and a good part of the operator's CPU at a
+# thousand models; their failures are still logged.
+ROUTINE_SUCCESSES = frozenset({f"Timer '{monitor.tick.__name__}' succeeded.",
+                               f"Handler '{status_metrics.export_status.__name__}' succeeded."})
+
+
+def not_routine(record: logging.LogRecord) -> bool:
+    return record.msg not in ROUTINE_SUCCESSES
+
+
 # Before Kopf logs anything about a resource: no storage credentials in the log or in Events.
 install_log_redaction()
+logging.getLogger("kopf.objects").addFilter(not_routine)
 
 
 @kopf.on.startup()

@@ -46,6 +46,9 @@ COUNTED_HANDLERS: list[str] = []   # the handlers wrapped by count_errors, by na
 PER_MODEL = (HEALS_STARTED, HEALS_FINISHED, ROLLBACKS, ADAPTER_CHANGES, DRIFT_SCORE, INPUT_SHIFT, LABEL_SHIFT,
              RECONCILE_ERRORS, ESTIMATED_ACCURACY, CONDITION, RULE_CONFLICT)
 DRIFT_KEYS = ("score", "inputShift", "labelShift", "ruleConflict")
+# The condition types exported per (namespace, model): every status change is observed, and finding
+# a model's series among every model's (`_series`) made each observation cost O(models).
+EXPORTED_CONDITIONS: dict[tuple[str, str], set[str]] = {}
 
 
 def observe_drift(namespace: str, model: str, summary: dict) -> None:
@@ -82,9 +85,12 @@ def observe_status(namespace: str, model: str, status: dict | None) -> None:
     for type_ in dict.fromkeys([*(t.value for t in ConditionType), *has]):
         for value in CONDITION_STATUSES:
             wanted[(type_, value)] = 1.0 if has.get(type_, "Unknown") == value else 0.0
-    for labels in _series(CONDITION, namespace, model):
-        if (labels["condition"], labels["status"]) not in wanted:   # a condition the status no longer has
-            CONDITION.remove(namespace, model, labels["condition"], labels["status"])
+    types = {type_ for type_, _ in wanted}
+    for type_ in EXPORTED_CONDITIONS.get((namespace, model), set()) - types:   # one the status no longer has
+        for value in CONDITION_STATUSES:
+            with contextlib.suppress(KeyError):
+                CONDITION.remove(namespace, model, type_, value)
+    EXPORTED_CONDITIONS[(namespace, model)] = types
     for (type_, value), number in wanted.items():
         CONDITION.labels(namespace, model, type_, value).set(number)
 
@@ -101,6 +107,7 @@ def start_counters(namespace: str, model: str) -> None:
 
 def forget_model(namespace: str, model: str) -> None:
     """Remove every series of a deleted model."""
+    EXPORTED_CONDITIONS.pop((namespace, model), None)
     for metric in PER_MODEL:
         for labels in _series(metric, namespace, model):
             with contextlib.suppress(KeyError):

@@ -17,6 +17,7 @@ caller names the CRDs and the commands.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import yaml
 
@@ -85,6 +86,37 @@ def wait(predicate: Callable[[], T], timeout: float, what: str, interval: float 
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"no {what} within {timeout:.0f}s (last: {str(last)[:300]})")
         time.sleep(interval)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM (what `timeout` and supervisors send) and SIGINT raise KeyboardInterrupt in the block,
+    so the `finally` that stops the cluster runs: the children live in their own sessions and would
+    otherwise outlive the program. Use `uninterruptible` around that cleanup."""
+    previous = {sig: signal.signal(sig, raise_interrupt) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def uninterruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT ignored in the block: a second signal must not cut a cleanup short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 groups (`sandbox.pods`), Services through a local kube-proxy (`sandbox.proxy`).
 
 It reconciles by polling the API over HTTP (a full list of Deployments, ReplicaSets, Pods, Services
-and ConfigMaps every `interval_s`), which keeps it simple and self-healing after API hiccups:
+and ConfigMaps every `interval_s`, or after a pause as long as the last reconcile took where that was
+longer), which keeps it simple and self-healing after API hiccups:
 - a Deployment owns ReplicaSets named `<deployment>-<pod-template-hash>`; a template change makes a
   new one and rolls over like the Deployment controller: at most `replicas + maxSurge` pods, at least
   `replicas - maxUnavailable` Ready ones (defaults here 1 and 0, the operator's), so an old pod goes
@@ -14,7 +15,7 @@ and ConfigMaps every `interval_s`), which keeps it simple and self-healing after
 - every Pod not owned by a Job runs as a `PodProcess` on its own loopback IP; deleting a Pod is
   graceful (not ready, drain, SIGTERM, SIGKILL after `terminationGracePeriodSeconds`), and the Pod
   object goes away only after its processes did;
-- a Service gets a `clusterIP` from 127.0.1.0/24 if it has none and a proxy per TCP port.
+- a Service gets a `clusterIP` from 127.0.1.0/24 (then 127.0.128.0/18) if it has none and a proxy per TCP port.
 Deleting a Deployment garbage-collects its ReplicaSets and Pods in the API; their processes stop.
 """
 from __future__ import annotations
@@ -35,12 +36,13 @@ from typing import Any
 import aiohttp
 
 from sandbox.kubelet import ApiClient
-from sandbox.pods import POD_NETWORK, AddressPool, PodProcess, PodSpecError, _resolve_port, now, secret_key
+from sandbox.pods import POD_NETWORK, POD_OVERFLOW, AddressPool, PodProcess, PodSpecError, _resolve_port, now, secret_key
 from sandbox.proxy import ServicePort, proxy_session
 
 log = logging.getLogger("sandbox.deployments")
 
 SERVICE_NETWORK = ipaddress.IPv4Network("127.0.1.0/24")
+SERVICE_OVERFLOW = ipaddress.IPv4Network("127.0.128.0/18")   # once SERVICE_NETWORK's 253 are taken
 DRAIN_S = 1.0
 SHUTDOWN_GRACE_S = 10.0
 HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's "safe" encoding alphabet
@@ -68,6 +70,25 @@ def _owner_uid(obj: dict[str, Any], kind: str) -> str | None:
         if ref.get("kind") == kind and ref.get("controller", True):
             return ref.get("uid")
     return None
+
+
+class ByOwner:
+    """The objects of one listing by the uid of their controller of `kind` (one dict lookup per owner,
+    not a scan of every object: a reconcile of a thousand Deployments was quadratic), kept current as
+    the reconcile creates objects (`append`)."""
+
+    def __init__(self, objects: list[dict[str, Any]], kind: str):
+        self.objects, self.kind = objects, kind
+        self.index: dict[str | None, list[dict[str, Any]]] = collections.defaultdict(list)
+        for obj in objects:
+            self.index[_owner_uid(obj, kind)].append(obj)
+
+    def owned_by(self, uid: str) -> list[dict[str, Any]]:
+        return list(self.index.get(uid, ()))
+
+    def append(self, obj: dict[str, Any]) -> None:
+        self.objects.append(obj)
+        self.index[_owner_uid(obj, self.kind)].append(obj)
 
 
 def _owner_ref(obj: dict[str, Any], api_version: str, kind: str) -> dict[str, Any]:
@@ -102,8 +123,8 @@ class DeploymentKubelet:
         self.api_url = api_url
         self.pods_dir = Path(workdir) / "pods"
         self.interval_s = interval_s
-        self.pod_ips = AddressPool(POD_NETWORK, "127.0.0.2")
-        self.service_ips = AddressPool(SERVICE_NETWORK, "127.0.1.2")
+        self.pod_ips = AddressPool(POD_NETWORK, "127.0.0.2", overflow=POD_OVERFLOW)
+        self.service_ips = AddressPool(SERVICE_NETWORK, "127.0.1.2", overflow=SERVICE_OVERFLOW)
         self.running: dict[str, PodProcess] = {}           # pod uid -> its process
         self.stopping: dict[str, asyncio.Task] = {}         # pod uid -> its graceful stop
         self.failed: dict[str, str] = {}                    # pod uid -> why it could not start
@@ -144,7 +165,9 @@ class DeploymentKubelet:
 
     async def _loop(self) -> None:
         api = ApiClient(self.session)
+        clock = asyncio.get_running_loop().time
         while True:
+            started = clock()
             try:
                 await self.reconcile(api)
             except asyncio.CancelledError:
@@ -152,13 +175,19 @@ class DeploymentKubelet:
             except Exception:
                 log.exception("reconcile failed; retrying")
             self.dirty.clear()
+            # A reconcile lists every object: with thousands it takes longer than `interval_s`, and
+            # back to back it would starve the API it shares a process with. Pause as long as it took.
+            took = clock() - started
+            if took > self.interval_s:
+                await asyncio.sleep(took)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.dirty.wait(), self.interval_s)
 
     async def reconcile(self, api: ApiClient) -> None:
         lists = await asyncio.gather(*(api.request("GET", p) for p in (DEPLOYMENTS, REPLICASETS, PODS, SERVICES,
                                                                         CONFIGMAPS, SECRETS)))
-        deployments, replica_sets, pods, services, config_maps, secrets = (listing["items"] for listing in lists)
+        deployments, rs_list, pod_list, services, config_maps, secrets = (listing["items"] for listing in lists)
+        replica_sets, pods = ByOwner(rs_list, "Deployment"), ByOwner(pod_list, "ReplicaSet")
         maps_by_ns: dict[str, dict[str, dict]] = collections.defaultdict(dict)
         for cm in config_maps:
             maps_by_ns[cm["metadata"]["namespace"]][cm["metadata"]["name"]] = cm
@@ -169,14 +198,14 @@ class DeploymentKubelet:
                 await self._sync_deployment(api, deployment, replica_sets, pods)
             except (RuntimeError, PodSpecError) as exc:
                 log.warning("deployment %s: %s", deployment["metadata"]["name"], exc)
-        for rs in replica_sets:
+        for rs in list(rs_list):
             await self._sync_replica_set(api, rs, pods)
-        await self._sync_pods(api, pods, maps_by_ns)
+        await self._sync_pods(api, pod_list, maps_by_ns)
         await self._sync_services(api, services)
 
     # -- Deployments ----------------------------------------------------------------------------
-    def _live_pods(self, pods: list[dict], rs_uid: str) -> list[dict]:
-        return [p for p in pods if _owner_uid(p, "ReplicaSet") == rs_uid and not self._is_terminating(p)]
+    def _live_pods(self, pods: ByOwner, rs_uid: str) -> list[dict]:
+        return [p for p in pods.owned_by(rs_uid) if not self._is_terminating(p)]
 
     def _is_terminating(self, pod: dict) -> bool:
         uid = pod["metadata"]["uid"]
@@ -186,8 +215,8 @@ class DeploymentKubelet:
         process = self.running.get(pod["metadata"]["uid"])
         return bool(process and process.ready and not process.terminating)
 
-    async def _sync_deployment(self, api: ApiClient, deployment: dict, replica_sets: list[dict],
-                               pods: list[dict]) -> None:
+    async def _sync_deployment(self, api: ApiClient, deployment: dict, replica_sets: ByOwner,
+                               pods: ByOwner) -> None:
         meta, spec = deployment["metadata"], deployment.get("spec") or {}
         if meta.get("deletionTimestamp"):
             return
@@ -195,7 +224,7 @@ class DeploymentKubelet:
         replicas = int(spec.get("replicas", 1))
         template = spec.get("template") or {}
         pod_hash = template_hash(template)
-        owned = [rs for rs in replica_sets if _owner_uid(rs, "Deployment") == meta["uid"]]
+        owned = replica_sets.owned_by(meta["uid"])
         new = next((rs for rs in owned if (rs["metadata"].get("labels") or {}).get("pod-template-hash") == pod_hash),
                    None)
         old = [rs for rs in owned if rs is not new]
@@ -297,7 +326,7 @@ class DeploymentKubelet:
             log.info("status of %s not written: %s", path, exc)
 
     # -- ReplicaSets ----------------------------------------------------------------------------
-    async def _sync_replica_set(self, api: ApiClient, rs: dict, pods: list[dict]) -> None:
+    async def _sync_replica_set(self, api: ApiClient, rs: dict, pods: ByOwner) -> None:
         meta, spec = rs["metadata"], rs.get("spec") or {}
         if meta.get("deletionTimestamp"):
             return
@@ -439,9 +468,9 @@ class DeploymentKubelet:
                 except RuntimeError:
                     self.service_ips.release(address)
                     continue
-            elif ipaddress.IPv4Address(address) not in SERVICE_NETWORK:
+            elif not self.service_ips.holds(address):
                 self._warn_once(meta["uid"], f"service {meta['name']}: clusterIP {address} is outside "
-                                             f"{SERVICE_NETWORK}; not proxied")
+                                             f"{SERVICE_NETWORK} and {SERVICE_OVERFLOW}; not proxied")
                 continue
             elif not self.service_ips.claim(address):
                 self._warn_once(meta["uid"], f"service {meta['name']}: clusterIP {address} is held by another "

@@ -42,6 +42,7 @@ import aiohttp
 log = logging.getLogger("sandbox.pods")
 
 POD_NETWORK = ipaddress.IPv4Network("127.0.0.0/24")   # pod IPs: 127.0.0.2 upward (Services: 127.0.1.0/24)
+POD_OVERFLOW = ipaddress.IPv4Network("127.0.64.0/18")  # then these: a /24 holds 253 pods, a scale test wants 1,000
 MAX_BACKOFF_S = 10.0
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 DOWNWARD_FIELDS = ("status.podIP", "metadata.name", "metadata.namespace", "metadata.uid")
@@ -69,29 +70,44 @@ def ports_free(address: str, ports: Iterable[int]) -> bool:
 
 
 class AddressPool:
-    """Hands out loopback addresses, lowest free first, from `first` up within `network`.
+    """Hands out loopback addresses, lowest free first, from `first` up within `network`, then (once
+    that is full) through `overflow`.
 
     Several sandboxes may run on one machine (parallel test sessions): each address taken is also
     claimed with an exclusive lock on `<lock_dir>/<address>` (released when the sandbox exits, even
     by SIGKILL), and an address where the given ports cannot be bound is skipped."""
 
-    def __init__(self, network: ipaddress.IPv4Network, first: str, lock_dir: Path | None = None):
-        self.network, self.first = network, ipaddress.IPv4Address(first)
+    def __init__(self, network: ipaddress.IPv4Network, first: str, lock_dir: Path | None = None,
+                 overflow: ipaddress.IPv4Network | None = None):
+        self.network, self.first, self.overflow = network, ipaddress.IPv4Address(first), overflow
         self.lock_dir = lock_dir or Path(tempfile.gettempdir()) / f"selfheal-sandbox-addresses-{os.getuid()}"
         self.claims: dict[str, int] = {}  # address -> fd of its lock file
 
     def take(self, ports: Iterable[int] = ()) -> str:
         ports = list(ports)
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        address = self.first
-        while address in self.network:
+        for address in self._candidates():
             text = str(address)
             if text not in self.claims and self._claim(text):
                 if ports_free(text, ports):
                     return text
                 self.release(text)
+        raise PodSpecError(f"no free address left in {' or '.join(map(str, self.networks()))}")
+
+    def networks(self) -> list[ipaddress.IPv4Network]:
+        return [self.network, *([self.overflow] if self.overflow is not None else [])]
+
+    def holds(self, address: str) -> bool:
+        """Whether `address` is one this pool hands out (in `network` or `overflow`)."""
+        return any(ipaddress.IPv4Address(address) in network for network in self.networks())
+
+    def _candidates(self) -> Iterator[ipaddress.IPv4Address]:
+        address = self.first
+        while address in self.network:
+            yield address
             address += 1
-        raise PodSpecError(f"no free address left in {self.network}")
+        if self.overflow is not None:
+            yield from self.overflow.hosts()
 
     def claim(self, address: str) -> bool:
         """Claim a given address (e.g. a Service's existing clusterIP); False if another sandbox has it."""

@@ -1,8 +1,11 @@
 """The scale benchmark runs end to end in quick mode: a real operator over fake pods reacts to the one
 drifted model, leaves the idle ones alone, and the figures it prints come from real counters."""
 import json
+import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +48,46 @@ def test_quick_scale_benchmark(tmp_path):
     assert set(result["growth_per_model"]) >= {"api_calls_per_min", "rss_mib", "cpu_percent",
                                                 "idle_api_calls_per_min", "idle_rss_mib"}
     assert "API/min" in run.stdout and "growth per added model" in run.stdout
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, waiting for its parent to reap it, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:   # gone meanwhile
+        return ""
+
+
+def test_sigterm_stops_the_sandbox_and_the_operator(tmp_path):
+    """`timeout` (or a supervisor) stops the bench with SIGTERM: the sandbox and the operator, which
+    live in their own sessions and would never see that signal, stop with it."""
+    bench = subprocess.Popen([sys.executable, "-m", "bench.scale", "--quick", "--workdir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in bench.stderr:
+            seen.append(line)
+            if match := re.search(r"sandbox pid (\d+), operator pid (\d+)", line):
+                break
+        assert match, "".join(seen)[-3000:]
+        children = [int(pid) for pid in match.groups()]
+        assert all(alive(pid) for pid in children)
+        bench.send_signal(signal.SIGTERM)
+        err = bench.stderr.read()
+        assert bench.wait(timeout=90) == 130, err[-3000:]
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert "interrupted" in err
+    assert [pid for pid in children if alive(pid)] == []
+    workdir = str(tmp_path)
+    stray = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and alive(int(p.name))
+             and workdir in cmdline(p)]
+    assert stray == []

@@ -135,3 +135,18 @@ def test_a_deleted_model_leaves_no_series_behind():
     text = generate_latest(REGISTRY).decode()
     assert 'model="m",namespace="ns-gone"' not in text
     assert 'model="other",namespace="ns-gone"' in text
+
+
+def test_a_condition_gone_from_one_model_stays_for_another():
+    """Each model's exported condition types are its own: one model dropping a type removes only its
+    own series (the lookup is per model, not a scan of every model's)."""
+    ns = "ns-two"
+    for model in ("a", "b"):
+        metrics.observe_status(ns, model, {"conditions": [{"type": "PodsScheduled", "status": "True"}]})
+    metrics.observe_status(ns, "a", {})
+    assert value("selfheal_condition", namespace=ns, model="a", condition="PodsScheduled", status="True") is None
+    assert value("selfheal_condition", namespace=ns, model="b", condition="PodsScheduled", status="True") == 1.0
+    metrics.forget_model(ns, "b")
+    metrics.observe_status(ns, "b", {})   # seen again after a delete: starts from nothing exported
+    assert value("selfheal_condition", namespace=ns, model="b", condition="PodsScheduled", status="True") is None
+    assert value("selfheal_condition", namespace=ns, model="b", condition="Ready", status="Unknown") == 1.0

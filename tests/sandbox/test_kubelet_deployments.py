@@ -20,7 +20,7 @@ from sandbox import server as sandbox_server
 import ipaddress
 import socket
 
-from sandbox.pods import AddressPool, alive, descendants, expand
+from sandbox.pods import AddressPool, PodSpecError, alive, descendants, expand
 from sandbox_helpers import REPO_ROOT
 from sandbox_helpers import Sandbox, deployment_yaml, service_yaml, wait_until
 
@@ -99,6 +99,21 @@ def test_address_pools_of_two_sandboxes_never_hand_out_the_same_address(tmp_path
     first.release("127.0.3.2")
     assert second.take() == "127.0.3.2"  # released addresses are reused, lowest first
     assert not first.claim("127.0.3.3")
+
+
+def test_an_address_pool_goes_on_in_its_overflow_network_once_the_first_is_full(tmp_path: Path):
+    """A /24 holds 253 pods; a scale test runs a thousand: once `network` is full, `overflow`."""
+    pool = AddressPool(ipaddress.IPv4Network("127.0.3.0/30"), "127.0.3.1", tmp_path,
+                       overflow=ipaddress.IPv4Network("127.0.70.0/29"))
+    taken = [pool.take() for _ in range(4)]
+    assert taken == ["127.0.3.1", "127.0.3.2", "127.0.3.3", "127.0.70.1"]
+    assert pool.holds("127.0.70.6") and pool.holds("127.0.3.0") and not pool.holds("127.0.71.1")
+    pool.release("127.0.3.2")
+    assert pool.take() == "127.0.3.2"   # the first network first, lowest free
+    while len(pool.claims) < 9:   # 3 + the overflow's 6 hosts
+        pool.take()
+    with pytest.raises(PodSpecError, match="127.0.3.0/30 or 127.0.70.0/29"):
+        pool.take()
 
 
 @pytest.fixture
