@@ -18,9 +18,10 @@ Cheapest fix first:
    adapter, and a reset if the predictions collapse. Delayed labels, if given, add a
    cross-entropy term on the labelled rows.
 Rule trust: a rule declared a `definition` is always trusted. A heuristic's trust is its training-
-time precision, lowered by how far its inputs moved *after* recalibration (a unit change that was
-mapped back costs no trust; a population moving into a region where the heuristic was never
-checked does).
+time precision; for adapter training it falls where the recalibrated model disputes the rule on
+ground the training data covered (`rule_trust`). It never falls because the rule's inputs moved.
+The gate weighs rules as evidence by their precision alone: a rule the model disputes still
+testifies against a candidate (a disputed rule that refuted a prior correction must keep its say).
 The promotion gate (model_handler.gate) judges every fix on held-out recent rows no step saw, and
 gives the verdict: promote, approve (safe but without independent evidence) or reject.
 """
@@ -353,9 +354,10 @@ COVERED_FIRINGS = 50   # training firings at which a rule's region counts as hal
 
 
 def rule_trust(model: SelfHealingNet, x: np.ndarray, rules: RuleSet,
-               reference: ReferenceProfile) -> tuple[np.ndarray, np.ndarray]:
-    """Per rule: trust in [0, 1], and its input PSI on these rows after the model's recalibration
-    (reported, not used: rules read the inputs mapped back into training units).
+               reference: ReferenceProfile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per rule: trust in [0, 1] for adapter training, its input PSI on these rows after the model's
+    recalibration (reported, not used: rules read the inputs mapped back into training units), and
+    its trust as the gate's evidence (1 for a definition, else the training-time precision).
 
     A `definition` holds whatever the traffic does: trust 1. A heuristic starts from its training-
     time precision (1 - its smoothed conflict share) and does not lose trust because its inputs
@@ -378,8 +380,8 @@ def rule_trust(model: SelfHealingNet, x: np.ndarray, rules: RuleSet,
     ref_fires = (reference.counts.counters["rule_fires"].astype(np.float64) if scores.reference_rules_match
                  else np.zeros(len(rules)))
     covered = ref_fires / (ref_fires + COVERED_FIRINGS)
-    trust = np.where(rules.definitions, 1.0, precision * (1.0 - covered * disputed))
-    return trust, psi
+    evidence = np.where(rules.definitions, 1.0, precision)
+    return np.where(rules.definitions, 1.0, precision * (1.0 - covered * disputed)), psi, evidence
 
 
 def calibrated_probs(model: SelfHealingNet, x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -526,19 +528,21 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
     # Trust is judged against the recalibrated model before any prior step: a prior correction
     # changes predictions on purpose, and rules disputing it are evidence about it, not against the
     # rules (elec2: judged after the prior, the rules that refute it looked disputed and lost their say).
-    trust, rule_psi = rule_trust(stages[0][1], x_recent[fit], rules, reference)
+    trust, rule_psi, evidence_trust = rule_trust(stages[0][1], x_recent[fit], rules, reference)
     ref_conflict_rates = (reference.counts.counters["rule_conflicts"] / max(reference.n, 1)
                           if reference.n_rules == len(rules) else np.zeros(len(rules)))
     trusted = trust >= config.min_trust
+    witnesses = evidence_trust >= config.min_trust   # the rules the gate hears
     fires_fit = rules.fires(cheap_fixed.restore_inputs(x_recent[fit]))
     pred = cheap_fixed.predict_proba(x_fit).argmax(1)
     conflicts = (fires_fit & (pred[:, None] != rules.labels[None, :])).float().mean(0).numpy()
     # Rules are imperfect: only conflicts beyond each rule's training-time rate call for training.
     excess = float(np.clip(conflicts - ref_conflict_rates, 0, None)[trusted].sum())
     diagnosis["rules"] = {r.name: {"trust": round(float(t), 3), "trusted": bool(ok), "kind": r.kind,
+                                   "witness": bool(w),
                                    "input_psi": round(float(ps), 3),
                                    "conflict_rate": round(float(c), 4), "reference": round(float(rc), 4)}
-                          for r, t, ok, ps, c, rc in zip(rules.rules, trust, trusted, rule_psi, conflicts,
+                          for r, t, ok, w, ps, c, rc in zip(rules.rules, trust, trusted, witnesses, rule_psi, conflicts,
                                                          ref_conflict_rates)}
     diagnosis["excess_conflict_rate"] = round(excess, 4)
     if excess >= config.min_conflict or labels_used:
@@ -561,7 +565,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
                           {"estimator": estimator, "before": before, "after": None, "note": why_before})
 
     def judge(model_: SelfHealingNet, steps_: list[str]) -> GateReport:
-        return evaluate_gate(served, cheap_fixed, model_, x_hold, rules, trusted, reference,
+        return evaluate_gate(served, cheap_fixed, model_, x_hold, rules, witnesses, reference,
                              expected_prior if "prior" in steps_ else assumed, steps_, config.gate,
                              recalibrated={j: v[4] for j, v in found.items()} if "recalibrate" in steps_ else {},
                              x_unfitted=x_recent,
