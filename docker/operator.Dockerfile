@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The selfheal operator image: Kopf + kubernetes_asyncio + the numpy part of model_handler it reads
+# The selfheal operator image: Kopf + aiohttp + the numpy part of model_handler it reads
 # adapters, rules and drift sketches with. No torch: the controller never imports it (a build step
 # checks both). Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/selfheal/operator:0.1.0 .

@@ -32,6 +32,17 @@ def test_importing_the_operator_imports_no_torch():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_the_operator_carries_no_generated_kubernetes_client():
+    """Its few API calls are plain REST (shm_operator.k8s): no kubernetes_asyncio (859 modules,
+    about 39 MiB), which Kopf would also import whenever it is installed. The import stays small."""
+    done = run_python("import shm_operator.handlers, sys; "
+                      "assert not any(m.split('.')[0] in ('kubernetes_asyncio', 'kubernetes') for m in sys.modules), "
+                      "sorted(m for m in sys.modules if m.startswith('kubernetes'))[:5]; "
+                      "print(int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) // 1024)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip()) < 95, f"importing the operator takes {done.stdout.strip()} MiB"
+
+
 def test_the_check_fails_when_something_imports_torch():
     """The one-liner above can fail: the same check after one torch import does."""
     done = run_python("import torch; " + TORCH_FREE)
