@@ -45,7 +45,7 @@ TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 WINDOW_KEY = "trainingWindowRows"
 WAIT_KEY = "waitForRowsSeconds"
 DEFAULT_WINDOW_ROWS = 3000
-DEFAULT_WAIT_SECONDS = 30.0
+DEFAULT_WAIT_SECONDS = 120.0   # both as the CRD's (tests/test_crd.py: the defaults mirror each other)
 
 
 def camel(name: str) -> str:

@@ -338,6 +338,9 @@ def test_defaults_mirror_the_model_handler():
     for name in crd.HealingObjective.model_fields:
         assert getattr(spec.healing.objective, name) == getattr(heal, name), name
     assert (spec.healing.min_rows, spec.healing.seed) == (heal.min_rows, heal.seed)
+    from model_handler import heal as heal_job   # what a Job run by hand, without the operator's config, uses
+    assert (spec.healing.training_window_rows, spec.healing.wait_for_rows_seconds) == \
+        (heal_job.DEFAULT_WINDOW_ROWS, heal_job.DEFAULT_WAIT_SECONDS)
     for name in crd.GateThresholds.model_fields:
         assert getattr(spec.promotion.gate, name) == getattr(gate_config, name), name
 
