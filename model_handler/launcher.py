@@ -63,8 +63,10 @@ _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 _WORKER_FAILURE_MARKERS = ("Load model failed", "Backend worker process died", "Failed to load model")
 
 
-class _Interrupted(Exception):
-    """SIGTERM/SIGINT arrived while the CLI was still waiting for TorchServe to become ready."""
+class StartInterrupted(Exception):
+    """`start(interrupt=...)` saw its event set before TorchServe was ready (the CLI's SIGTERM/SIGINT).
+    Checked between readiness polls, never raised from a signal handler: an exception there could
+    land inside `subprocess.Popen` after the fork, leaving a TorchServe no one holds the pid of."""
 
 
 class TorchServeError(RuntimeError):
@@ -158,6 +160,7 @@ class TorchServeProcess:
         self.process: subprocess.Popen | None = None
         self._console = None
         self._short_tmp: Path | None = None
+        self._interrupt: threading.Event | None = None
         self.inference_url = self.management_url = self.metrics_url = ""
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -172,15 +175,21 @@ class TorchServeProcess:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, timeout: float = 120.0, attempts: int = 3) -> TorchServeProcess:
-        """Start and wait until every model has its READY workers; retries if a port was taken."""
+    def start(self, timeout: float = 120.0, attempts: int = 3,
+              interrupt: threading.Event | None = None) -> TorchServeProcess:
+        """Start and wait until every model has its READY workers; retries if a port was taken.
+        Once `interrupt` is set, stops what it started and raises StartInterrupted."""
         if self.process is not None:
             raise TorchServeError("already started")
+        self._interrupt = interrupt
         for attempt in range(attempts):
             try:
                 self._launch()
                 self._wait_ready(timeout)
                 return self
+            except StartInterrupted:
+                self.stop()
+                raise
             except TorchServeError as exc:
                 port_clash = "Address already in use" in str(exc) or "Failed to bind" in str(exc)
                 retry = port_clash and attempt < attempts - 1 and not self.fixed_ports
@@ -327,6 +336,8 @@ class TorchServeProcess:
         pending = {m.name: (m.workers or self.workers) for m in self.models}
         pinged = False
         while True:
+            if self._interrupt is not None and self._interrupt.is_set():
+                raise StartInterrupted()
             if self.process.poll() is not None:
                 self._fail(f"TorchServe exited with code {self.process.returncode} before it was ready")
             if time.monotonic() > deadline:
@@ -450,18 +461,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     stop = threading.Event()
-    ready = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum, _frame):
-        stop.set()
-        if not ready.is_set():  # still starting: abandon the start; `finally` below stops the server
-            raise _Interrupted(signum)
+        received.append(signum)
+        stop.set()   # while starting, start() notices it between polls and stops the server
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        server.start(timeout=args.timeout)
-        ready.set()
+        server.start(timeout=args.timeout, interrupt=stop)
         print(json.dumps({"inference": server.inference_url, "management": server.management_url,
                           "metrics": server.metrics_url, "pid": server.pid, "logs": str(server.log_dir)}), flush=True)
         while not stop.is_set():
@@ -472,9 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TorchServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except _Interrupted as exc:
-        print(f"interrupted by signal {exc.args[0]} while starting", file=sys.stderr)
-        return 128 + exc.args[0]
+    except StartInterrupted:
+        print(f"interrupted by signal {received[0]} while starting", file=sys.stderr)
+        return 128 + received[0]
     finally:
         server.stop()
     return 0

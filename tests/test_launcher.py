@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from model_handler.archive import build_archive
-from model_handler.launcher import ServedModel, TorchServeError, TorchServeProcess, free_ports
+from model_handler.launcher import ServedModel, StartInterrupted, TorchServeError, TorchServeProcess, free_ports
 from serving_support import FEATURES, PLAIN_HANDLER, REPO, build_plain_store, post
 
 pytestmark = pytest.mark.timeout(240)
@@ -100,6 +100,20 @@ def test_server_that_dies_at_start_is_detected_with_its_log(store):
     assert time.monotonic() - started < 60
     message = str(info.value)
     assert "exited" in message and "Address already in use" in message and str(port) in message
+    assert ts.process is None and not processes_mentioning(str(ts.workdir))
+
+
+def test_interrupted_start_stops_what_it_spawned(store):
+    """The CLI's SIGTERM handler only sets an event; start() stops the server it launched, whenever
+    the event was set: before the spawn (here), or while TorchServe was loading. (It used to raise from
+    the handler, which could land inside Popen after the fork: a CI run left a TorchServe behind.)"""
+    interrupt = threading.Event()
+    interrupt.set()
+    ts = TorchServeProcess(store, {"plain": "plain.mar"})
+    started = time.monotonic()
+    with pytest.raises(StartInterrupted):
+        ts.start(timeout=90, interrupt=interrupt)
+    assert time.monotonic() - started < 30
     assert ts.process is None and not processes_mentioning(str(ts.workdir))
 
 
