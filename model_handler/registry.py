@@ -192,7 +192,10 @@ class Storage:
         self.namespace = namespace
         self.model = model
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(uri)
+            # No listings cache: other processes write here (pods their traffic, the Job its
+            # candidates), and s3fs/gcsfs would keep answering `find`/`exists` from their first
+            # listing in this process, which such writes never invalidate.
+            self.fs, self.root = fsspec.core.url_to_fs(uri, use_listings_cache=False)
         except (ImportError, ValueError) as exc:  # unknown protocol or its backend not installed
             raise RegistryError(f"storage {redact_uri(uri)}: cannot open: {exc}", uri, "open") from exc
         self.root = self.root.rstrip("/")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -393,3 +396,34 @@ def test_sampler_names_shards_by_their_oldest_row(tmp_path):
     (name,) = store.shards()
     named = datetime.strptime(name[:22], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
     assert before <= named < before + timedelta(seconds=0.05)
+
+
+def test_on_s3_a_reader_sees_shards_other_processes_wrote_after_its_first_listing(tmp_path, monkeypatch):
+    """The heal Job lists the traffic shards, waits, and lists again while the pods write more. s3fs
+    caches listings per process, and a write by another process does not invalidate them: the Job
+    saw the first listing forever (a CI run healed on 184 rows while the pods had written 1,500)."""
+    import s3fs
+
+    from sandbox.s3 import S3Server
+
+    with S3Server(log_path=tmp_path / "moto.log") as s3:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3.make_bucket("selfheal")
+        uri = "s3://selfheal/registry"
+        reader = TrafficStore(uri, "ns", "fraud")
+        writer = ("import sys, numpy as np\nfrom model_handler.traffic import TrafficStore\n"
+                  "x = np.full((int(sys.argv[1]), 3), 1.0, np.float32); p = np.full((x.shape[0], 2), 0.5, np.float32)\n"
+                  "TrafficStore(sys.argv[2], 'ns', 'fraud', writer_id=sys.argv[3]).write_shard(x, p)\n")
+
+        def pod_writes(count: int, writer_id: str) -> None:
+            subprocess.run([sys.executable, "-c", writer, str(count), uri, writer_id], check=True,
+                           env={**os.environ, "PYTHONSAFEPATH": "1"}, timeout=120)
+
+        pod_writes(100, "pod-a")
+        x, _ = reader.read_recent(1000)
+        assert len(x) == 100
+        pod_writes(250, "pod-b")
+        x, _ = reader.read_recent(1000)
+        assert len(x) == 350 and len(reader.shards()) == 2

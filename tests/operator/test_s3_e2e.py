@@ -147,7 +147,7 @@ def run(sandbox, namespace, operator, capsys, started, runtime) -> None:
         status = wait_status(lambda s: (s.get("lastHeal") or {}).get("result") not in (None, "Running"), 180,
                              "the heal Job's result")
         timeline["healed"] = time.monotonic()
-        assert status["lastHeal"]["result"] == "Promoted", status["lastHeal"]
+        assert status["lastHeal"]["result"] == "Promoted", json.dumps(status["lastHeal"])
         version = status["lastHeal"]["version"]
         (job_pod,) = sandbox.get("pods", "-n", namespace, "-l", f"job-name={status['lastHeal']['job']}")["items"]
         assert job_pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
