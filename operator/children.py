@@ -274,7 +274,7 @@ def heal_config_map(job: dict, config: dict) -> dict:
             "data": {HEAL_CONFIG_FILE: heal_config_text(config)}}
 
 
-def heal_job(name: str, namespace: str, spec: dict, job_name: str, parent: str, version: str,
+def heal_job(name: str, namespace: str, spec: dict, *, job_name: str, parent: str, version: str,
              config: dict, since: str | None = None) -> dict:
     """The healing Job (ARCHITECTURE.md §4). It reads the model directory the pods serve, so the
     backbone it heals is exactly the one in production, and `config` from its ConfigMap

@@ -61,11 +61,11 @@ class ModelPass:
         update_adapter(self.patch, self.working, **keys)
 
     def set_condition(self, type_: str, ok: bool, reason: str, message: str, generation: int | None = None) -> None:
-        set_condition_in(self.patch, self.working, type_, ok, reason, message, self.t, generation)
+        set_condition_in(self.patch, self.working, type_, ok, reason, message, t=self.t, generation=generation)
 
     @classmethod
-    def of(cls, name: str, namespace: str, spec: dict | SelfHealingModelSpec, status: dict, body, patch,
-           t: dt.datetime, *, memo=None, rules: RuleSet | None = None) -> ModelPass:
+    def of(cls, name: str, namespace: str, spec: dict | SelfHealingModelSpec, status: dict, *, body, patch,
+           t: dt.datetime, memo=None, rules: RuleSet | None = None) -> ModelPass:
         """A pass over `spec` (a model, or a dict validated now unless it is this generation's prepared
         spec) and `status` (kept as the working copy, not copied)."""
         remembered = memories.of(memo if memo is not None else {})

@@ -365,7 +365,7 @@ def set_condition(conditions: Sequence[Mapping], new: Mapping) -> list[dict]:
     return result if replaced else [*result, dict(new)]
 
 
-def append_history(history: Sequence[Mapping], version: str, from_version: str | None, now: datetime,
+def append_history(history: Sequence[Mapping], *, version: str, from_version: str | None, now: datetime,
                    reason: str, by: str, limit: int = MAX_HISTORY) -> list[dict]:
     """status.history with one more adapter change, keeping the newest `limit` entries."""
     entry = {"version": version, "from": from_version, "at": format_time(now), "reason": reason, "by": by}

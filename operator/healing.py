@@ -53,8 +53,8 @@ async def maybe_heal(ctx: ModelPass) -> None:
         except RegistryError as err:
             return registry_unreachable(ctx, "cannot start a heal", err)
         parent = ctx.adapter.last_good or BASE_VERSION
-        job = heal_job(ctx.name, ctx.namespace, ctx.spec_json, job_name, parent, next_version(versions), config,
-                       since=iso(drift.onset) if drift.onset else None)
+        job = heal_job(ctx.name, ctx.namespace, ctx.spec_json, job_name=job_name, parent=parent,
+                       version=next_version(versions), config=config, since=iso(drift.onset) if drift.onset else None)
         kopf.adopt(job, owner=ctx.body)
         job = await k8s.create_or_read(job, ctx.namespace)
     target = decisions.heal_job_target(job)

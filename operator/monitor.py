@@ -51,7 +51,7 @@ def prepared_spec(spec, meta, memo: kopf.Memo) -> tuple[dict, SelfHealingModelSp
 # backoff: after a failed tick (e.g. the API server restarting) try again in seconds, not Kopf's 60.
 @kopf.timer(*RESOURCE, interval=TICK_SECONDS, idle=None, backoff=5)
 @metrics.count_errors
-async def tick(name, namespace, spec, status, body, meta, memo: kopf.Memo, patch, serving_pods: kopf.Index,
+async def tick(*, name, namespace, spec, status, body, meta, memo: kopf.Memo, patch, serving_pods: kopf.Index,
                **_) -> None:
     t = now()
     prepared = prepared_spec(spec, meta, memo)

@@ -26,20 +26,20 @@ from shm_operator.status import now, refresh_phase, set_condition_in, update
 @kopf.on.create(*RESOURCE, backoff=10)
 @kopf.on.update(*RESOURCE, field="spec", backoff=10)
 @metrics.count_errors
-async def reconcile(name, namespace, spec, status, body, meta, patch, memo, runtime, **_) -> None:
+async def reconcile(*, name, namespace, spec, status, body, meta, patch, memo, runtime, **_) -> None:
     t = now()
     status = dict(status or {})
     generation = meta.get("generation")
     model, problems = decisions.validated_spec(spec)   # validated once: the schema and the semantics
     if problems:
         message = "; ".join(problems)
-        set_condition_in(patch, status, "Ready", False, "InvalidSpec", message, t, generation)
-        set_condition_in(patch, status, "ChildrenApplied", False, "InvalidSpec", message, t, generation)
+        set_condition_in(patch, status, "Ready", False, "InvalidSpec", message, t=t, generation=generation)
+        set_condition_in(patch, status, "ChildrenApplied", False, "InvalidSpec", message, t=t, generation=generation)
         update(patch, status, observedGeneration=generation)
         refresh_phase(patch, status)
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
         return  # nothing to retry until the spec changes
-    ctx = ModelPass.of(name, namespace, model, status, body, patch, t, memo=memo)
+    ctx = ModelPass.of(name, namespace, model, status, body=body, patch=patch, t=t, memo=memo)
     waiting = None
     try:
         version = await accept_version(ctx, runtime=runtime)

@@ -88,8 +88,8 @@ async def accept_version(ctx: ModelPass, *, runtime: dt.timedelta | None = None)
     status = ctx.status
     if status.candidate is not None and status.candidate.version == requested:
         ctx.update(candidate=None)   # promoted; any other candidate is the timer's to keep
-    ctx.update(history=decisions.append_history(ctx.working.get("history") or [], requested, accepted, ctx.t,
-                                                reason[:300], by))
+    ctx.update(history=decisions.append_history(ctx.working.get("history") or [], version=requested,
+                                                from_version=accepted, now=ctx.t, reason=reason[:300], by=by))
     start_rollout(ctx.patch, ctx.working,
                   {"from": accepted, "to": requested, "strategy": strategy, "started": iso(ctx.t), "complete": None,
                    "watch": watch, "baseline": {**(pre or baseline({})),

@@ -35,7 +35,7 @@ def full_spec(spec: dict) -> dict:
 
 
 def set_condition_in(patch, status: dict, type_: str, ok: bool, reason: str, message: str,
-                     t: dt.datetime, generation: int | None = None) -> None:
+                     *, t: dt.datetime, generation: int | None = None) -> None:
     """Set one condition. A merge patch replaces the whole list, so two handlers setting different
     conditions at once (the reconcile handler and the timer run concurrently) would erase each
     other's: the change is applied by key to the freshest body. An unchanged condition is not

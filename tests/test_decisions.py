@@ -109,7 +109,7 @@ def test_recent_heals_prunes_and_sorts():
 def test_heal_job_target_reads_the_jobs_arguments():
     from shm_operator.children import heal_job
     spec = crd.SelfHealingModelSpec.model_validate(EXAMPLE["spec"]).model_dump(mode="json")
-    job = heal_job("fraud", "ns", spec, "fraud-heal-3", "v5", "v6", {}, since="2026-11-22T18:00:00Z")
+    job = heal_job("fraud", "ns", spec, job_name="fraud-heal-3", parent="v5", version="v6", config={}, since="2026-11-22T18:00:00Z")
     assert d.heal_job_target(job) == ("v5", "v6")
     job["spec"]["template"]["spec"]["containers"][0]["args"] = ["-m", "model_handler.heal", "--version=v9"]
     assert d.heal_job_target(job) == ("base", "v9")     # no --parent: the heal.py default
@@ -505,7 +505,7 @@ def test_set_condition_appends_a_new_type():
 def test_history_keeps_the_newest_entries_in_crd_shape():
     history = []
     for n in range(1, 26):
-        history = d.append_history(history, f"v{n}", f"v{n - 1}" if n > 1 else "base", NOW, "heal", "operator")
+        history = d.append_history(history, version=f"v{n}", from_version=f"v{n - 1}" if n > 1 else "base", now=NOW, reason="heal", by="operator")
     assert len(history) == crd.MAX_HISTORY and history[0]["version"] == "v6" and history[-1]["version"] == "v25"
     status = crd.SelfHealingModelStatus.model_validate({"history": history})
     assert status.history[-1].from_version == "v24"

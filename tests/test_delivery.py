@@ -27,7 +27,7 @@ def spec_with(archive: str, **storage) -> dict:
 def rendered(spec: dict) -> tuple[dict, dict]:
     config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
     deployment = children.deployment("fraud", "models", spec, "base")
-    job = children.heal_job("fraud", "models", spec, "fraud-heal-1", "base", "v1", config)
+    job = children.heal_job("fraud", "models", spec, job_name="fraud-heal-1", parent="base", version="v1", config=config)
     for obj in (deployment, job):
         kubernetes_validate.validate(obj, "1.37.0", strict=True)
     return deployment["spec"]["template"]["spec"], job["spec"]["template"]["spec"]

@@ -206,7 +206,7 @@ def test_heal_job_in_the_model_server_image_writes_candidate_and_termination_mes
     for path in [storage, *storage.rglob("*")]:  # the pods' writes, as the pods' user
         os.chown(path, USER, USER)
     config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
-    job = children.heal_job("fraud", "default", spec, "fraud-heal-1", "base", "v1", config)
+    job = children.heal_job("fraud", "default", spec, job_name="fraud-heal-1", parent="base", version="v1", config=config)
     job["metadata"]["uid"] = "heal-job-uid"   # as the API server stores it: its config map is owned by it
     config_map = children.heal_config_map(job, config)   # the Job reads its config from this mounted file
     pod = {"metadata": {"name": "fraud-heal-1-test", "namespace": "default", "uid": "heal-test"},

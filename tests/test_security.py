@@ -65,10 +65,10 @@ def project_pods(helm: str) -> dict[str, dict]:
         "chart operator Deployment": operator,
         "serving Deployment": children.deployment("fraud", "models", spec, "base"),
         "serving Deployment (HotSwap)": children.deployment("fraud", "models", hot, "base"),
-        "healing Job": children.heal_job("fraud", "models", spec, "fraud-heal-1", "base", "v1", config),
+        "healing Job": children.heal_job("fraud", "models", spec, job_name="fraud-heal-1", parent="base", version="v1", config=config),
         # an s3:// archive: the storage-initializer init container is hardened the same way
         "serving Deployment (s3 archive)": children.deployment("fraud", "models", s3, "base"),
-        "healing Job (s3 archive)": children.heal_job("fraud", "models", s3, "fraud-heal-1", "base", "v1", config),
+        "healing Job (s3 archive)": children.heal_job("fraud", "models", s3, job_name="fraud-heal-1", parent="base", version="v1", config=config),
     }
 
 
@@ -102,7 +102,7 @@ def test_writers_point_at_writable_mounts():
     spec = example_spec()
     config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
     for obj in (children.deployment("fraud", "models", spec, "base"),
-                children.heal_job("fraud", "models", spec, "fraud-heal-1", "base", "v1", config)):
+                children.heal_job("fraud", "models", spec, job_name="fraud-heal-1", parent="base", version="v1", config=config)):
         pod = pod_spec(obj)
         (container,) = pod["containers"]
         empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
@@ -128,7 +128,7 @@ def test_storage_credentials_are_never_arguments():
     spec = example_spec(storage={"uri": CREDENTIAL_URI, "secretName": "s3-creds"})
     config = SelfHealingModelSpec.model_validate(spec).heal_job_config()
     for obj in (children.deployment("fraud", "models", spec, "base"),
-                children.heal_job("fraud", "models", spec, "fraud-heal-1", "base", "v1", config)):
+                children.heal_job("fraud", "models", spec, job_name="fraud-heal-1", parent="base", version="v1", config=config)):
         (container,) = pod_spec(obj)["containers"]
         assert SECRET not in json.dumps(container["args"]) and "--storage-uri" not in container["args"]
         assert {"name": "SELFHEAL_STORAGE_URI", "value": CREDENTIAL_URI} in container["env"]

@@ -69,10 +69,10 @@ def condition_of(status: dict, type_: str) -> dict:
 
 def timer_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
     patch, status = kopf.Patch(), copy.deepcopy(status)
-    ctx = ModelPass.of("fraud", "ns", spec, status, {}, patch, T, memo=kopf.Memo())
+    ctx = ModelPass.of("fraud", "ns", spec, status, body={}, patch=patch, t=T, memo=kopf.Memo())
     asyncio.run(observe.observe_pods(ctx, pods=[]))
     asyncio.run(rollout.watch_rollout(ctx, fresh=None))
-    set_condition_in(patch, status, "DriftDetected", True, "SeveralSignals", "input, rules", T)
+    set_condition_in(patch, status, "DriftDetected", True, "SeveralSignals", "input, rules", t=T)
     refresh_phase(patch, status)   # as tick() ends
     return patch
 
@@ -80,9 +80,9 @@ def timer_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
 def reconcile_pass(spec: dict, status: dict, monkeypatch) -> kopf.Patch:
     """A person's `kubectl patch` back to base, as reconcile() accepts it."""
     patch, status, spec = kopf.Patch(), copy.deepcopy(status), {**spec, "adapter": {"version": "base"}}
-    version = asyncio.run(rollout.accept_version(ModelPass.of("fraud", "ns", spec, status, {"metadata": {}}, patch, T)))
+    version = asyncio.run(rollout.accept_version(ModelPass.of("fraud", "ns", spec, status, body={"metadata": {}}, patch=patch, t=T)))
     update_adapter(patch, status, desired=version)
-    set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", "v9 is not in the registry", T)
+    set_condition_in(patch, status, "Degraded", True, "AdapterNotFound", "v9 is not in the registry", t=T)
     refresh_phase(patch, status)   # as reconcile() ends
     return patch
 
@@ -149,7 +149,7 @@ def test_a_reader_never_sees_half_a_pass(spec, monkeypatch):
     before = healing()
     assert consistent(before)
     patch, status = kopf.Patch(), copy.deepcopy(before)
-    asyncio.run(follow_heal(ModelPass.of("fraud", "ns", spec, status, {}, patch, T)))
+    asyncio.run(follow_heal(ModelPass.of("fraud", "ns", spec, status, body={}, patch=patch, t=T)))
     refresh_phase(patch, status)   # as tick() ends
     body = {"spec": spec, "status": before}
     between = merge_patch(body, dict(patch))["status"]        # after Kopf's first request

@@ -47,7 +47,7 @@ def test_the_timer_hands_one_typed_pass_to_every_step(monkeypatch):
 
 
 def test_a_misspelt_field_is_an_error_not_none():
-    ctx = ModelPass.of("m", "ns", SPEC, {"adapter": {"desired": "v2", "lastGood": "v1"}}, {}, kopf.Patch(), T)
+    ctx = ModelPass.of("m", "ns", SPEC, {"adapter": {"desired": "v2", "lastGood": "v1"}}, body={}, patch=kopf.Patch(), t=T)
     assert ctx.working["adapter"].get("lastgood") is None      # what a dict read of the typo gave
     with pytest.raises(AttributeError):
         ctx.status.adapter.lastgood
@@ -57,7 +57,7 @@ def test_a_misspelt_field_is_an_error_not_none():
 
 def test_a_later_step_reads_what_an_earlier_step_wrote():
     patch = kopf.Patch()
-    ctx = ModelPass.of("m", "ns", SPEC, {"adapter": {"desired": "v2"}}, {}, patch, T)
+    ctx = ModelPass.of("m", "ns", SPEC, {"adapter": {"desired": "v2"}}, body={}, patch=patch, t=T)
     assert ctx.adapter.current is None and ctx.status.conditions == []
     ctx.update_adapter(current="v2", podsAtDesired=2)
     ctx.set_condition("Degraded", True, "PodsUnreachable", "1 of 2 pods do not answer")

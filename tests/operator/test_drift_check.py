@@ -84,7 +84,7 @@ class Model:
             self.pod.serve(rows, self.rng, **kind)
         self.t += dt.timedelta(seconds=30)
         patch = kopf.Patch()
-        ctx = ModelPass.of("m", "ns", self.spec, copy.deepcopy(self.status), {}, patch, self.t, memo=self.memo,
+        ctx = ModelPass.of("m", "ns", self.spec, copy.deepcopy(self.status), body={}, patch=patch, t=self.t, memo=self.memo,
                            rules=self.rules)
         summary = asyncio.run(observe.observe_pods(ctx, pods=[POD]))
         self.status = written_status(patch, {"status": self.status})

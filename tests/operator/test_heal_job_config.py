@@ -66,7 +66,7 @@ def rendered(spec: dict, namespace: str = "models", job_name: str = "fraud-heal-
     """(config, Job, ConfigMap) as the operator renders them (healing.maybe_heal); the ConfigMap
     owned by the Job as the API server stored it."""
     config = crd.SelfHealingModelSpec.model_validate(spec).heal_job_config()
-    job = children.heal_job("fraud", namespace, spec, job_name, "base", "v1", config)
+    job = children.heal_job("fraud", namespace, spec, job_name=job_name, parent="base", version="v1", config=config)
     stored = copy.deepcopy(job)
     stored["metadata"]["uid"] = "5f0c6a2e-0000-4000-8000-000000000001"
     return config, job, children.heal_config_map(stored, config)
@@ -245,7 +245,7 @@ def test_the_largest_valid_spec_heal_job_starts_and_reads_its_config(sandbox, na
 
     # as healing.maybe_heal does: the Job first, then its ConfigMap, owned by the stored Job (the
     # pod waits for it, like a kubelet for any volume)
-    job = children.heal_job("fraud", namespace, stored["spec"], "fraud-heal-1", "base", "v1", config)
+    job = children.heal_job("fraud", namespace, stored["spec"], job_name="fraud-heal-1", parent="base", version="v1", config=config)
     sandbox.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(job))
     job = sandbox.get("job", "fraud-heal-1", "-n", namespace)
     sandbox.kubectl("create", "-n", namespace, "-f", "-",

@@ -85,7 +85,7 @@ def drifting() -> dict:
 def heal_pass(spec: dict, status: dict) -> dict:
     """One maybe_heal pass from `status`; returns the status its patch leaves."""
     patch = kopf.Patch()
-    asyncio.run(healing.maybe_heal(ModelPass.of("jobs", "ns", spec, copy.deepcopy(status), BODY, patch, T)))
+    asyncio.run(healing.maybe_heal(ModelPass.of("jobs", "ns", spec, copy.deepcopy(status), body=BODY, patch=patch, t=T)))
     return written_status(patch, {"status": copy.deepcopy(status)})
 
 

@@ -69,7 +69,7 @@ def finish(spec: dict, cluster: Cluster, message: dict, mode: str = "Auto") -> t
     cluster.message = json.dumps(message)
     spec = {**spec, "healing": {**spec["healing"], "mode": mode}}
     patch, status = kopf.Patch(), healing()
-    asyncio.run(follow_heal(ModelPass.of("m", "ns", spec, copy.deepcopy(status), {}, patch, T)))
+    asyncio.run(follow_heal(ModelPass.of("m", "ns", spec, copy.deepcopy(status), body={}, patch=patch, t=T)))
     return written_status(patch, {"status": status}), patch
 
 

@@ -28,7 +28,7 @@ def check(status: dict, monkeypatch) -> dict:
     """One observe_pods pass over a model with no ready pod; returns what it would change in the
     stored status, as the JSON merge patch that turns the old status into the new one."""
     patch = kopf.Patch()
-    asyncio.run(observe.observe_pods(ModelPass.of("m", "ns", SPEC, dict(status), {}, patch, T, memo=kopf.Memo()),
+    asyncio.run(observe.observe_pods(ModelPass.of("m", "ns", SPEC, dict(status), body={}, patch=patch, t=T, memo=kopf.Memo()),
                                      pods=[]))
     if not patch:
         return {}   # no request at all

@@ -27,7 +27,7 @@ TEMPLATE = {
 
 def pod_templates(spec: dict) -> list[dict]:
     deployment = children.deployment("fraud", "ns", spec, "v1")
-    job = children.heal_job("fraud", "ns", spec, "fraud-heal-1", "base", "v1", {})
+    job = children.heal_job("fraud", "ns", spec, job_name="fraud-heal-1", parent="base", version="v1", config={})
     return [deployment["spec"]["template"], job["spec"]["template"]]
 
 
@@ -87,7 +87,7 @@ def test_heal_job_ttl_default_and_url():
     spec = full_spec(BASE)
     assert spec["healing"]["ttlSecondsAfterFinished"] == 86_400
     # the Job is created without a TTL: the operator sets it once the result is stored
-    job = children.heal_job("fraud", "ns", spec, "fraud-heal-1", "base", "v1", {})
+    job = children.heal_job("fraud", "ns", spec, job_name="fraud-heal-1", parent="base", version="v1", config={})
     assert "ttlSecondsAfterFinished" not in job["spec"]
     assert children.inference_url("fraud", "models", spec) == \
         "http://fraud-serving.models.svc.cluster.local:8080/predictions/fraud"

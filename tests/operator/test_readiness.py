@@ -59,7 +59,7 @@ class Check:
     def __call__(self, pods, versions=None) -> dict:
         self.pods, self.versions = pods, versions or {}
         patch = kopf.Patch()
-        ctx = ModelPass.of("m", "ns", SPEC, dict(self.status), BODY, patch, T, memo=kopf.Memo())
+        ctx = ModelPass.of("m", "ns", SPEC, dict(self.status), body=BODY, patch=patch, t=T, memo=kopf.Memo())
         asyncio.run(observe.observe_pods(ctx, pods=self.pods))
         self.status = written_status(patch, {"status": self.status})
         self.status["phase"] = phase_of(self.status)
@@ -143,7 +143,7 @@ def test_heal_job_gets_its_ttl_only_once_its_result_is_stored(monkeypatch):
     monkeypatch.setattr(k8s, "read", read)
     monkeypatch.setattr(k8s, "patch", patch)
     memo = kopf.Memo()
-    ctx = ModelPass.of("m", "ns", SPEC, {}, {}, kopf.Patch(), T, memo=memo)
+    ctx = ModelPass.of("m", "ns", SPEC, {}, body={}, patch=kopf.Patch(), t=T, memo=memo)
     asyncio.run(healing.expire_heal_job(ctx, recorded_heal=LastHeal(job="m-heal-1", result="Running")))
     assert calls == []
     for _ in range(2):

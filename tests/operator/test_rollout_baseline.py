@@ -58,7 +58,7 @@ def serving_v2(drift: dict) -> dict:
 
 def accept(spec, status, memo, runtime_s=0.0):
     patch = kopf.Patch()
-    ctx = ModelPass.of("fraud", "ns", spec, status, {"metadata": {}}, patch, T, memo=memo)
+    ctx = ModelPass.of("fraud", "ns", spec, status, body={"metadata": {}}, patch=patch, t=T, memo=memo)
     version = asyncio.run(rollout.accept_version(ctx, runtime=dt.timedelta(seconds=runtime_s)))
     return version, patch
 
@@ -89,7 +89,7 @@ def test_a_window_of_an_earlier_adapter_is_not_a_baseline_so_the_rollout_waits(s
     # (accept() raised before returning its patch: the same pass again, to see what it writes)
     patch = kopf.Patch()
     with pytest.raises(rollout.WaitingForBaseline):
-        ctx = ModelPass.of("fraud", "ns", spec, serving_v2(stale), {"metadata": {}}, patch, T, memo=traffic())
+        ctx = ModelPass.of("fraud", "ns", spec, serving_v2(stale), body={"metadata": {}}, patch=patch, t=T, memo=traffic())
         asyncio.run(rollout.accept_version(ctx, runtime=dt.timedelta(seconds=10)))
     written = written_status(patch)
     assert written["adapter"] == {"pending": "v90"} and "rollout" not in written and not patch.get("spec")

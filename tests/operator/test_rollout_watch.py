@@ -41,7 +41,7 @@ def watch(baseline_reference: dict, memo_reference: dict | None) -> kopf.Patch:
         memory.of(memo).reference_class_rates = memo_reference
     fresh = {"samples": 500, "ruleConflict": 0.0, "classRates": HEALED}
     patch = kopf.Patch()
-    asyncio.run(watch_rollout(ModelPass.of("fraud", "ns", spec, status, None, patch, T, memo=memo), fresh=fresh))
+    asyncio.run(watch_rollout(ModelPass.of("fraud", "ns", spec, status, body=None, patch=patch, t=T, memo=memo), fresh=fresh))
     return patch
 
 
@@ -57,7 +57,7 @@ def check(status: dict, fresh: dict | None) -> dict:
     """One timer check of the watch, its patch landed as Kopf lands it; the status it leaves."""
     spec = example_spec()
     patch = kopf.Patch()
-    ctx = ModelPass.of("fraud", "ns", spec, copy.deepcopy(status), None, patch, T, memo=kopf.Memo())
+    ctx = ModelPass.of("fraud", "ns", spec, copy.deepcopy(status), body=None, patch=patch, t=T, memo=kopf.Memo())
     asyncio.run(watch_rollout(ctx, fresh=fresh))
     return land({"status": status}, patch)["status"]
 
