@@ -44,12 +44,17 @@ def judge_window(scores: DriftScores, drift_spec: DriftSpec | Mapping, saved_tri
     """Feed one window to the trigger rebuilt from the spec and the saved state.
 
     The onset is the time the first of a run of on-windows completed: that window already saw the
-    drift, so every row sampled after it is drifted and a heal Job trains on rows since then."""
+    drift, so every row sampled after it is drifted and a heal Job trains on rows since then. Until
+    drift is declared, a window in which a signal turns on that was off in the window before moves
+    the onset to its own end: the run may have begun with a chance alarm on clean traffic (a label
+    signal on 1,000 reference-like rows, say) just before the real drift, and a Job that trained on
+    rows since that alarm would mix clean rows into its drifted ones."""
     trigger = trigger_from(drift_spec, dict(saved_trigger) if saved_trigger else None)
-    was = trigger.drifting
+    was, before = trigger.drifting, set(trigger.signals)
     drifting = trigger.update(scores)
     since = since if was and drifting else (now if drifting else None)
-    onset = now if trigger.consecutive == 1 and not was else None
+    began = trigger.consecutive == 1 or bool(set(trigger.signals) - before)
+    onset = now if not was and not scores.insufficient and trigger.consecutive >= 1 and began else None
     return WindowJudgement(trigger, was, drifting, since, onset)
 
 

@@ -163,3 +163,30 @@ def test_fraud_scenarios_declare_what_the_bench_needs():
     # the same seed gives the same data; old scenarios are unchanged by the extra columns
     again = generator.scenario("fraud_unit_change", seed=0, quick=True)
     assert np.array_equal(again.stream.x, scenarios["fraud_unit_change"].stream.x)
+
+
+def test_onset_moves_to_the_window_where_a_new_signal_turns_on():
+    """A chance label alarm on clean traffic, then the real drift in the next window: the onset is the
+    end of the window the input signal first saw, not of the alarm's (a chaos run's heal Job trained on
+    rows since the alarm, a third of them clean, and missed the unit change). Once drift is declared,
+    a signal joining leaves the onset alone: a Job may already train on rows since it."""
+    from model_handler.drift import DriftScores
+
+    def window(input_shift=0.0, label_shift=0.0, rule_conflict=0.0, samples=1000):
+        return DriftScores(samples=samples, insufficient=samples < 200, input_shift=input_shift,
+                           prediction_shift=0.0, entropy_shift=0.0, rule_conflict=rule_conflict,
+                           label_shift=label_shift, input_p=1e-9, label_p=1e-9)
+
+    drift = {"persistence": 3}
+    alarm = policy.judge_window(window(label_shift=0.41), drift, None, None, "t1")
+    assert alarm.onset == "t1" and not alarm.drifting
+    short = policy.judge_window(window(label_shift=0.45, samples=50), drift, alarm.trigger.to_dict(), None, "t2")
+    assert short.onset is None    # too few rows to say anything, let alone move the onset
+    real = policy.judge_window(window(input_shift=8.0, label_shift=0.5), drift, short.trigger.to_dict(), None, "t3")
+    assert real.onset == "t3" and real.trigger.consecutive == 2
+    same = policy.judge_window(window(input_shift=8.0, label_shift=0.5), drift, real.trigger.to_dict(), None, "t4")
+    assert same.onset is None and same.drifting
+    joined = policy.judge_window(window(input_shift=8.0, label_shift=0.5, rule_conflict=0.3), drift,
+                                 same.trigger.to_dict(), "t4", "t5")
+    assert joined.trigger.signals == ("input", "label", "rules")
+    assert joined.onset is None and joined.since == "t4"
