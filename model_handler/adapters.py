@@ -13,8 +13,9 @@ The checks, in order; the first that fails raises with a message naming the vers
   4. exactly the adapter's tensors, float16/bfloat16/float32/float64, of the adapter's shapes;
   5. finite once cast to float32 (a finite float64 beyond the float32 range would serve as inf);
   6. `class_prior` is all zeros (none recorded) or a distribution.
-Adapters written before reflections (`input_sign`) or prior corrections (`class_prior`) were
-recorded read with their identity values (ones, zeros).
+  7. `input_unit` (a unit factor) is positive.
+Adapters written before reflections (`input_sign`), raw-space unit changes (`input_unit`) or prior
+corrections (`class_prior`) were recorded read with their identity values (ones, ones, zeros).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from safetensors import deserialize
 from model_handler.registry import BASE_VERSION, AdapterMeta, AdapterRegistry
 
 # name -> shape, in symbols: F features, C classes, W backbone width (last hidden layer), R rank
-ADAPTER_TENSORS = {"input_shift": ("F",), "input_log_scale": ("F",), "input_sign": ("F",),
+ADAPTER_TENSORS = {"input_shift": ("F",), "input_log_scale": ("F",), "input_sign": ("F",), "input_unit": ("F",),
                    "down.weight": ("R", "W"), "down.bias": ("R",), "up.weight": ("W", "R"), "up.bias": ("W",),
                    "logit_bias": ("C",), "class_prior": ("C",)}
 ADAPTER_DTYPES = ("float16", "float32", "float64")   # as numpy reads them (bfloat16 is widened to float32)
@@ -106,6 +107,8 @@ def check_tensors(tensors: Mapping[str, Any], shapes: AdapterShapes = AdapterSha
     tensors = dict(tensors)
     if "input_sign" not in tensors and "input_shift" in tensors:   # written before reflections were healable
         tensors["input_sign"] = np.ones(np.shape(tensors["input_shift"]), np.float32)
+    if "input_unit" not in tensors and "input_shift" in tensors:   # written before raw-space unit changes
+        tensors["input_unit"] = np.ones(np.shape(tensors["input_shift"]), np.float32)
     if "class_prior" not in tensors and "logit_bias" in tensors:   # before prior corrections were recorded
         tensors["class_prior"] = np.zeros(np.shape(tensors["logit_bias"]), np.float32)
     missing, unexpected = set(ADAPTER_TENSORS) - set(tensors), set(tensors) - set(ADAPTER_TENSORS)
@@ -132,6 +135,9 @@ def check_tensors(tensors: Mapping[str, Any], shapes: AdapterShapes = AdapterSha
         if not np.isfinite(converted[name]).all():
             raise AdapterError(f"adapter tensor {name!r} has non-finite values "
                                f"(or values beyond the float32 range)")
+    if (converted["input_unit"] <= 0).any():
+        raise AdapterError(f"adapter tensor 'input_unit' must be positive (a unit factor), "
+                           f"got {converted['input_unit'].tolist()}")
     prior = converted["class_prior"].astype(np.float64)
     if prior.any() and ((prior < 0).any() or abs(float(prior.sum()) - 1.0) > 1e-3):
         raise AdapterError(f"adapter tensor 'class_prior' must be all zeros or a distribution "

@@ -125,7 +125,7 @@ def input_psi(model: SelfHealingNet, x: torch.Tensor) -> float:
     if q.size == 0:
         return 0.0
     with torch.no_grad():
-        z = model.adapter.recalibrate(model.transform(x)).numpy()
+        z = model.recalibrated(x).numpy()
     ref = np.diff(np.concatenate([[0.0], QUANTILES, [1.0]]))
     values = []
     for j in range(z.shape[1]):
@@ -270,7 +270,7 @@ def swap_map(into: SelfHealingNet, source: SelfHealingNet, j: int) -> SelfHealin
     """A copy of `into` with feature j's recalibration taken from `source`."""
     clone = into.copy()
     with torch.no_grad():
-        for name in ("input_shift", "input_log_scale", "input_sign"):
+        for name in ("input_shift", "input_log_scale", "input_sign", "input_unit"):
             getattr(clone.adapter, name)[j] = getattr(source.adapter, name)[j]
     return clone
 

@@ -127,7 +127,9 @@ def snap_unit_change(model: SelfHealingNet, j: int, shift: float, scale: float) 
     """A z-space affine fit of feature j, replaced by the exact map of a plain unit change x -> F x
     when the fit is within UNIT_SNAP of one (returns F, else None): the fit is made on a window
     of noisy quantiles, the upstream change is exact, and point masses (a price of exactly 1.00)
-    must land in the same bins as in training."""
+    must land in the same bins as in training. On a log-scaled feature the exact map is no z-space
+    one: it returns the identity (0, 1) with F, which `apply_recalibration` puts in the adapter's
+    raw-space `input_unit`."""
     mean, std = float(model.norm_mean[j]), float(model.norm_std[j])
     if bool(model.log_mask[j]):
         # log1p(F x) ~ log1p(x) + log F for the bulk of a heavy-tailed feature: a shift, scale ~1
@@ -145,7 +147,7 @@ def snap_unit_change(model: SelfHealingNet, j: int, shift: float, scale: float) 
         for candidate in (f, 1.0 / f):
             if abs(np.log(factor / candidate)) <= tolerance:
                 if bool(model.log_mask[j]):
-                    return float(np.log(candidate) / std), 1.0, candidate
+                    return 0.0, 1.0, candidate
                 return float((candidate - 1.0) * mean / std), float(candidate), candidate
     return shift, scale, None
 
@@ -185,7 +187,7 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor,
     if ref.size == 0:
         return {}
     with torch.no_grad():
-        z = model.adapter.recalibrate(model.transform(x)).numpy()
+        z = model.recalibrated(x).numpy()
     restored = model.restore_inputs(x.numpy() if isinstance(x, torch.Tensor) else x)
     now = np.quantile(z, QUANTILES, axis=0).T
     central = (QUANTILES >= 0.2 - 1e-9) & (QUANTILES <= 0.8 + 1e-9)
@@ -204,8 +206,7 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor,
             r2 = 1.0 - residual.var() / max(c_use.var(), 1e-12)
             big = abs(shift) >= config.affine_min_shift or abs(np.log(max(scale, 1e-12))) >= config.affine_min_log_scale
             if scale > 0 and big and r2 >= config.affine_min_r2:
-                shift, scale, factor = snap_unit_change(model, j, shift, scale)
-                found[j] = (shift, scale, r2, 1.0, f"unit change x{factor:g}" if factor else "affine")
+                found[j] = unit_or_affine(model, j, shift, scale, r2)
             continue
         if len(np.unique(r)) < 10 or np.std(r) < 1e-6:
             continue
@@ -227,19 +228,28 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor,
             continue
         big = abs(shift) >= config.affine_min_shift or abs(np.log(scale)) >= config.affine_min_log_scale
         if big and r2 >= config.affine_min_r2:
-            shift, scale, factor = snap_unit_change(model, j, shift, scale)
-            found[j] = (shift, scale, r2, 1.0, f"unit change x{factor:g}" if factor else "affine")
+            found[j] = unit_or_affine(model, j, shift, scale, r2)
     return found
+
+
+def unit_or_affine(model: SelfHealingNet, j: int, shift: float, scale: float, r2: float) -> tuple:
+    """A diagnosed increasing map: (shift, scale, r2, 1.0, kind, unit), unit = the raw-space factor
+    of an exact unit change on a log-scaled feature (else 1.0, the change is made in z-space)."""
+    shift, scale, factor = snap_unit_change(model, j, shift, scale)
+    unit = factor if factor and bool(model.log_mask[j]) else 1.0
+    return shift, scale, r2, 1.0, f"unit change x{factor:g}" if factor else "affine", unit
 
 
 def apply_recalibration(model: SelfHealingNet, found: dict[int, tuple]) -> None:
     """Compose u' = sign * (u - shift) / scale with the adapter's current recalibration
     u = (z - s0) * exp(-l0) * g0 (g0 = +-1): s = s0 + shift * g0 * exp(l0), l = l0 + log(scale),
-    g = g0 * sign."""
+    g = g0 * sign. A raw-space unit factor multiplies `input_unit`: applied before the transform,
+    it undoes the newest upstream change first, whatever maps an earlier heal made."""
     a = model.adapter
     with torch.no_grad():
         for j, (shift, scale, *rest) in found.items():
             sign = rest[1] if len(rest) > 1 else 1.0
+            a.input_unit[j] = a.input_unit[j] * (rest[3] if len(rest) > 3 else 1.0)
             a.input_shift[j] = a.input_shift[j] + shift * a.input_sign[j] * torch.exp(a.input_log_scale[j])
             a.input_log_scale[j] = a.input_log_scale[j] + float(np.log(scale))
             a.input_sign[j] = a.input_sign[j] * sign
@@ -499,8 +509,9 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
     if dropped:
         diagnosis["recalibration_refused"] = dropped
     diagnosis["recalibrated_features"] = {model.spec.features[j]: {"shift": s, "scale": k, "r2": r, "sign": g,
-                                                                   "kind": kind}
-                                          for j, (s, k, r, g, kind) in found.items()}
+                                                                   "kind": kind, "unit": u}
+                                          for j, (s, k, r, g, kind, *rest) in found.items()
+                                          for u in [rest[0] if rest else 1.0]}
     if found:
         apply_recalibration(candidate, found)
         steps.append("recalibrate")

@@ -84,6 +84,10 @@ class ReflexiveAdapter(nn.Module):
         self.input_log_scale = nn.Parameter(torch.zeros(n_features))
         # +1, or -1 where an upstream change reflected a feature (a PCA refit flipping a component)
         self.input_sign = nn.Parameter(torch.ones(n_features), requires_grad=False)
+        # Raw inputs are divided by this before the frozen transform: an exact unit change x -> F x
+        # (cents for dollars, metres for km). On a log1p-scaled feature no map after the transform
+        # is one (log1p(F x) - log F = log(x + 1/F), not log1p(x): small values land a unit low).
+        self.input_unit = nn.Parameter(torch.ones(n_features), requires_grad=False)
         self.down = nn.Linear(width, rank)
         self.up = nn.Linear(rank, width)
         self.logit_bias = nn.Parameter(torch.zeros(n_classes))
@@ -97,6 +101,7 @@ class ReflexiveAdapter(nn.Module):
             self.input_shift.zero_()
             self.input_log_scale.zero_()
             self.input_sign.fill_(1.0)
+            self.input_unit.fill_(1.0)
             # down is random (a fixed seed keeps `base` reproducible), up is zero: h + 0 == h.
             gen = torch.Generator().manual_seed(0)
             bound = 1.0 / math.sqrt(self.down.in_features)
@@ -106,6 +111,10 @@ class ReflexiveAdapter(nn.Module):
             self.up.bias.zero_()
             self.logit_bias.zero_()
             self.class_prior.zero_()
+
+    def to_training_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw inputs in the units the backbone was trained on (identity unless a unit change was healed)."""
+        return x / self.input_unit
 
     def recalibrate(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.input_shift) * torch.exp(-self.input_log_scale) * self.input_sign
@@ -155,17 +164,20 @@ class SelfHealingNet(nn.Module):
         Features the recalibration leaves alone are returned unchanged (bit for bit)."""
         array = np.asarray(x, dtype=np.float32)
         a = self.adapter
-        moved = ((a.input_shift != 0) | (a.input_log_scale != 0) | (a.input_sign != 1)).numpy()
+        moved = ((a.input_shift != 0) | (a.input_log_scale != 0) | (a.input_sign != 1) | (a.input_unit != 1)).numpy()
         if not moved.any():
             return array
-        t = torch.as_tensor(array)
-        restored = self.untransform(a.recalibrate(self.transform(t))).numpy()
+        restored = self.untransform(self.recalibrated(torch.as_tensor(array))).numpy()
         out = array.copy()
         out[:, moved] = restored[:, moved]
         return out
 
+    def recalibrated(self, x: torch.Tensor) -> torch.Tensor:
+        """What the backbone reads: raw inputs in training units, transformed, recalibrated."""
+        return self.adapter.recalibrate(self.transform(self.adapter.to_training_units(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.adapter.recalibrate(self.transform(x))
+        z = self.recalibrated(x)
         h = self.adapter.residual(self.backbone(z))
         return self.head(h) + self.adapter.logit_bias
 
@@ -274,6 +286,8 @@ class FoldedPredictor:
         self.head = (np.ascontiguousarray(array(model.head.weight).T, dtype=np.float32),
                      (array(model.head.bias) + array(adapter.logit_bias)).astype(np.float32))
         self.log_columns = np.flatnonzero(model.log_mask.cpu().numpy())
+        unit = array(adapter.input_unit)
+        self.unit = unit.astype(np.float32) if (unit != 1).any() else None
         self.n_features = len(model.spec.features)
         matrices = [w for w, _ in self.layers] + [self.head[0]]
         if self.residual is not None:
@@ -289,6 +303,8 @@ class FoldedPredictor:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"input must have shape [N, {self.n_features}], got {list(x.shape)}")
+        if self.unit is not None:
+            x = x / self.unit
         if len(self.log_columns):
             x = x.copy()
             heavy = x[:, self.log_columns]

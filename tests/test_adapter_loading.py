@@ -82,13 +82,19 @@ def prior_not_a_distribution(registry, model_dir):
     put(registry, model_dir, "v2", with_(model_dir, class_prior=torch.tensor([0.7, 0.7])))
 
 
+def unit_not_positive(registry, model_dir):
+    unit = good(model_dir)["input_unit"]
+    put(registry, model_dir, "v2", with_(model_dir, input_unit=torch.zeros_like(unit)))
+
+
 BAD = {"non-finite": (non_finite, "tensor 'logit_bias' has non-finite values"),
        "wrong shape": (wrong_shape, "tensor 'input_shift' has shape"),
        "wrong backbone hash": (wrong_backbone, "was trained for backbone cccccccccccc"),
        "not safetensors": (not_safetensors, "is not valid safetensors"),
        "sha256 mismatch": (sha256_mismatch, "sha256 mismatch"),
        "missing file": (missing_file, "adapter.safetensors is missing"),
-       "class_prior not a distribution": (prior_not_a_distribution, "'class_prior' must be all zeros or a distribution")}
+       "class_prior not a distribution": (prior_not_a_distribution, "'class_prior' must be all zeros or a distribution"),
+       "input_unit not positive": (unit_not_positive, "'input_unit' must be positive")}
 
 
 def operator_memo(service: ModelService) -> dict:

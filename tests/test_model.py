@@ -122,9 +122,9 @@ def test_training_rejects_bad_inputs():
 def test_class_prior_is_optional_for_old_adapters_and_checked(trained):
     model, x, _ = trained
     before = model.predict_proba(x)
-    old = {k: v for k, v in model.adapter_state().items() if k != "class_prior"}
-    model.load_adapter_state(old)   # written before prior corrections were recorded
-    assert not model.adapter.class_prior.any()
+    old = {k: v for k, v in model.adapter_state().items() if k not in ("class_prior", "input_unit")}
+    model.load_adapter_state(old)   # written before prior corrections and raw-space units were recorded
+    assert not model.adapter.class_prior.any() and (model.adapter.input_unit == 1).all()
     assert np.allclose(model.served_prior(), model.spec.train_prior)
     for bad in ([0.7, 0.7], [-0.2, 1.2]):
         with pytest.raises(AdapterError, match="class_prior.*distribution"):
