@@ -27,7 +27,8 @@ def oracle(model: SelfHealingNet, x: np.ndarray, y: np.ndarray, steps: int = 300
            seed: int = 0) -> SelfHealingNet:
     torch.manual_seed(seed)
     m = model.copy()
-    params = list(m.adapter.parameters())
+    # every adapter tensor but the raw-space unit factor, which is set by a diagnosis, not learnt
+    params = [p for name, p in m.adapter.named_parameters() if name != "input_unit"]
     for p in m.parameters():
         p.requires_grad_(False)
     for p in params:
