@@ -222,7 +222,7 @@ def diagnose_affine(model: SelfHealingNet, x: torch.Tensor,
         by_tails = flip_r2 > r2_all + config.reflection_min_gain
         if flip_scale > 0 and flip_r2 >= config.affine_min_r2 and (by_ranks if by_ranks is not None else by_tails):
             found[j] = (flip_shift, flip_scale, flip_r2, -1.0, "reflection" + (" (rank correlations flipped)"
-                                                                           if by_ranks else " (tails)"))
+                                                                           if by_ranks else " (tails)"), 1.0)
             continue
         if scale <= 0:
             continue
@@ -247,9 +247,8 @@ def apply_recalibration(model: SelfHealingNet, found: dict[int, tuple]) -> None:
     it undoes the newest upstream change first, whatever maps an earlier heal made."""
     a = model.adapter
     with torch.no_grad():
-        for j, (shift, scale, *rest) in found.items():
-            sign = rest[1] if len(rest) > 1 else 1.0
-            a.input_unit[j] = a.input_unit[j] * (rest[3] if len(rest) > 3 else 1.0)
+        for j, (shift, scale, _, sign, _, unit) in found.items():
+            a.input_unit[j] = a.input_unit[j] * unit
             a.input_shift[j] = a.input_shift[j] + shift * a.input_sign[j] * torch.exp(a.input_log_scale[j])
             a.input_log_scale[j] = a.input_log_scale[j] + float(np.log(scale))
             a.input_sign[j] = a.input_sign[j] * sign
@@ -510,8 +509,7 @@ def heal(model: SelfHealingNet, x_recent: np.ndarray, rules: RuleSet, reference:
         diagnosis["recalibration_refused"] = dropped
     diagnosis["recalibrated_features"] = {model.spec.features[j]: {"shift": s, "scale": k, "r2": r, "sign": g,
                                                                    "kind": kind, "unit": u}
-                                          for j, (s, k, r, g, kind, *rest) in found.items()
-                                          for u in [rest[0] if rest else 1.0]}
+                                          for j, (s, k, r, g, kind, u) in found.items()}
     if found:
         apply_recalibration(candidate, found)
         steps.append("recalibrate")

@@ -54,7 +54,7 @@ def judge_window(scores: DriftScores, drift_spec: DriftSpec | Mapping, saved_tri
     drifting = trigger.update(scores)
     since = since if was and drifting else (now if drifting else None)
     began = trigger.consecutive == 1 or bool(set(trigger.signals) - before)
-    onset = now if not was and not scores.insufficient and trigger.consecutive >= 1 and began else None
+    onset = now if not was and not scores.insufficient and began else None
     return WindowJudgement(trigger, was, drifting, since, onset)
 
 
